@@ -1,0 +1,89 @@
+//! Command-line options. Their doc comments are the `--help` text.
+
+use clap::Parser;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Stream a growing file to many TCP clients: `tail -f` as a server.
+///
+/// A client connects and sends a header line: `N` (or `+N`) starts at byte N, `-N` sends the
+/// last N bytes, `-0` only what is appended from now on. tailsrv then sends the file from
+/// there and keeps sending as it grows. Try: `echo -0 | nc -N HOST PORT`.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    version,
+    after_help = "Exit status: 0 after SIGINT or SIGTERM; 1 on a fatal error; 2 on a bad command \
+line; 3 when FILE is deleted, renamed away or replaced; 4 when FILE shrinks (truncation)."
+)]
+pub struct Options {
+    /// TCP port to listen on; 0 picks a free one (the startup log line says which)
+    #[arg(short, long)]
+    pub port: u16,
+
+    /// Address to listen on [default: every interface, IPv6 and IPv4]
+    #[arg(short, long, value_name = "ADDR")]
+    pub bind: Option<IpAddr>,
+
+    /// Shard executors, each on its own thread with its own share of the clients
+    /// [default: the number of CPUs tailsrv may run on]. Shards are pinned one per CPU
+    /// when they fit; with more shards than CPUs they run unpinned.
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shards: Option<u16>,
+
+    /// Seconds a client has to send its header line before it is disconnected
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    pub header_timeout: Duration,
+
+    /// The file to serve. It need not exist yet, but its directory must.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!("`{text}` is not between 0 and 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn options_are_consistent() {
+        Options::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let o = Options::try_parse_from(["tailsrv", "-p", "4321", "log"]).unwrap();
+        assert_eq!((o.port, o.bind, o.shards), (4321, None, None));
+        assert_eq!(o.header_timeout, Duration::from_secs(10));
+        let o = Options::try_parse_from([
+            "tailsrv", "-p", "0", "--bind", "::1", "--shards", "3", "--header-timeout", "0.5", "log",
+        ])
+        .unwrap();
+        assert_eq!(o.bind, Some("::1".parse().unwrap()));
+        assert_eq!(o.shards, Some(3));
+        assert_eq!(o.header_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        for args in [
+            &["tailsrv", "log"][..],
+            &["tailsrv", "-p", "70000", "log"],
+            &["tailsrv", "-p", "1", "--shards", "0", "log"],
+            &["tailsrv", "-p", "1", "--bind", "not-an-ip", "log"],
+            &["tailsrv", "-p", "1", "--header-timeout", "0", "log"],
+            &["tailsrv", "-p", "1", "--header-timeout", "-3", "log"],
+            &["tailsrv", "-p", "1"],
+        ] {
+            assert!(Options::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! One client: read its header, then send it the file from its offset for as long as it
+//! stays connected.
+
+use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
+use crate::shard::{ClientSlot, Shard};
+use crate::stats::{Rejection, ShardStats};
+use crate::sys;
+use crate::watcher::Phase;
+use futures_lite::future::{self, poll_fn};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+use tracing::{debug, warn};
+
+/// The most one sendfile call may send before the client goes to the back of the queue.
+///
+/// Why bound it? A client catching up on a large file would otherwise keep its shard busy
+/// for as long as its socket keeps draining, while caught-up clients wait for a 64-byte
+/// append. 256 KiB is a few tens of microseconds of copying: small enough to interleave,
+/// large enough that the per-call overhead is noise.
+pub const CHUNK: usize = 256 << 10;
+
+/// After sending to a client that has half-closed, check this long after that it is still
+/// there. Its reset, if it closed, has arrived by then on any sane network.
+const VERIFY_AFTER: Duration = Duration::from_secs(1);
+
+/// TCP keepalive: first probe after this long idle, then every interval, up to count probes.
+const KEEPALIVE: (i32, i32, i32) = (60, 10, 6);
+
+/// Serves one accepted connection to its end. Never fails: a client's trouble is its own.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
+    let slot = shard.attach();
+    let peer = stream.peer_addr().ok();
+    let fd = stream.as_raw_fd();
+    if let Err(e) = stream.set_nodelay(true).map_err(io::Error::from).and_then(|_| {
+        let (idle, interval, count) = KEEPALIVE;
+        sys::set_keepalive(fd, idle, interval, count)
+    }) {
+        debug!(shard = shard.index, client = slot.id(), error = %e, "setting socket options");
+    }
+
+    let header = future::or(read_header(&mut stream), async {
+        future::or(
+            async {
+                Timer::new(shard.header_timeout).await;
+                Err(HeaderFailure::Timeout)
+            },
+            async {
+                shard.until_phase(Phase::Draining).await;
+                Err(HeaderFailure::Shutdown)
+            },
+        )
+        .await
+    })
+    .await;
+
+    let (start, input_open) = match header {
+        Ok(h) => h,
+        Err(failure) => {
+            refuse(&shard, &slot, peer, failure);
+            close(&stream);
+            return;
+        }
+    };
+    let offset = start.resolve(shard.fresh_size());
+    debug!(shard = shard.index, client = slot.id(), ?peer, ?start, offset, "client streaming");
+    let end = stream_file(&shard, &slot, &mut stream, offset, input_open).await;
+    debug!(shard = shard.index, client = slot.id(), ?peer, end = ?end, "client done");
+    close(&stream);
+}
+
+#[derive(Debug)]
+enum HeaderFailure {
+    Bad(HeaderError),
+    Timeout,
+    /// The client closed before sending anything.
+    Silent,
+    Io(io::Error),
+    Shutdown,
+}
+
+fn refuse(shard: &Shard, slot: &ClientSlot, peer: Option<SocketAddr>, failure: HeaderFailure) {
+    let client = slot.id();
+    match failure {
+        HeaderFailure::Bad(e) => {
+            let why = if e == HeaderError::TooLong { Rejection::TooLong } else { Rejection::BadHeader };
+            shard.stats.reject(why);
+            warn!(shard = shard.index, client, ?peer, reason = %e, "bad header; closing connection");
+        }
+        HeaderFailure::Timeout => {
+            shard.stats.reject(Rejection::Timeout);
+            warn!(
+                shard = shard.index, client, ?peer, timeout = ?shard.header_timeout,
+                reason = "no complete header in time", "bad header; closing connection"
+            );
+        }
+        HeaderFailure::Silent => debug!(shard = shard.index, client, ?peer, "closed before sending a header"),
+        HeaderFailure::Io(e) => debug!(shard = shard.index, client, ?peer, error = %e, "error reading header"),
+        HeaderFailure::Shutdown => debug!(shard = shard.index, client, ?peer, "shutting down before header"),
+    }
+}
+
+/// Reads up to the first newline, or to a half-close. Returns the start and whether the
+/// client's sending side is still open.
+async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFailure> {
+    // Why a fixed array? The header is capped, so a slow or hostile client costs these
+    // 64 bytes in its task and nothing that grows.
+    let mut buf = [0u8; MAX_HEADER_LEN];
+    let mut len = 0;
+    loop {
+        let n = poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf[len..]))
+            .await
+            .map_err(HeaderFailure::Io)?;
+        if n == 0 {
+            if len == 0 {
+                return Err(HeaderFailure::Silent);
+            }
+            return header::at_eof(&buf[..len]).map(|s| (s, false)).map_err(HeaderFailure::Bad);
+        }
+        len += n;
+        match header::scan(&buf[..len]) {
+            Progress::Done(result) => return result.map(|s| (s, true)).map_err(HeaderFailure::Bad),
+            Progress::NeedMore => {}
+        }
+    }
+}
+
+/// Why a client's stream ended.
+#[derive(Debug)]
+enum End {
+    Shutdown,
+    Drained,
+    /// The connection failed: reset, broken pipe, timed out.
+    Gone(io::Error),
+}
+
+enum Woke {
+    Changed,
+    Input,
+    InputClosed,
+    Verify,
+    Failed(io::Error),
+}
+
+/// Sends the file from `offset` on, as it grows, until the client goes or the server stops.
+async fn stream_file(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, mut offset: u64, mut input_open: bool) -> End {
+    let sock = stream.as_raw_fd();
+    // Sent data to a half-closed client and not yet checked that it is still there.
+    let mut unverified = false;
+    let mut verify: Option<Timer> = None;
+    loop {
+        let phase = shard.phase();
+        if phase == Phase::Closing {
+            return End::Shutdown;
+        }
+        let (size, file) = (shard.size(), shard.file());
+        let file = match file {
+            Some(file) if offset < size => file,
+            _ => {
+                if phase == Phase::Draining {
+                    return End::Drained;
+                }
+                if unverified && !input_open && verify.is_none() {
+                    verify = Some(Timer::new(VERIFY_AFTER));
+                }
+                match wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await {
+                    Woke::Changed | Woke::Input => {}
+                    Woke::InputClosed => input_open = false,
+                    Woke::Verify => {
+                        verify = None;
+                        unverified = false;
+                        if sys::tcp_is_closed(sock).unwrap_or(true) {
+                            return End::Gone(io::ErrorKind::ConnectionReset.into());
+                        }
+                    }
+                    Woke::Failed(e) => return End::Gone(e),
+                }
+                continue;
+            }
+        };
+        let count = usize::try_from(size - offset).unwrap_or(usize::MAX).min(CHUNK);
+        match sys::sendfile(sock, file, offset, count) {
+            Ok(0) => {
+                // The file is shorter than the watcher said: it was truncated, and the watcher
+                // is about to say so. Send nothing; wait for its word.
+                if let Woke::Failed(e) = wait_for_news(shard, slot, stream, false, None).await {
+                    return End::Gone(e);
+                }
+            }
+            Ok(n) => {
+                offset += n as u64;
+                ShardStats::add(&shard.stats.bytes_sent, n as u64);
+                unverified |= !input_open;
+                future::yield_now().await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ShardStats::add(&shard.stats.blocked, 1);
+                let probed = wait_writable(shard, slot, stream, file, offset).await;
+                ShardStats::sub(&shard.stats.blocked, 1);
+                match probed {
+                    Ok(n) => {
+                        offset += n as u64;
+                        ShardStats::add(&shard.stats.bytes_sent, n as u64);
+                        ShardStats::add(&shard.stats.probe_bytes, n as u64);
+                    }
+                    Err(e) => return End::Gone(e),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return End::Gone(e),
+        }
+    }
+}
+
+/// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the
+/// client sends, which also tells at once when the client resets the connection.
+async fn wait_for_news(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, input_open: bool, mut verify: Option<&mut Timer>) -> Woke {
+    let seen = shard.generation();
+    let sock = stream.as_raw_fd();
+    let mut junk = [0u8; 64];
+    poll_fn(|cx| {
+        if shard.generation() != seen {
+            return Poll::Ready(Woke::Changed);
+        }
+        slot.wait_growth(cx.waker());
+        if input_open {
+            match Pin::new(&mut *stream).poll_read(cx, &mut junk) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Woke::InputClosed),
+                Poll::Ready(Ok(_)) => {
+                    return Poll::Ready(match drain(sock) {
+                        Ok(true) => Woke::Input,
+                        Ok(false) => Woke::InputClosed,
+                        Err(e) => Woke::Failed(e),
+                    })
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Woke::Failed(e)),
+                Poll::Pending => {}
+            }
+        }
+        if let Some(timer) = verify.as_mut() {
+            if Pin::new(&mut **timer).poll(cx).is_ready() {
+                return Poll::Ready(Woke::Verify);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Discards pending input; `Ok(false)` if the client has closed its sending side.
+fn drain(sock: RawFd) -> io::Result<bool> {
+    match sys::discard_input(sock) {
+        Ok(0) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits until a full socket can take more, or the server is closing. Returns how many file
+/// bytes the probe itself sent (0 or 1).
+///
+/// Why a one-byte probe? glommio 0.9 has no public way to await a socket's writability, and
+/// sendfile is not something it can wait on. But its `poll_write` arms an io_uring poll for
+/// POLLOUT when the socket is full, and wakes the task when it fires. So we offer it the next
+/// file byte once: if the socket is still full (nearly always, as sendfile just said so), it
+/// arms the poll and we sleep until the kernel says there is room; when we are woken we do
+/// not poll it again but go back to sendfile. Only if the socket drained in the instant
+/// between does the byte go out, which is correct, as it is the byte due next. The cost is
+/// a one-byte pread per stall; no thread, pipe or timer per client.
+async fn wait_writable(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, file: RawFd, offset: u64) -> io::Result<usize> {
+    let mut armed = false;
+    poll_fn(|cx| {
+        if shard.phase() == Phase::Closing {
+            return Poll::Ready(Ok(0));
+        }
+        slot.wait_phase(cx.waker());
+        if armed {
+            return Poll::Ready(Ok(0));
+        }
+        let byte = match sys::read_byte(file, offset) {
+            Ok(Some(byte)) => byte,
+            // Shorter than we thought: sendfile will find out and wait for the watcher.
+            Ok(None) | Err(_) => return Poll::Ready(Ok(0)),
+        };
+        match Pin::new(&mut *stream).poll_write(cx, &[byte]) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => {
+                armed = true;
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// Ends the connection in order: FIN after everything queued, then close.
+///
+/// Why discard input first? Closing a socket with unread input makes the kernel send a reset
+/// instead of a FIN, and a reset can make the client lose data it has not read yet.
+fn close(stream: &TcpStream) {
+    let sock = stream.as_raw_fd();
+    let _ = sys::shutdown_write(sock);
+    for _ in 0..16 {
+        if !matches!(sys::discard_input(sock), Ok(n) if n > 0) {
+            break;
+        }
+    }
+}

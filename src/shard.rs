@@ -1,0 +1,317 @@
+//! A shard: one executor pinned to a core, its SO_REUSEPORT listener, and the clients it
+//! accepted. Nothing here is shared with other shards except [`Published`] and the stats.
+
+use crate::client;
+use crate::stats::ShardStats;
+use crate::watcher::{Phase, Published};
+use futures_lite::future;
+use glommio::channels::shared_channel::SharedReceiver;
+use glommio::net::TcpListener;
+use glommio::timer::Timer;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+use tracing::{debug, error, warn};
+
+/// How long clients may keep reading after the file is gone before they are closed.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long a shard waits for its clients to close on shutdown before it stops anyway.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// How long to pause accepting after running out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What one shard starts with, made on the main thread.
+pub struct ShardSetup {
+    pub index: usize,
+    pub listener: OwnedFd,
+    pub doorbell: SharedReceiver<()>,
+    pub stats: Arc<ShardStats>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Woken when the file grows or the phase changes (a caught-up client).
+    growth: Option<Waker>,
+    /// Woken when the phase changes (a client waiting on its socket).
+    phase: Option<Waker>,
+}
+
+/// The shard's view of the world, shared by its tasks (one thread, so `Cell`s suffice).
+pub struct Shard {
+    pub index: usize,
+    pub stats: Arc<ShardStats>,
+    pub header_timeout: Duration,
+    published: Arc<Published>,
+    size: Cell<u64>,
+    file: Cell<Option<RawFd>>,
+    phase: Cell<Phase>,
+    generation: Cell<u64>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<usize>>,
+    clients: Cell<usize>,
+    next_id: Cell<u64>,
+    idle: RefCell<Option<Waker>>,
+}
+
+impl Shard {
+    fn new(index: usize, stats: Arc<ShardStats>, published: Arc<Published>, header_timeout: Duration) -> Self {
+        Shard {
+            index,
+            stats,
+            header_timeout,
+            published,
+            size: Cell::new(0),
+            file: Cell::new(None),
+            phase: Cell::new(Phase::Running),
+            generation: Cell::new(0),
+            slots: RefCell::default(),
+            free: RefCell::default(),
+            clients: Cell::new(0),
+            next_id: Cell::new(0),
+            idle: RefCell::default(),
+        }
+    }
+
+    /// The file size this shard knows of.
+    pub fn size(&self) -> u64 {
+        self.size.get()
+    }
+
+    pub fn file(&self) -> Option<RawFd> {
+        self.file.get()
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+
+    /// Bumped whenever the size or the phase changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
+    /// The file's size right now, from the file itself rather than the last doorbell.
+    ///
+    /// Why not the published size? `-n` means the last n bytes at the moment the header is
+    /// processed; the watcher may not have seen the latest append yet.
+    pub fn fresh_size(&self) -> u64 {
+        let Some(fd) = self.file() else { return self.size() };
+        match crate::sys::fstat(fd) {
+            Ok(st) => {
+                let size = st.st_size as u64;
+                if size > self.size() {
+                    // The bytes exist, so others may be sent them too; the doorbell that
+                    // follows will wake whoever is waiting for them.
+                    self.size.set(size);
+                }
+                size
+            }
+            Err(_) => self.size(),
+        }
+    }
+
+    /// Takes in what the watcher published and wakes the clients it concerns.
+    fn refresh(&self) {
+        if self.file.get().is_none() {
+            self.file.set(self.published.file().map(AsRawFd::as_raw_fd));
+        }
+        let size = self.published.size().max(self.size.get());
+        let grew = size > self.size.get() || (self.file.get().is_some() && self.generation.get() == 0);
+        self.size.set(size);
+        self.advance(self.published.phase());
+        if grew {
+            self.bump(false);
+        }
+    }
+
+    /// Moves the shard's phase forward (never back) and wakes everyone if it changed.
+    fn advance(&self, phase: Phase) {
+        if phase > self.phase.get() {
+            self.phase.set(phase);
+            self.bump(true);
+        }
+    }
+
+    fn bump(&self, phase_changed: bool) {
+        self.generation.set(self.generation.get() + 1);
+        let wakers: Vec<Waker> = self
+            .slots
+            .borrow_mut()
+            .iter_mut()
+            .flat_map(|slot| {
+                let growth = slot.growth.take();
+                let phase = if phase_changed { slot.phase.take() } else { None };
+                growth.into_iter().chain(phase)
+            })
+            .collect();
+        // Wake outside the borrow: a waker may run code that registers again.
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn alloc_slot(self: &Rc<Self>, id: Option<u64>) -> ClientSlot {
+        let index = match self.free.borrow_mut().pop() {
+            Some(i) => i,
+            None => {
+                let mut slots = self.slots.borrow_mut();
+                slots.push(Slot::default());
+                slots.len() - 1
+            }
+        };
+        ClientSlot { shard: self.clone(), index, id }
+    }
+
+    /// Registers a new client; it is counted until the returned guard drops.
+    pub fn attach(self: &Rc<Self>) -> ClientSlot {
+        self.clients.set(self.clients.get() + 1);
+        ShardStats::add(&self.stats.connected, 1);
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        self.alloc_slot(Some(id))
+    }
+
+    /// Resolves once the shard's phase is at least `phase`.
+    pub fn until_phase(self: &Rc<Self>, phase: Phase) -> impl Future<Output = ()> + 'static {
+        let shard = self.clone();
+        let slot = shard.attach_watcher();
+        future::poll_fn(move |cx| {
+            if shard.phase() >= phase {
+                return Poll::Ready(());
+            }
+            slot.wait_phase(cx.waker());
+            Poll::Pending
+        })
+    }
+
+    /// A slot that is not a client: for the shard's own tasks that watch the phase.
+    fn attach_watcher(self: &Rc<Self>) -> ClientSlot {
+        self.alloc_slot(None)
+    }
+
+    /// Resolves once no client is connected.
+    async fn until_no_clients(&self) {
+        future::poll_fn(|cx| {
+            if self.clients.get() == 0 {
+                return Poll::Ready(());
+            }
+            *self.idle.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A client's place in its shard; dropping it forgets the client.
+pub struct ClientSlot {
+    shard: Rc<Shard>,
+    index: usize,
+    /// `None` for the shard's own tasks, which are not counted as clients.
+    id: Option<u64>,
+}
+
+impl ClientSlot {
+    /// A number naming this client in logs, unique within its shard.
+    pub fn id(&self) -> u64 {
+        self.id.unwrap_or(u64::MAX)
+    }
+
+    /// Wake this task when the file grows or the phase changes.
+    pub fn wait_growth(&self, waker: &Waker) {
+        let mut slots = self.shard.slots.borrow_mut();
+        let slot = &mut slots[self.index];
+        slot.growth = Some(waker.clone());
+        slot.phase = Some(waker.clone());
+    }
+
+    /// Wake this task when the phase changes.
+    pub fn wait_phase(&self, waker: &Waker) {
+        self.shard.slots.borrow_mut()[self.index].phase = Some(waker.clone());
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let shard = &self.shard;
+        shard.slots.borrow_mut()[self.index] = Slot::default();
+        shard.free.borrow_mut().push(self.index);
+        if self.id.is_none() {
+            return;
+        }
+        shard.clients.set(shard.clients.get() - 1);
+        ShardStats::sub(&shard.stats.connected, 1);
+        if shard.clients.get() == 0 {
+            if let Some(waker) = shard.idle.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Runs one shard until shutdown: adopts its listener, follows the doorbell, accepts clients.
+pub async fn run(setup: ShardSetup, published: Arc<Published>, header_timeout: Duration, ready: impl FnOnce()) {
+    let ShardSetup { index, listener, doorbell, stats } = setup;
+    // SAFETY: `listener` is a listening TCP socket we own; ownership moves to glommio.
+    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let shard = Rc::new(Shard::new(index, stats, published, header_timeout));
+    shard.refresh();
+
+    let doorbell = doorbell.connect().await;
+    let bell_shard = shard.clone();
+    glommio::spawn_local(async move {
+        while doorbell.recv().await.is_some() {
+            bell_shard.refresh();
+        }
+        // The watcher is gone: nobody will tell us about the file any more.
+        bell_shard.advance(Phase::Closing);
+    })
+    .detach();
+
+    ready();
+    debug!(shard = index, "accepting");
+    let stop = shard.until_phase(Phase::Draining);
+    futures_lite::pin!(stop);
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            (&mut stop).await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                ShardStats::add(&shard.stats.accepted, 1);
+                glommio::spawn_local(client::serve(shard.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                let e = io::Error::from(e);
+                warn!(shard = index, error = %e, "accept failed");
+                // Out of descriptors or memory: the connection waits in the backlog; pause
+                // rather than spin on it.
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                    Timer::new(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+
+    if shard.phase() == Phase::Draining {
+        future::or(shard.until_no_clients(), async {
+            Timer::new(DRAIN_GRACE).await;
+        })
+        .await;
+        shard.advance(Phase::Closing);
+    }
+    let closed = future::or(async { shard.until_no_clients().await; true }, async {
+        Timer::new(CLOSE_GRACE).await;
+        false
+    })
+    .await;
+    if !closed {
+        error!(shard = index, clients = shard.clients.get(), "clients still open after shutdown grace");
+    }
+}

@@ -1,0 +1,342 @@
+//! The unsafe edge: the Linux system calls tailsrv makes itself, each wrapped in a safe function.
+
+use std::io;
+use std::mem::{size_of, zeroed, MaybeUninit};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Copies up to `count` bytes of `file` from `offset` to the socket, inside the kernel.
+///
+/// The socket is non-blocking, so this returns `WouldBlock` when its buffer is full and a
+/// short count when only part fits. The file position is not used or changed, so shards may
+/// share one descriptor.
+pub fn sendfile(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Result<usize> {
+    let mut off = offset as libc::off_t;
+    // SAFETY: both are descriptors the caller owns for the duration of the call, and `off`
+    // is a valid, writable off_t.
+    check_size(unsafe { libc::sendfile(socket, file, &mut off, count) })
+}
+
+/// Reads the one byte of `file` at `offset`, or `None` at or past its end.
+pub fn read_byte(file: RawFd, offset: u64) -> io::Result<Option<u8>> {
+    let mut byte = 0u8;
+    // SAFETY: the buffer is one valid, writable byte.
+    let n = check_size(unsafe {
+        libc::pread(file, (&mut byte as *mut u8).cast(), 1, offset as libc::off_t)
+    })?;
+    Ok((n == 1).then_some(byte))
+}
+
+/// The size of the file behind `fd`, and its link count.
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is valid for writes of a `stat`, which fstat fills on success.
+    check(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: fstat succeeded, so `st` is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Discards whatever the peer has sent and is waiting in the socket, without copying it.
+/// Returns how many bytes were dropped; `Ok(0)` means the peer closed its sending side.
+pub fn discard_input(socket: RawFd) -> io::Result<usize> {
+    // Why MSG_TRUNC? On TCP it drops the bytes inside the kernel, so a client that floods us
+    // after its header costs no copy and needs no buffer.
+    // SAFETY: a null buffer is allowed with MSG_TRUNC on a TCP socket; nothing is written.
+    check_size(unsafe {
+        libc::recv(
+            socket,
+            std::ptr::null_mut(),
+            1 << 20,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
+    // SAFETY: `value` lives for the call and its size is passed alongside it.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Turns on TCP keepalive so peers that vanished without a trace are found.
+pub fn set_keepalive(socket: RawFd, idle_secs: i32, interval_secs: i32, count: i32) -> io::Result<()> {
+    setsockopt(socket, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1 as libc::c_int)?;
+    setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_secs)?;
+    setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval_secs)?;
+    setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)
+}
+
+/// Whether the kernel has closed this TCP connection (it received a reset, or timed out).
+pub fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
+    // SAFETY: tcp_info is plain data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes and `len` is a valid socklen_t.
+    check(unsafe {
+        libc::getsockopt(
+            socket,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    })?;
+    const TCP_CLOSE: u8 = 7;
+    Ok(info.tcpi_state == TCP_CLOSE)
+}
+
+/// Shuts down the sending side: the peer gets a FIN once everything queued has gone out.
+pub fn shutdown_write(socket: RawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor the caller owns.
+    check(unsafe { libc::shutdown(socket, libc::SHUT_WR) }).map(drop)
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` is writable for `len` bytes.
+    check(unsafe {
+        libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len)
+    })?;
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for an AF_INET socket.
+            let sin: libc::sockaddr_in = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 for an AF_INET6 socket.
+            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Ok(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        family => Err(io::Error::other(format!("unexpected address family {family}"))),
+    }
+}
+
+fn tcp_socket(addr: &SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain syscall; the result is checked before it is owned.
+    let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)?;
+    if reuse_port {
+        setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1 as libc::c_int)?;
+    }
+    if addr.is_ipv6() {
+        // Why explicit? An unspecified IPv6 address is meant to take IPv4 too, whatever the
+        // system's bindv6only default says; a specific one binds just itself either way.
+        let v6only = !addr.ip().is_unspecified();
+        setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as libc::c_int)?;
+    }
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    check(unsafe { libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) })?;
+    Ok(fd)
+}
+
+/// Binds `count` listening sockets to one address and port with SO_REUSEPORT, so the kernel
+/// spreads incoming connections over them. Port 0 picks a free port, shared by all.
+///
+/// Why a probe first? SO_REUSEPORT lets any socket of the same user join the group, so a
+/// second tailsrv on the same port would silently steal half the clients. Binding once
+/// without it first turns "port in use" into the error it should be.
+pub fn bind_listeners(addr: SocketAddr, count: usize, backlog: i32) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
+    let mut addr = addr;
+    if addr.port() != 0 {
+        drop(tcp_socket(&addr, false)?);
+    }
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let fd = tcp_socket(&addr, true)?;
+        if addr.port() == 0 {
+            addr = local_addr(fd.as_raw_fd())?;
+        }
+        // SAFETY: plain syscall on a socket we own.
+        check(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+        listeners.push(fd);
+    }
+    Ok((addr, listeners))
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and every thread it starts from now on) and
+/// returns a signalfd that becomes readable when one arrives.
+pub fn signal_fd() -> io::Result<OwnedFd> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { zeroed() };
+    // SAFETY: `set` is a valid sigset_t for these calls.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+    }
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    // SAFETY: `set` is initialised; -1 asks for a new descriptor.
+    let fd = check(unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes one pending signal from a signalfd, if any.
+pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
+    // SAFETY: signalfd_siginfo is plain data; all zeroes is a valid value.
+    let mut info: libc::signalfd_siginfo = unsafe { zeroed() };
+    let size = size_of::<libc::signalfd_siginfo>();
+    // SAFETY: `info` is writable for `size` bytes.
+    match check_size(unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) }) {
+        Ok(n) if n == size => Ok(Some(info.ssi_signo as i32)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Blocks until at least one of `fds` is readable; returns which are.
+pub fn wait_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
+    let mut polls: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .collect();
+    loop {
+        // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
+        match check(unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) }) {
+            Ok(_) => return Ok(polls.iter().map(|p| p.revents != 0).collect()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    // SAFETY: rlimit is plain data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The CPUs this process may run on (its affinity mask, as `taskset` or cgroups set it).
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { zeroed() };
+    // SAFETY: `set` is writable for its own size.
+    check(unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) })?;
+    // SAFETY: CPU_ISSET reads a set the kernel filled, for indices within its size.
+    Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn bind_listeners_shares_one_port_and_refuses_a_taken_one() {
+        let (addr, fds) = bind_listeners("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(fds.len(), 3);
+        for fd in &fds {
+            assert_eq!(local_addr(fd.as_raw_fd()).unwrap(), addr);
+        }
+        let err = bind_listeners(addr, 1, 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[test]
+    fn read_byte_stops_at_the_end() {
+        let dir = std::env::temp_dir().join(format!("tailsrv-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::File::create(&path).unwrap().write_all(b"ab").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert_eq!(read_byte(file.as_raw_fd(), 1).unwrap(), Some(b'b'));
+        assert_eq!(read_byte(file.as_raw_fd(), 2).unwrap(), None);
+        assert_eq!(fstat(file.as_raw_fd()).unwrap().st_size, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn allowed_cpus_is_not_empty() {
+        assert!(!allowed_cpus().unwrap().is_empty());
+    }
+}
