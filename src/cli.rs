@@ -1,7 +1,7 @@
 //! Command-line options. Their doc comments are the `--help` text.
 
 use clap::Parser;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,6 +34,15 @@ pub struct Options {
     /// Seconds a client has to send its header line before it is disconnected
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub header_timeout: Duration,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// Send logs to the systemd journal, with structured fields, instead of stderr
+    #[cfg(feature = "tracing-journald")]
+    #[arg(long)]
+    pub journald: bool,
 
     /// The file to serve. It need not exist yet, but its directory must.
     #[arg(value_name = "FILE")]

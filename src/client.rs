@@ -38,7 +38,7 @@ const KEEPALIVE: (i32, i32, i32) = (60, 10, 6);
 /// Serves one accepted connection to its end. Never fails: a client's trouble is its own.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let slot = shard.attach();
-    let peer = stream.peer_addr().ok();
+    let peer = Peer(stream.peer_addr().ok());
     let fd = stream.as_raw_fd();
     if let Err(e) = stream.set_nodelay(true).map_err(io::Error::from).and_then(|_| {
         let (idle, interval, count) = KEEPALIVE;
@@ -71,9 +71,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
         }
     };
     let offset = start.resolve(shard.fresh_size());
-    debug!(shard = shard.index, client = slot.id(), ?peer, ?start, offset, "client streaming");
+    debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
     let end = stream_file(&shard, &slot, &mut stream, offset, input_open).await;
-    debug!(shard = shard.index, client = slot.id(), ?peer, end = ?end, "client done");
+    debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
     close(&stream);
 }
 
@@ -87,24 +87,37 @@ enum HeaderFailure {
     Shutdown,
 }
 
-fn refuse(shard: &Shard, slot: &ClientSlot, peer: Option<SocketAddr>, failure: HeaderFailure) {
+/// A client's address for logs: IPv4 clients of a dual-stack listener shown as IPv4.
+#[derive(Clone, Copy)]
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => SocketAddr::new(addr.ip().to_canonical(), addr.port()).fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) {
     let client = slot.id();
     match failure {
         HeaderFailure::Bad(e) => {
             let why = if e == HeaderError::TooLong { Rejection::TooLong } else { Rejection::BadHeader };
             shard.stats.reject(why);
-            warn!(shard = shard.index, client, ?peer, reason = %e, "bad header; closing connection");
+            warn!(shard = shard.index, client, %peer, reason = %e, "bad header; closing connection");
         }
         HeaderFailure::Timeout => {
             shard.stats.reject(Rejection::Timeout);
             warn!(
-                shard = shard.index, client, ?peer, timeout = ?shard.header_timeout,
+                shard = shard.index, client, %peer, timeout = ?shard.header_timeout,
                 reason = "no complete header in time", "bad header; closing connection"
             );
         }
-        HeaderFailure::Silent => debug!(shard = shard.index, client, ?peer, "closed before sending a header"),
-        HeaderFailure::Io(e) => debug!(shard = shard.index, client, ?peer, error = %e, "error reading header"),
-        HeaderFailure::Shutdown => debug!(shard = shard.index, client, ?peer, "shutting down before header"),
+        HeaderFailure::Silent => debug!(shard = shard.index, client, %peer, "closed before sending a header"),
+        HeaderFailure::Io(e) => debug!(shard = shard.index, client, %peer, error = %e, "error reading header"),
+        HeaderFailure::Shutdown => debug!(shard = shard.index, client, %peer, "shutting down before header"),
     }
 }
 
@@ -134,12 +147,21 @@ async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFail
 }
 
 /// Why a client's stream ended.
-#[derive(Debug)]
 enum End {
     Shutdown,
     Drained,
     /// The connection failed: reset, broken pipe, timed out.
     Gone(io::Error),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Shutdown => f.write_str("server shutting down"),
+            End::Drained => f.write_str("sent all the file held before it went away"),
+            End::Gone(e) => write!(f, "connection lost: {e}"),
+        }
+    }
 }
 
 enum Woke {
@@ -153,6 +175,7 @@ enum Woke {
 /// Sends the file from `offset` on, as it grows, until the client goes or the server stops.
 async fn stream_file(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, mut offset: u64, mut input_open: bool) -> End {
     let sock = stream.as_raw_fd();
+    slot.set_offset(offset);
     // Sent data to a half-closed client and not yet checked that it is still there.
     let mut unverified = false;
     let mut verify: Option<Timer> = None;
@@ -197,6 +220,7 @@ async fn stream_file(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, m
             }
             Ok(n) => {
                 offset += n as u64;
+                slot.set_offset(offset);
                 ShardStats::add(&shard.stats.bytes_sent, n as u64);
                 unverified |= !input_open;
                 future::yield_now().await;
@@ -208,6 +232,7 @@ async fn stream_file(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, m
                 match probed {
                     Ok(n) => {
                         offset += n as u64;
+                        slot.set_offset(offset);
                         ShardStats::add(&shard.stats.bytes_sent, n as u64);
                         ShardStats::add(&shard.stats.probe_bytes, n as u64);
                     }

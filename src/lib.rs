@@ -24,8 +24,10 @@
 
 pub mod cli;
 pub mod client;
+pub mod control;
 pub mod error;
 pub mod header;
+pub mod notify;
 pub mod shard;
 pub mod stats;
 pub mod sys;
@@ -42,7 +44,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
-use watcher::Watch;
+use notify::Notifier;
+use watcher::{SideJobs, Watch};
 
 /// io_uring buffer memory per executor.
 ///
@@ -74,8 +77,16 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
     let (addr, listeners) = bind(opts.bind, opts.port, shards)?;
 
+    let metrics = match opts.metrics {
+        Some(at) => Some(std::net::TcpListener::bind(at).map_err(|e| Error::io(format!("binding metrics on {at}"), e))?),
+        None => None,
+    };
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    let notifier = Notifier::from_env();
+
     let (placement, pinned) = placement(shards, &cpus);
     let mut bells = Vec::with_capacity(shards);
+    let mut status_changes = Vec::new();
     let mut setups = Vec::with_capacity(shards);
     let mut all_stats = Vec::with_capacity(shards);
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -83,7 +94,12 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
         let stats = Arc::new(ShardStats::default());
         bells.push(tx);
         all_stats.push(stats.clone());
-        setups.push(ShardSetup { index, listener, doorbell: rx, stats });
+        let status = notifier.enabled().then(|| {
+            let (tx, rx) = shared_channel::new_bounded(1);
+            status_changes.push(rx);
+            tx
+        });
+        setups.push(ShardSetup { index, listener, doorbell: rx, status, stats });
     }
     // Handed out in reverse by pop(); the index inside each setup is what counts.
     let setups = Arc::new(Mutex::new(setups));
@@ -104,10 +120,17 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
         })
         .map_err(|e| Error::Runtime(format!("starting {shards} shard executors: {e}")))?;
 
+    let jobs = SideJobs {
+        stats: all_stats.clone(),
+        label: format!("{} on {addr}", opts.file.display()),
+        metrics,
+        notifier,
+        status_changes,
+    };
     let watcher = LocalExecutorBuilder::new(Placement::Unbound)
         .name("tailsrv-watcher")
         .io_memory(IO_MEMORY)
-        .spawn(move || async move { watch.run(signals, bells).await })
+        .spawn(move || async move { watch.run(signals, bells, jobs).await })
         .map_err(|e| Error::Runtime(format!("starting the watcher executor: {e}")))?;
 
     for _ in 0..shards {
@@ -119,6 +142,10 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
         addr = %addr, port = addr.port(), shards, pinned, file = %opts.file.display(),
         "listening"
     );
+    if let Some(at) = metrics_addr {
+        info!(addr = %at, "serving metrics at http://{at}/metrics");
+    }
+    notifier.ready(&format!("serving {} on {addr} with {shards} shards", opts.file.display()));
 
     let outcome = watcher
         .join()
@@ -130,12 +157,14 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
             failed = Some(Error::Runtime(format!("shard executor failed: {e}")));
         }
     }
-    let sent: u64 = all_stats.iter().map(|s| ShardStats::get(&s.bytes_sent)).sum();
+    let total = |get: fn(&ShardStats) -> u64| all_stats.iter().map(|s| get(s)).sum::<u64>();
+    let bytes_sent = total(|s| ShardStats::get(&s.bytes_sent));
+    let probe_bytes = total(|s| ShardStats::get(&s.probe_bytes));
     let outcome = outcome?;
     if let Some(e) = failed {
         return Err(e);
     }
-    info!(?outcome, bytes_sent = sent, "stopped");
+    info!(?outcome, bytes_sent, probe_bytes, "stopped");
     Ok(outcome)
 }
 

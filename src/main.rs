@@ -9,12 +9,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let opts = Options::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let Err(e) = init_logging(&opts) {
+        eprintln!("tailsrv: error: {e}");
+        return ExitCode::from(tailsrv::error::EXIT_ERROR);
+    }
     match tailsrv::run(opts) {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
@@ -22,4 +20,21 @@ fn main() -> ExitCode {
             ExitCode::from(tailsrv::error::EXIT_ERROR)
         }
     }
+}
+
+fn init_logging(opts: &Options) -> Result<(), String> {
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    #[cfg(feature = "tracing-journald")]
+    if opts.journald {
+        let journal = tracing_journald::layer().map_err(|e| format!("cannot log to journald: {e}"))?;
+        tracing_subscriber::registry().with(filter).with(journal).init();
+        return Ok(());
+    }
+    let _ = opts;
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    tracing_subscriber::registry().with(filter).with(stderr).init();
+    Ok(())
 }

@@ -5,7 +5,7 @@ use crate::client;
 use crate::stats::ShardStats;
 use crate::watcher::{Phase, Published};
 use futures_lite::future;
-use glommio::channels::shared_channel::SharedReceiver;
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
 use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
@@ -30,6 +30,8 @@ pub struct ShardSetup {
     pub index: usize,
     pub listener: OwnedFd,
     pub doorbell: SharedReceiver<()>,
+    /// Rung when clients come or go, if systemd wants status lines.
+    pub status: Option<SharedSender<()>>,
     pub stats: Arc<ShardStats>,
 }
 
@@ -39,6 +41,8 @@ struct Slot {
     growth: Option<Waker>,
     /// Woken when the phase changes (a client waiting on its socket).
     phase: Option<Waker>,
+    /// Where the client is in the file, once its header is read.
+    offset: Option<u64>,
 }
 
 /// The shard's view of the world, shared by its tasks (one thread, so `Cell`s suffice).
@@ -56,6 +60,7 @@ pub struct Shard {
     clients: Cell<usize>,
     next_id: Cell<u64>,
     idle: RefCell<Option<Waker>>,
+    status_bell: RefCell<Option<ConnectedSender<()>>>,
 }
 
 impl Shard {
@@ -74,6 +79,14 @@ impl Shard {
             clients: Cell::new(0),
             next_id: Cell::new(0),
             idle: RefCell::default(),
+            status_bell: RefCell::default(),
+        }
+    }
+
+    /// Tells the watcher the client count changed, if it wants to know.
+    fn clients_changed(&self) {
+        if let Some(bell) = self.status_bell.borrow().as_ref() {
+            let _ = bell.try_send(());
         }
     }
 
@@ -127,6 +140,12 @@ impl Shard {
         if grew {
             self.bump(false);
         }
+        if let Some(asked) = self.stats.heartbeat.pending() {
+            let slots = self.slots.borrow();
+            let lags = slots.iter().filter_map(|s| s.offset).map(|o| size.saturating_sub(o));
+            self.stats.lag.store(lags);
+            self.stats.heartbeat.answer(asked);
+        }
     }
 
     /// Moves the shard's phase forward (never back) and wakes everyone if it changed.
@@ -169,6 +188,7 @@ impl Shard {
     pub fn attach(self: &Rc<Self>) -> ClientSlot {
         self.clients.set(self.clients.get() + 1);
         ShardStats::add(&self.stats.connected, 1);
+        self.clients_changed();
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         self.alloc_slot(Some(id))
@@ -231,6 +251,11 @@ impl ClientSlot {
     pub fn wait_phase(&self, waker: &Waker) {
         self.shard.slots.borrow_mut()[self.index].phase = Some(waker.clone());
     }
+
+    /// Records where the client is, for the lag report.
+    pub fn set_offset(&self, offset: u64) {
+        self.shard.slots.borrow_mut()[self.index].offset = Some(offset);
+    }
 }
 
 impl Drop for ClientSlot {
@@ -243,6 +268,7 @@ impl Drop for ClientSlot {
         }
         shard.clients.set(shard.clients.get() - 1);
         ShardStats::sub(&shard.stats.connected, 1);
+        shard.clients_changed();
         if shard.clients.get() == 0 {
             if let Some(waker) = shard.idle.borrow_mut().take() {
                 waker.wake();
@@ -253,13 +279,16 @@ impl Drop for ClientSlot {
 
 /// Runs one shard until shutdown: adopts its listener, follows the doorbell, accepts clients.
 pub async fn run(setup: ShardSetup, published: Arc<Published>, header_timeout: Duration, ready: impl FnOnce()) {
-    let ShardSetup { index, listener, doorbell, stats } = setup;
+    let ShardSetup { index, listener, doorbell, status, stats } = setup;
     // SAFETY: `listener` is a listening TCP socket we own; ownership moves to glommio.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let shard = Rc::new(Shard::new(index, stats, published, header_timeout));
     shard.refresh();
 
     let doorbell = doorbell.connect().await;
+    if let Some(status) = status {
+        *shard.status_bell.borrow_mut() = Some(status.connect().await);
+    }
     let bell_shard = shard.clone();
     glommio::spawn_local(async move {
         while doorbell.recv().await.is_some() {

@@ -43,6 +43,10 @@ pub struct ShardStats {
     pub blocked: AtomicU64,
     /// File bytes that went out through the writability probe rather than sendfile.
     pub probe_bytes: AtomicU64,
+    /// Requests from the watcher, answered from the shard's own thread.
+    pub heartbeat: Heartbeat,
+    /// The lags of this shard's clients when it last answered the heartbeat.
+    pub lag: LagReport,
 }
 
 impl ShardStats {
@@ -64,5 +68,93 @@ impl ShardStats {
 
     pub fn rejected(&self, why: Rejection) -> u64 {
         Self::get(&self.rejected[why as usize])
+    }
+}
+
+/// Upper bounds, in bytes, of the client lag histogram's buckets (file size minus offset).
+pub const LAG_BOUNDS: [u64; 7] = [0, 4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 4 << 30];
+
+/// How far behind a shard's clients are, as the shard last reported it.
+#[derive(Debug, Default)]
+pub struct LagReport {
+    /// Clients per bucket of [`LAG_BOUNDS`] (not cumulative), the last for everything above.
+    pub buckets: [AtomicU64; LAG_BOUNDS.len() + 1],
+    pub sum: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl LagReport {
+    /// Replaces the report with the lags of the clients given.
+    pub fn store(&self, lags: impl Iterator<Item = u64>) {
+        let mut buckets = [0u64; LAG_BOUNDS.len() + 1];
+        let (mut sum, mut count) = (0u64, 0u64);
+        for lag in lags {
+            let bucket = LAG_BOUNDS.iter().position(|&b| lag <= b).unwrap_or(LAG_BOUNDS.len());
+            buckets[bucket] += 1;
+            sum = sum.saturating_add(lag);
+            count += 1;
+        }
+        for (slot, n) in self.buckets.iter().zip(buckets) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        self.sum.store(sum, Ordering::Relaxed);
+        self.count.store(count, Ordering::Relaxed);
+    }
+}
+
+/// A request the watcher makes of a shard through its doorbell, answered when the shard
+/// next runs: proof of life for the watchdog, and a fresh lag report for metrics.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    asked: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl Heartbeat {
+    /// Asks again; returns the number the shard must answer with.
+    pub fn ask(&self) -> u64 {
+        self.asked.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Whether the shard has answered every request made so far.
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire) >= self.asked.load(Ordering::Acquire)
+    }
+
+    /// The shard's side: is there a request to answer?
+    pub fn pending(&self) -> Option<u64> {
+        let asked = self.asked.load(Ordering::Acquire);
+        (asked != self.answered.load(Ordering::Relaxed)).then_some(asked)
+    }
+
+    pub fn answer(&self, asked: u64) {
+        self.answered.store(asked, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_report_buckets_by_upper_bound() {
+        let report = LagReport::default();
+        report.store([0, 1, 4096, 4097, 5 << 30].into_iter());
+        let got: Vec<u64> = report.buckets.iter().map(ShardStats::get).collect();
+        assert_eq!(got, [1, 2, 1, 0, 0, 0, 0, 1]);
+        assert_eq!(ShardStats::get(&report.count), 5);
+        assert_eq!(ShardStats::get(&report.sum), 1 + 4096 + 4097 + (5 << 30));
+    }
+
+    #[test]
+    fn heartbeat_is_answered_only_after_the_shard_replies() {
+        let hb = Heartbeat::default();
+        assert!(hb.answered());
+        let asked = hb.ask();
+        assert!(!hb.answered());
+        assert_eq!(hb.pending(), Some(asked));
+        hb.answer(asked);
+        assert!(hb.answered());
+        assert_eq!(hb.pending(), None);
     }
 }

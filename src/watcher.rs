@@ -7,14 +7,19 @@
 //! yet; when it does, it reads the atomics and so sees this change too. Every shard always
 //! ends up with the latest size, and the watcher never blocks.
 
+use crate::control::{self, Bells, View};
 use crate::error::{Error, Outcome};
+use crate::notify::Notifier;
+use crate::stats::ShardStats;
 use crate::sys;
-use glommio::channels::shared_channel::{ConnectedSender, SharedSender};
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use glommio::net::TcpListener;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -83,6 +88,18 @@ const FILE_EVENTS: WatchMask = WatchMask::MODIFY
     .union(WatchMask::MOVE_SELF)
     .union(WatchMask::DELETE_SELF);
 
+/// What the watcher executor runs beside the watch itself.
+pub struct SideJobs {
+    pub stats: Vec<Arc<ShardStats>>,
+    /// "FILE on ADDR", for status lines.
+    pub label: String,
+    /// The bound `--metrics` listener.
+    pub metrics: Option<std::net::TcpListener>,
+    pub notifier: Notifier,
+    /// Rung by shards when clients come or go (only when systemd wants status).
+    pub status_changes: Vec<SharedReceiver<()>>,
+}
+
 /// The file and its directory under watch. Built on the main thread so that a missing
 /// directory or an unreadable file stops tailsrv before anything starts.
 pub struct Watch {
@@ -150,18 +167,31 @@ impl Watch {
     }
 
     /// Runs on the watcher executor until a signal arrives or the file is gone or truncated.
-    pub async fn run(mut self, signals: OwnedFd, doorbells: Vec<SharedSender<()>>) -> Result<Outcome, Error> {
+    pub async fn run(mut self, signals: OwnedFd, doorbells: Vec<SharedSender<()>>, jobs: SideJobs) -> Result<Outcome, Error> {
         let mut bells = Vec::with_capacity(doorbells.len());
         for bell in doorbells {
             bells.push(bell.connect().await);
         }
-        let ring = |bells: &[ConnectedSender<()>]| {
-            for bell in bells {
-                // Full means already rung; closed means that shard has stopped. Either way
-                // there is nothing to wait for.
-                let _ = bell.try_send(());
+        let bells = Rc::new(Bells(bells));
+        let view = Rc::new(View { stats: jobs.stats, published: self.published.clone(), label: jobs.label });
+        if let Some(listener) = jobs.metrics {
+            // SAFETY: a bound, listening TCP socket we own; ownership moves to glommio.
+            let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+            glommio::spawn_local(control::serve_metrics(listener, view.clone(), bells.clone())).detach();
+        }
+        let notifier = jobs.notifier;
+        if notifier.enabled() {
+            let mut changes = Vec::with_capacity(jobs.status_changes.len());
+            for rx in jobs.status_changes {
+                changes.push(rx.connect().await);
             }
-        };
+            glommio::spawn_local(control::keep_status(notifier, view.clone(), changes)).detach();
+        }
+        if let Some(interval) = notifier.watchdog_interval() {
+            info!(?interval, "systemd watchdog enabled");
+            glommio::spawn_local(control::keep_watchdog(notifier, interval, view.clone(), bells.clone())).detach();
+        }
+        let ring = |bells: &Bells| bells.ring();
         let mut buffer = [0u8; 4096];
         let inotify_fd = self.inotify.as_raw_fd();
         let signal_fd = signals.as_raw_fd();
@@ -211,6 +241,7 @@ impl Watch {
                 .await
                 .map_err(|e| Error::io("waiting for file events", e))?;
         };
+        notifier.stopping(&format!("stopping: {outcome:?}"));
         ring(&bells);
         Ok(outcome)
     }
