@@ -50,7 +50,9 @@ pub struct Options {
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 86_400.0) {
         return Err(format!("`{text}` is not between 0 and 86400 seconds"));
     }
@@ -73,7 +75,16 @@ mod tests {
         assert_eq!((o.port, o.bind, o.shards), (4321, None, None));
         assert_eq!(o.header_timeout, Duration::from_secs(10));
         let o = Options::try_parse_from([
-            "tailsrv", "-p", "0", "--bind", "::1", "--shards", "3", "--header-timeout", "0.5", "log",
+            "tailsrv",
+            "-p",
+            "0",
+            "--bind",
+            "::1",
+            "--shards",
+            "3",
+            "--header-timeout",
+            "0.5",
+            "log",
         ])
         .unwrap();
         assert_eq!(o.bind, Some("::1".parse().unwrap()));

@@ -40,10 +40,19 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     let slot = shard.attach();
     let peer = Peer(stream.peer_addr().ok());
     let fd = stream.as_raw_fd();
-    if let Err(e) = stream.set_nodelay(true).map_err(io::Error::from).and_then(|_| {
-        let (idle, interval, count) = KEEPALIVE;
-        sys::set_keepalive(fd, idle, interval, count)
-    }) {
+    if let Err(e) = sys::set_nonblocking(fd) {
+        // Without it one stalled client could block the shard: refuse to serve it.
+        warn!(shard = shard.index, client = slot.id(), %peer, error = %e, "cannot make the socket non-blocking");
+        return;
+    }
+    if let Err(e) = stream
+        .set_nodelay(true)
+        .map_err(io::Error::from)
+        .and_then(|_| {
+            let (idle, interval, count) = KEEPALIVE;
+            sys::set_keepalive(fd, idle, interval, count)
+        })
+    {
         debug!(shard = shard.index, client = slot.id(), error = %e, "setting socket options");
     }
 
@@ -104,7 +113,11 @@ fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) 
     let client = slot.id();
     match failure {
         HeaderFailure::Bad(e) => {
-            let why = if e == HeaderError::TooLong { Rejection::TooLong } else { Rejection::BadHeader };
+            let why = if e == HeaderError::TooLong {
+                Rejection::TooLong
+            } else {
+                Rejection::BadHeader
+            };
             shard.stats.reject(why);
             warn!(shard = shard.index, client, %peer, reason = %e, "bad header; closing connection");
         }
@@ -115,9 +128,15 @@ fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) 
                 reason = "no complete header in time", "bad header; closing connection"
             );
         }
-        HeaderFailure::Silent => debug!(shard = shard.index, client, %peer, "closed before sending a header"),
-        HeaderFailure::Io(e) => debug!(shard = shard.index, client, %peer, error = %e, "error reading header"),
-        HeaderFailure::Shutdown => debug!(shard = shard.index, client, %peer, "shutting down before header"),
+        HeaderFailure::Silent => {
+            debug!(shard = shard.index, client, %peer, "closed before sending a header")
+        }
+        HeaderFailure::Io(e) => {
+            debug!(shard = shard.index, client, %peer, error = %e, "error reading header")
+        }
+        HeaderFailure::Shutdown => {
+            debug!(shard = shard.index, client, %peer, "shutting down before header")
+        }
     }
 }
 
@@ -136,7 +155,9 @@ async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFail
             if len == 0 {
                 return Err(HeaderFailure::Silent);
             }
-            return header::at_eof(&buf[..len]).map(|s| (s, false)).map_err(HeaderFailure::Bad);
+            return header::at_eof(&buf[..len])
+                .map(|s| (s, false))
+                .map_err(HeaderFailure::Bad);
         }
         len += n;
         match header::scan(&buf[..len]) {
@@ -173,7 +194,13 @@ enum Woke {
 }
 
 /// Sends the file from `offset` on, as it grows, until the client goes or the server stops.
-async fn stream_file(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, mut offset: u64, mut input_open: bool) -> End {
+async fn stream_file(
+    shard: &Shard,
+    slot: &ClientSlot,
+    stream: &mut TcpStream,
+    mut offset: u64,
+    mut input_open: bool,
+) -> End {
     let sock = stream.as_raw_fd();
     slot.set_offset(offset);
     // Sent data to a half-closed client and not yet checked that it is still there.
@@ -209,7 +236,9 @@ async fn stream_file(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, m
                 continue;
             }
         };
-        let count = usize::try_from(size - offset).unwrap_or(usize::MAX).min(CHUNK);
+        let count = usize::try_from(size - offset)
+            .unwrap_or(usize::MAX)
+            .min(CHUNK);
         match sys::sendfile(sock, file, offset, count) {
             Ok(0) => {
                 // The file is shorter than the watcher said: it was truncated, and the watcher
@@ -247,7 +276,13 @@ async fn stream_file(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, m
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the
 /// client sends, which also tells at once when the client resets the connection.
-async fn wait_for_news(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, input_open: bool, mut verify: Option<&mut Timer>) -> Woke {
+async fn wait_for_news(
+    shard: &Shard,
+    slot: &ClientSlot,
+    stream: &mut TcpStream,
+    input_open: bool,
+    mut verify: Option<&mut Timer>,
+) -> Woke {
     let seen = shard.generation();
     let sock = stream.as_raw_fd();
     let mut junk = [0u8; 64];
@@ -301,7 +336,13 @@ fn drain(sock: RawFd) -> io::Result<bool> {
 /// not poll it again but go back to sendfile. Only if the socket drained in the instant
 /// between does the byte go out, which is correct, as it is the byte due next. The cost is
 /// a one-byte pread per stall; no thread, pipe or timer per client.
-async fn wait_writable(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream, file: RawFd, offset: u64) -> io::Result<usize> {
+async fn wait_writable(
+    shard: &Shard,
+    slot: &ClientSlot,
+    stream: &mut TcpStream,
+    file: RawFd,
+    offset: u64,
+) -> io::Result<usize> {
     let mut armed = false;
     poll_fn(|cx| {
         if shard.phase() == Phase::Closing {
@@ -309,6 +350,7 @@ async fn wait_writable(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream,
         }
         slot.wait_phase(cx.waker());
         if armed {
+            tracing::trace!(offset, "probe woken");
             return Poll::Ready(Ok(0));
         }
         let byte = match sys::read_byte(file, offset) {
@@ -319,6 +361,7 @@ async fn wait_writable(shard: &Shard, slot: &ClientSlot, stream: &mut TcpStream,
         match Pin::new(&mut *stream).poll_write(cx, &[byte]) {
             Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => {
+                tracing::trace!(offset, "probe armed");
                 armed = true;
                 Poll::Pending
             }

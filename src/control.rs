@@ -39,7 +39,10 @@ pub struct View {
 
 impl View {
     fn connected(&self) -> u64 {
-        self.stats.iter().map(|s| ShardStats::get(&s.connected)).sum()
+        self.stats
+            .iter()
+            .map(|s| ShardStats::get(&s.connected))
+            .sum()
     }
 
     pub fn status(&self) -> String {
@@ -79,13 +82,18 @@ pub fn render(view: &View) -> String {
     };
     family("tailsrv_build_info", "gauge", "Build information.");
     drop(family);
-    let _ = writeln!(out, "tailsrv_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-    let per_shard = |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&ShardStats) -> u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (i, s) in view.stats.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(s));
-        }
-    };
+    let _ = writeln!(
+        out,
+        "tailsrv_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let per_shard =
+        |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&ShardStats) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (i, s) in view.stats.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(s));
+            }
+        };
     let _ = writeln!(
         out,
         "# HELP tailsrv_file_size_bytes Size of the served file.\n# TYPE tailsrv_file_size_bytes gauge\ntailsrv_file_size_bytes {}",
@@ -96,16 +104,34 @@ pub fn render(view: &View) -> String {
         "# HELP tailsrv_shards Shard executors.\n# TYPE tailsrv_shards gauge\ntailsrv_shards {}",
         view.stats.len()
     );
-    per_shard(&mut out, "tailsrv_clients_connected", "gauge", "Open client connections.", &|s| ShardStats::get(&s.connected));
-    per_shard(&mut out, "tailsrv_clients_accepted_total", "counter", "Client connections accepted.", &|s| {
-        ShardStats::get(&s.accepted)
-    });
-    per_shard(&mut out, "tailsrv_clients_blocked", "gauge", "Clients waiting for their full socket to drain.", &|s| {
-        ShardStats::get(&s.blocked)
-    });
-    per_shard(&mut out, "tailsrv_sent_bytes_total", "counter", "File bytes sent to clients.", &|s| {
-        ShardStats::get(&s.bytes_sent)
-    });
+    per_shard(
+        &mut out,
+        "tailsrv_clients_connected",
+        "gauge",
+        "Open client connections.",
+        &|s| ShardStats::get(&s.connected),
+    );
+    per_shard(
+        &mut out,
+        "tailsrv_clients_accepted_total",
+        "counter",
+        "Client connections accepted.",
+        &|s| ShardStats::get(&s.accepted),
+    );
+    per_shard(
+        &mut out,
+        "tailsrv_clients_blocked",
+        "gauge",
+        "Clients waiting for their full socket to drain.",
+        &|s| ShardStats::get(&s.blocked),
+    );
+    per_shard(
+        &mut out,
+        "tailsrv_sent_bytes_total",
+        "counter",
+        "File bytes sent to clients.",
+        &|s| ShardStats::get(&s.bytes_sent),
+    );
     per_shard(
         &mut out,
         "tailsrv_probe_sent_bytes_total",
@@ -119,7 +145,11 @@ pub fn render(view: &View) -> String {
     );
     for why in Rejection::ALL {
         let n: u64 = view.stats.iter().map(|s| s.rejected(why)).sum();
-        let _ = writeln!(out, "tailsrv_clients_rejected_total{{reason=\"{}\"}} {n}", why.name());
+        let _ = writeln!(
+            out,
+            "tailsrv_clients_rejected_total{{reason=\"{}\"}} {n}",
+            why.name()
+        );
     }
     let name = "tailsrv_client_lag_bytes";
     let _ = writeln!(
@@ -127,12 +157,25 @@ pub fn render(view: &View) -> String {
         "# HELP {name} How far behind the end of the file clients are (file size minus client offset).\n# TYPE {name} histogram"
     );
     let mut cumulative = 0;
-    for (i, bound) in LAG_BOUNDS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
-        cumulative += view.stats.iter().map(|s| ShardStats::get(&s.lag.buckets[i])).sum::<u64>();
+    for (i, bound) in LAG_BOUNDS
+        .iter()
+        .map(|b| b.to_string())
+        .chain(["+Inf".to_string()])
+        .enumerate()
+    {
+        cumulative += view
+            .stats
+            .iter()
+            .map(|s| ShardStats::get(&s.lag.buckets[i]))
+            .sum::<u64>();
         let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
     }
     let sum: u64 = view.stats.iter().map(|s| ShardStats::get(&s.lag.sum)).sum();
-    let count: u64 = view.stats.iter().map(|s| ShardStats::get(&s.lag.count)).sum();
+    let count: u64 = view
+        .stats
+        .iter()
+        .map(|s| ShardStats::get(&s.lag.count))
+        .sum();
     let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
     out
 }
@@ -178,7 +221,10 @@ async fn answer(mut stream: TcpStream, view: &View, bells: &Bells) -> std::io::R
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
             let n = stream.read(&mut buf).await?;
             if n == 0 || head.len() + n > MAX_REQUEST {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "incomplete or oversized request"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "incomplete or oversized request",
+                ));
             }
             head.extend_from_slice(&buf[..n]);
         }
@@ -191,11 +237,18 @@ async fn answer(mut stream: TcpStream, view: &View, bells: &Bells) -> std::io::R
     .await?;
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut words = line.split(|&b| b == b' ');
-    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
+    let (method, path) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
     let response = match (method, path) {
         (b"GET", b"/metrics") => {
             view.refresh(bells, Duration::from_millis(200)).await;
-            reply("200 OK", "text/plain; version=0.0.4; charset=utf-8", &render(view))
+            reply(
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                &render(view),
+            )
         }
         (b"GET", _) => reply("404 Not Found", "text/plain", "try /metrics\n"),
         _ => reply("405 Method Not Allowed", "text/plain", "only GET\n"),
@@ -243,7 +296,12 @@ pub async fn keep_status(notifier: Notifier, view: Rc<View>, changes: Vec<Connec
 }
 
 /// Pings systemd's watchdog at half the interval, but only while every shard answers.
-pub async fn keep_watchdog(notifier: Notifier, interval: Duration, view: Rc<View>, bells: Rc<Bells>) {
+pub async fn keep_watchdog(
+    notifier: Notifier,
+    interval: Duration,
+    view: Rc<View>,
+    bells: Rc<Bells>,
+) {
     let period = interval / 2;
     loop {
         // Why ask the shards? A ping from the watcher alone would only prove the watcher
@@ -252,8 +310,13 @@ pub async fn keep_watchdog(notifier: Notifier, interval: Duration, view: Rc<View
         if view.refresh(&bells, period / 2).await {
             notifier.watchdog();
         } else {
-            let stuck: Vec<usize> = (0..view.stats.len()).filter(|&i| !view.stats[i].heartbeat.answered()).collect();
-            warn!(?stuck, "shards not answering; withholding the watchdog ping");
+            let stuck: Vec<usize> = (0..view.stats.len())
+                .filter(|&i| !view.stats[i].heartbeat.answered())
+                .collect();
+            warn!(
+                ?stuck,
+                "shards not answering; withholding the watchdog ping"
+            );
         }
         Timer::new(period).await;
     }

@@ -78,7 +78,10 @@ pub fn parse(line: &[u8]) -> Result<Start, HeaderError> {
     let Some(start) = start else {
         return Err(HeaderError::Empty);
     };
-    let end = line.iter().rposition(|&b| !is_padding(b)).map_or(start, |e| e + 1);
+    let end = line
+        .iter()
+        .rposition(|&b| !is_padding(b))
+        .map_or(start, |e| e + 1);
     let text = &line[start..end];
     let (negative, digits) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
@@ -181,7 +184,10 @@ mod tests {
     fn too_long_lines_are_refused_even_if_numeric() {
         let long = format!("{}1", " ".repeat(MAX_HEADER_LEN));
         assert_eq!(parse(long.as_bytes()), Err(HeaderError::TooLong));
-        assert_eq!(scan(&[b' '; MAX_HEADER_LEN]), Progress::Done(Err(HeaderError::TooLong)));
+        assert_eq!(
+            scan(&[b' '; MAX_HEADER_LEN]),
+            Progress::Done(Err(HeaderError::TooLong))
+        );
         assert_eq!(scan(&[b' '; MAX_HEADER_LEN - 1]), Progress::NeedMore);
     }
 

@@ -38,13 +38,13 @@ pub use error::{Error, Outcome};
 use cli::Options;
 use glommio::channels::shared_channel;
 use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
+use notify::Notifier;
 use shard::ShardSetup;
 use stats::ShardStats;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
-use notify::Notifier;
 use watcher::{SideJobs, Watch};
 
 /// io_uring buffer memory per executor.
@@ -87,7 +87,10 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let (addr, listeners) = bind(opts.bind, opts.port, shards)?;
 
     let metrics = match opts.metrics {
-        Some(at) => Some(std::net::TcpListener::bind(at).map_err(|e| Error::io(format!("binding metrics on {at}"), e))?),
+        Some(at) => Some(
+            std::net::TcpListener::bind(at)
+                .map_err(|e| Error::io(format!("binding metrics on {at}"), e))?,
+        ),
         None => None,
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
@@ -108,7 +111,13 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
             status_changes.push(rx);
             tx
         });
-        setups.push(ShardSetup { index, listener, doorbell: rx, status, stats });
+        setups.push(ShardSetup {
+            index,
+            listener,
+            doorbell: rx,
+            status,
+            stats,
+        });
     }
     // Handed out in reverse by pop(); the index inside each setup is what counts.
     let setups = Arc::new(Mutex::new(setups));
@@ -152,10 +161,16 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
         addr = %addr, port = addr.port(), shards, pinned, file = %opts.file.display(),
         "listening"
     );
+    if published.file().is_none() {
+        info!(file = %opts.file.display(), "file does not exist yet; waiting for it");
+    }
     if let Some(at) = metrics_addr {
         info!(addr = %at, "serving metrics at http://{at}/metrics");
     }
-    notifier.ready(&format!("serving {} on {addr} with {shards} shards", opts.file.display()));
+    notifier.ready(&format!(
+        "serving {} on {addr} with {shards} shards",
+        opts.file.display()
+    ));
 
     let outcome = watcher
         .join()
@@ -180,12 +195,23 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
 
 /// Binds one listener per shard. Without `--bind`, listens on every IPv6 and IPv4 address,
 /// or on every IPv4 address where the system has no IPv6.
-fn bind(ip: Option<IpAddr>, port: u16, shards: usize) -> Result<(SocketAddr, Vec<std::os::fd::OwnedFd>), Error> {
+fn bind(
+    ip: Option<IpAddr>,
+    port: u16,
+    shards: usize,
+) -> Result<(SocketAddr, Vec<std::os::fd::OwnedFd>), Error> {
     let addr = SocketAddr::new(ip.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
     match sys::bind_listeners(addr, shards, BACKLOG) {
-        Err(e) if ip.is_none() && matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {
+        Err(e)
+            if ip.is_none()
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                ) =>
+        {
             let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-            sys::bind_listeners(v4, shards, BACKLOG).map_err(|e| Error::io(format!("binding {v4}"), e))
+            sys::bind_listeners(v4, shards, BACKLOG)
+                .map_err(|e| Error::io(format!("binding {v4}"), e))
         }
         result => result.map_err(|e| Error::io(format!("binding {addr}"), e)),
     }

@@ -27,14 +27,21 @@ fn init_logging(opts: &Options) -> Result<(), String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     #[cfg(feature = "tracing-journald")]
     if opts.journald {
-        let journal = tracing_journald::layer().map_err(|e| format!("cannot log to journald: {e}"))?;
-        tracing_subscriber::registry().with(filter).with(journal).init();
+        let journal =
+            tracing_journald::layer().map_err(|e| format!("cannot log to journald: {e}"))?;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(journal)
+            .init();
         return Ok(());
     }
     let _ = opts;
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    tracing_subscriber::registry().with(filter).with(stderr).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .init();
     Ok(())
 }

@@ -64,7 +64,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    fn new(index: usize, stats: Arc<ShardStats>, published: Arc<Published>, header_timeout: Duration) -> Self {
+    fn new(
+        index: usize,
+        stats: Arc<ShardStats>,
+        published: Arc<Published>,
+        header_timeout: Duration,
+    ) -> Self {
         Shard {
             index,
             stats,
@@ -113,7 +118,9 @@ impl Shard {
     /// Why not the published size? `-n` means the last n bytes at the moment the header is
     /// processed; the watcher may not have seen the latest append yet.
     pub fn fresh_size(&self) -> u64 {
-        let Some(fd) = self.file() else { return self.size() };
+        let Some(fd) = self.file() else {
+            return self.size();
+        };
         match crate::sys::fstat(fd) {
             Ok(st) => {
                 let size = st.st_size as u64;
@@ -134,7 +141,8 @@ impl Shard {
             self.file.set(self.published.file().map(AsRawFd::as_raw_fd));
         }
         let size = self.published.size().max(self.size.get());
-        let grew = size > self.size.get() || (self.file.get().is_some() && self.generation.get() == 0);
+        let grew =
+            size > self.size.get() || (self.file.get().is_some() && self.generation.get() == 0);
         self.size.set(size);
         self.advance(self.published.phase());
         if grew {
@@ -142,7 +150,10 @@ impl Shard {
         }
         if let Some(asked) = self.stats.heartbeat.pending() {
             let slots = self.slots.borrow();
-            let lags = slots.iter().filter_map(|s| s.offset).map(|o| size.saturating_sub(o));
+            let lags = slots
+                .iter()
+                .filter_map(|s| s.offset)
+                .map(|o| size.saturating_sub(o));
             self.stats.lag.store(lags);
             self.stats.heartbeat.answer(asked);
         }
@@ -164,7 +175,11 @@ impl Shard {
             .iter_mut()
             .flat_map(|slot| {
                 let growth = slot.growth.take();
-                let phase = if phase_changed { slot.phase.take() } else { None };
+                let phase = if phase_changed {
+                    slot.phase.take()
+                } else {
+                    None
+                };
                 growth.into_iter().chain(phase)
             })
             .collect();
@@ -181,7 +196,11 @@ impl Shard {
                 slots.len() - 1
             }
         };
-        ClientSlot { shard: self.clone(), index, id }
+        ClientSlot {
+            shard: self.clone(),
+            index,
+            id,
+        }
     }
 
     /// Registers a new client; it is counted until the returned guard drops.
@@ -278,8 +297,19 @@ impl Drop for ClientSlot {
 }
 
 /// Runs one shard until shutdown: adopts its listener, follows the doorbell, accepts clients.
-pub async fn run(setup: ShardSetup, published: Arc<Published>, header_timeout: Duration, ready: impl FnOnce()) {
-    let ShardSetup { index, listener, doorbell, status, stats } = setup;
+pub async fn run(
+    setup: ShardSetup,
+    published: Arc<Published>,
+    header_timeout: Duration,
+    ready: impl FnOnce(),
+) {
+    let ShardSetup {
+        index,
+        listener,
+        doorbell,
+        status,
+        stats,
+    } = setup;
     // SAFETY: `listener` is a listening TCP socket we own; ownership moves to glommio.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
     let shard = Rc::new(Shard::new(index, stats, published, header_timeout));
@@ -320,7 +350,10 @@ pub async fn run(setup: ShardSetup, published: Arc<Published>, header_timeout: D
                 warn!(shard = index, error = %e, "accept failed");
                 // Out of descriptors or memory: the connection waits in the backlog; pause
                 // rather than spin on it.
-                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
                     Timer::new(ACCEPT_BACKOFF).await;
                 }
             }
@@ -335,12 +368,22 @@ pub async fn run(setup: ShardSetup, published: Arc<Published>, header_timeout: D
         .await;
         shard.advance(Phase::Closing);
     }
-    let closed = future::or(async { shard.until_no_clients().await; true }, async {
-        Timer::new(CLOSE_GRACE).await;
-        false
-    })
+    let closed = future::or(
+        async {
+            shard.until_no_clients().await;
+            true
+        },
+        async {
+            Timer::new(CLOSE_GRACE).await;
+            false
+        },
+    )
     .await;
     if !closed {
-        error!(shard = index, clients = shard.clients.get(), "clients still open after shutdown grace");
+        error!(
+            shard = index,
+            clients = shard.clients.get(),
+            "clients still open after shutdown grace"
+        );
     }
 }

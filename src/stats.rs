@@ -89,7 +89,10 @@ impl LagReport {
         let mut buckets = [0u64; LAG_BOUNDS.len() + 1];
         let (mut sum, mut count) = (0u64, 0u64);
         for lag in lags {
-            let bucket = LAG_BOUNDS.iter().position(|&b| lag <= b).unwrap_or(LAG_BOUNDS.len());
+            let bucket = LAG_BOUNDS
+                .iter()
+                .position(|&b| lag <= b)
+                .unwrap_or(LAG_BOUNDS.len());
             buckets[bucket] += 1;
             sum = sum.saturating_add(lag);
             count += 1;

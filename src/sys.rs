@@ -38,7 +38,12 @@ pub fn read_byte(file: RawFd, offset: u64) -> io::Result<Option<u8>> {
     let mut byte = 0u8;
     // SAFETY: the buffer is one valid, writable byte.
     let n = check_size(unsafe {
-        libc::pread(file, (&mut byte as *mut u8).cast(), 1, offset as libc::off_t)
+        libc::pread(
+            file,
+            (&mut byte as *mut u8).cast(),
+            1,
+            offset as libc::off_t,
+        )
     })?;
     Ok((n == 1).then_some(byte))
 }
@@ -68,6 +73,21 @@ pub fn discard_input(socket: RawFd) -> io::Result<usize> {
     })
 }
 
+/// Makes a descriptor non-blocking.
+///
+/// Why? glommio's sockets are blocking (it passes MSG_DONTWAIT to each send and recv
+/// instead), but sendfile takes no flags: on a blocking socket a client that stops reading
+/// would park its whole shard inside sendfile.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl calls on a descriptor the caller owns.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    }
+    Ok(())
+}
+
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
     // SAFETY: `value` lives for the call and its size is passed alongside it.
     check(unsafe {
@@ -83,10 +103,25 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> 
 }
 
 /// Turns on TCP keepalive so peers that vanished without a trace are found.
-pub fn set_keepalive(socket: RawFd, idle_secs: i32, interval_secs: i32, count: i32) -> io::Result<()> {
-    setsockopt(socket, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1 as libc::c_int)?;
+pub fn set_keepalive(
+    socket: RawFd,
+    idle_secs: i32,
+    interval_secs: i32,
+    count: i32,
+) -> io::Result<()> {
+    setsockopt(
+        socket,
+        libc::SOL_SOCKET,
+        libc::SO_KEEPALIVE,
+        1 as libc::c_int,
+    )?;
     setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle_secs)?;
-    setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval_secs)?;
+    setsockopt(
+        socket,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        interval_secs,
+    )?;
     setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)
 }
 
@@ -156,18 +191,24 @@ fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `storage` is writable for `len` bytes.
     check(unsafe {
-        libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len)
+        libc::getsockname(
+            fd,
+            (&mut storage as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
     })?;
     match storage.ss_family as libc::c_int {
         libc::AF_INET => {
             // SAFETY: the kernel wrote a sockaddr_in for an AF_INET socket.
-            let sin: libc::sockaddr_in = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
             let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
             Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 => {
             // SAFETY: the kernel wrote a sockaddr_in6 for an AF_INET6 socket.
-            let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((&storage as *const libc::sockaddr_storage).cast()) };
             let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Ok(SocketAddr::V6(std::net::SocketAddrV6::new(
                 ip,
@@ -176,7 +217,9 @@ fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
                 sin6.sin6_scope_id,
             )))
         }
-        family => Err(io::Error::other(format!("unexpected address family {family}"))),
+        family => Err(io::Error::other(format!(
+            "unexpected address family {family}"
+        ))),
     }
 }
 
@@ -189,19 +232,40 @@ fn tcp_socket(addr: &SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
     let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: `fd` is a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)?;
+    setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        1 as libc::c_int,
+    )?;
     if reuse_port {
-        setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1 as libc::c_int)?;
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            1 as libc::c_int,
+        )?;
     }
     if addr.is_ipv6() {
         // Why explicit? An unspecified IPv6 address is meant to take IPv4 too, whatever the
         // system's bindv6only default says; a specific one binds just itself either way.
         let v6only = !addr.ip().is_unspecified();
-        setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only as libc::c_int)?;
+        setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            v6only as libc::c_int,
+        )?;
     }
     let (storage, len) = sockaddr(addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
-    check(unsafe { libc::bind(fd.as_raw_fd(), (&storage as *const libc::sockaddr_storage).cast(), len) })?;
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })?;
     Ok(fd)
 }
 
@@ -211,7 +275,11 @@ fn tcp_socket(addr: &SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
 /// Why a probe first? SO_REUSEPORT lets any socket of the same user join the group, so a
 /// second tailsrv on the same port would silently steal half the clients. Binding once
 /// without it first turns "port in use" into the error it should be.
-pub fn bind_listeners(addr: SocketAddr, count: usize, backlog: i32) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+) -> io::Result<(SocketAddr, Vec<OwnedFd>)> {
     let mut addr = addr;
     if addr.port() != 0 {
         drop(tcp_socket(&addr, false)?);
@@ -257,7 +325,9 @@ pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
     let mut info: libc::signalfd_siginfo = unsafe { zeroed() };
     let size = size_of::<libc::signalfd_siginfo>();
     // SAFETY: `info` is writable for `size` bytes.
-    match check_size(unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) }) {
+    match check_size(unsafe {
+        libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size)
+    }) {
         Ok(n) if n == size => Ok(Some(info.ssi_signo as i32)),
         Ok(_) => Ok(None),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -269,7 +339,11 @@ pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
 pub fn wait_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
     let mut polls: Vec<libc::pollfd> = fds
         .iter()
-        .map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
         .collect();
     loop {
         // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
@@ -302,7 +376,9 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: `set` is writable for its own size.
     check(unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) })?;
     // SAFETY: CPU_ISSET reads a set the kernel filled, for indices within its size.
-    Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    Ok((0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 #[cfg(test)]
@@ -327,7 +403,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tailsrv-sys-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("f");
-        std::fs::File::create(&path).unwrap().write_all(b"ab").unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(b"ab")
+            .unwrap();
         let file = std::fs::File::open(&path).unwrap();
         assert_eq!(read_byte(file.as_raw_fd(), 1).unwrap(), Some(b'b'));
         assert_eq!(read_byte(file.as_raw_fd(), 2).unwrap(), None);

@@ -19,9 +19,9 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::rc::Rc;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use tracing::{debug, error, info, warn};
@@ -123,7 +123,12 @@ impl Watch {
         let inotify = Inotify::init().map_err(|e| Error::io("starting inotify", e))?;
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(Error::Config(format!("{} is not a directory", dir.display()))),
+            Ok(_) => {
+                return Err(Error::Config(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )))
+            }
             Err(e) => return Err(Error::io(format!("directory {}", dir.display()), e)),
         }
         inotify
@@ -139,9 +144,7 @@ impl Watch {
         };
         match watch.open() {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                info!(file = %path.display(), "file does not exist yet; waiting for it")
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
         }
         Ok(watch)
@@ -156,7 +159,10 @@ impl Watch {
         let file = File::open(&self.path)?;
         let meta = file.metadata()?;
         if meta.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::IsADirectory, "is a directory"));
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "is a directory",
+            ));
         }
         // Watch first, size second: an append between the two is then never missed.
         self.file_wd = Some(self.inotify.watches().add(&self.path, FILE_EVENTS)?);
@@ -167,17 +173,31 @@ impl Watch {
     }
 
     /// Runs on the watcher executor until a signal arrives or the file is gone or truncated.
-    pub async fn run(mut self, signals: OwnedFd, doorbells: Vec<SharedSender<()>>, jobs: SideJobs) -> Result<Outcome, Error> {
+    pub async fn run(
+        mut self,
+        signals: OwnedFd,
+        doorbells: Vec<SharedSender<()>>,
+        jobs: SideJobs,
+    ) -> Result<Outcome, Error> {
         let mut bells = Vec::with_capacity(doorbells.len());
         for bell in doorbells {
             bells.push(bell.connect().await);
         }
         let bells = Rc::new(Bells(bells));
-        let view = Rc::new(View { stats: jobs.stats, published: self.published.clone(), label: jobs.label });
+        let view = Rc::new(View {
+            stats: jobs.stats,
+            published: self.published.clone(),
+            label: jobs.label,
+        });
         if let Some(listener) = jobs.metrics {
             // SAFETY: a bound, listening TCP socket we own; ownership moves to glommio.
             let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-            glommio::spawn_local(control::serve_metrics(listener, view.clone(), bells.clone())).detach();
+            glommio::spawn_local(control::serve_metrics(
+                listener,
+                view.clone(),
+                bells.clone(),
+            ))
+            .detach();
         }
         let notifier = jobs.notifier;
         if notifier.enabled() {
@@ -189,7 +209,13 @@ impl Watch {
         }
         if let Some(interval) = notifier.watchdog_interval() {
             info!(?interval, "systemd watchdog enabled");
-            glommio::spawn_local(control::keep_watchdog(notifier, interval, view.clone(), bells.clone())).detach();
+            glommio::spawn_local(control::keep_watchdog(
+                notifier,
+                interval,
+                view.clone(),
+                bells.clone(),
+            ))
+            .detach();
         }
         let ring = |bells: &Bells| bells.ring();
         let mut buffer = [0u8; 4096];
@@ -198,8 +224,13 @@ impl Watch {
         let mut known = self.published.size();
         ring(&bells);
         let outcome = loop {
-            if let Some(signo) = sys::read_signal(signal_fd).map_err(|e| Error::io("reading signals", e))? {
-                info!(signal = signo, "signal received; closing all clients and exiting");
+            if let Some(signo) =
+                sys::read_signal(signal_fd).map_err(|e| Error::io("reading signals", e))?
+            {
+                info!(
+                    signal = signo,
+                    "signal received; closing all clients and exiting"
+                );
                 self.published.set_phase(Phase::Closing);
                 break Outcome::Signalled;
             }
@@ -218,7 +249,10 @@ impl Watch {
                         look_at_path = true;
                     } else if Some(&event.wd) == self.file_wd.as_ref() {
                         look_at_path |= !event.mask.contains(EventMask::MODIFY);
-                    } else if event.mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+                    } else if event
+                        .mask
+                        .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+                    {
                         dir_gone = true;
                     } else if event.name == Some(self.name.as_os_str()) {
                         look_at_path = true;
@@ -260,7 +294,9 @@ impl Watch {
                     info!(file = %self.path.display(), size = *known, "file appeared; serving it");
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => warn!(file = %self.path.display(), error = %e, "file appeared but cannot be opened"),
+                Err(e) => {
+                    warn!(file = %self.path.display(), error = %e, "file appeared but cannot be opened")
+                }
             }
             return None;
         };

@@ -1,0 +1,340 @@
+//! Operating tailsrv: systemd notifications (sd-notify feature), journald, and metrics.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A datagram socket standing in for systemd's NOTIFY_SOCKET.
+struct FakeSystemd {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl FakeSystemd {
+    fn new() -> FakeSystemd {
+        let dir = TempDir::new();
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("binding the notify socket");
+        FakeSystemd {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().expect("utf-8 temp path")
+    }
+
+    /// Waits for a message containing `want`; returns every message seen up to it.
+    #[track_caller]
+    fn expect(&self, want: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no notification with {want:?} within {timeout:?}; saw {seen:?}"
+            );
+            self.socket.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = msg.lines().any(|l| l == want || l.starts_with(want));
+                seen.push(msg);
+                if found {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[cfg(feature = "sd-notify")]
+fn ready_is_sent_once_clients_are_served_and_stopping_on_sigterm() {
+    let systemd = FakeSystemd::new();
+    let mut server = Server::builder()
+        .contents(b"hello\n")
+        .arg("--shards")
+        .arg("2")
+        .env("NOTIFY_SOCKET", systemd.path())
+        .start();
+    let before = systemd.expect("READY=1", PATIENCE);
+    assert!(before.iter().all(|m| !m.contains("STOPPING")), "{before:?}");
+    // Ready means served: a client connecting now gets its data at once.
+    let mut client = server.connect(b"0\n");
+    client.expect_bytes(b"hello\n", PATIENCE);
+    let status = systemd.expect("STATUS=", PATIENCE);
+    assert!(
+        status.iter().any(|m| m.contains("1 clients on 2 shards")),
+        "{status:?}"
+    );
+    server.sigterm();
+    systemd.expect("STOPPING=1", PATIENCE);
+    server.expect_exit(0, PATIENCE);
+}
+
+#[test]
+#[cfg(feature = "sd-notify")]
+fn watchdog_pings_at_half_the_interval() {
+    let systemd = FakeSystemd::new();
+    let dir = TempDir::new();
+    let file = dir.join("served.log");
+    std::fs::write(&file, b"x").unwrap();
+    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's pid.
+    let script = format!(
+        "WATCHDOG_PID=$$ exec {BIN} -p 0 --bind 127.0.0.1 {}",
+        file.display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("NOTIFY_SOCKET", systemd.path())
+        .env("WATCHDOG_USEC", "400000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting tailsrv");
+    systemd.expect("READY=1", PATIENCE);
+    let started = Instant::now();
+    for _ in 0..4 {
+        systemd.expect("WATCHDOG=1", PATIENCE);
+    }
+    // Four pings at 200 ms take at least 600 ms after the first; far less means the
+    // interval was ignored, and the test's PATIENCE bounds the other side.
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "pinged too fast: {:?}",
+        started.elapsed()
+    );
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    systemd.expect("STOPPING=1", PATIENCE);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+#[cfg(feature = "sd-notify")]
+fn without_notify_socket_nothing_is_sent_and_serving_works() {
+    let server = Server::builder().contents(b"abc").start();
+    let mut client = server.connect(b"-2\n");
+    client.expect_bytes(b"bc", PATIENCE);
+    assert!(
+        !server.logs().dump().contains("cannot notify"),
+        "{}",
+        server.logs().dump()
+    );
+}
+
+#[test]
+#[cfg(feature = "tracing-journald")]
+fn journald_without_a_journal_is_a_one_line_error() {
+    let dir = TempDir::new();
+    let file = dir.join("served.log");
+    if std::path::Path::new("/run/systemd/journal/socket").exists() {
+        // A real journal: --journald must then start, log there, and not exit.
+        let mut child = Command::new(BIN)
+            .args(["-p", "0", "--journald", file.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tailsrv --journald exited with a journal present"
+        );
+        child.kill().unwrap();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            !stderr.contains(" listening "),
+            "logs went to stderr: {stderr}"
+        );
+        return;
+    }
+    let finished = run_to_exit(&["-p", "0", "--journald", file.to_str().unwrap()], PATIENCE);
+    assert_eq!(finished.code, Some(1), "{finished:?}");
+    let lines: Vec<&str> = finished.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{finished:?}");
+    assert!(
+        lines[0].starts_with("tailsrv: error: cannot log to journald"),
+        "{finished:?}"
+    );
+}
+
+/// Scrapes `GET /metrics` and parses the samples, keyed by name with labels.
+fn scrape(addr: &str) -> HashMap<String, f64> {
+    let (status, body) = http_get(addr, "/metrics");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad sample line {l:?}"));
+            (
+                name.to_string(),
+                value
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value in {l:?}")),
+            )
+        })
+        .collect()
+}
+
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connecting to metrics");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+fn sum(samples: &HashMap<String, f64>, prefix: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[test]
+fn metrics_match_what_clients_did() {
+    const SIZE: u64 = 32 << 20;
+    let dir = TempDir::new();
+    let content = dir.join("content");
+    append_pattern(&content, 0, SIZE);
+    let server = Server::builder()
+        .contents(&std::fs::read(&content).unwrap())
+        .arg("--shards")
+        .arg("2")
+        .arg("--metrics")
+        .arg("127.0.0.1:0")
+        .start();
+    let line = server
+        .logs()
+        .wait_for("the metrics address", PATIENCE, |l| {
+            l.contains("serving metrics at")
+        });
+    let addr = field(&line, "addr")
+        .expect("addr= in the metrics line")
+        .to_string();
+
+    // Three readers that take the whole file, one that never reads, one bad header.
+    let mut readers: Vec<Client> = (0..3).map(|_| server.connect(b"0\n")).collect();
+    let stalled = server.connect(b"0\n");
+    let mut bad = server.connect(b"nope\n");
+    bad.expect_closed_without_data(PATIENCE);
+    for r in &mut readers {
+        r.expect_pattern(0, SIZE, PATIENCE * 3);
+    }
+    server.offset_of(&stalled);
+
+    let ok = poll_until(PATIENCE, || {
+        let m = scrape(&addr);
+        sum(&m, "tailsrv_clients_blocked{") == 1.0 && sum(&m, "tailsrv_clients_connected{") == 4.0
+    });
+    let m = scrape(&addr);
+    assert!(ok, "blocked/connected never settled: {m:?}");
+    assert_eq!(m["tailsrv_file_size_bytes"], SIZE as f64);
+    assert_eq!(m["tailsrv_shards"], 2.0);
+    assert_eq!(sum(&m, "tailsrv_clients_accepted_total{"), 5.0, "{m:?}");
+    assert_eq!(
+        m["tailsrv_clients_rejected_total{reason=\"bad_header\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["tailsrv_clients_rejected_total{reason=\"too_long\"}"],
+        0.0
+    );
+    assert_eq!(m["tailsrv_clients_rejected_total{reason=\"timeout\"}"], 0.0);
+    let sent = sum(&m, "tailsrv_sent_bytes_total{");
+    // The readers got everything; the stalled client got what its socket buffers hold.
+    assert!(
+        sent >= 3.0 * SIZE as f64 && sent < 4.0 * SIZE as f64,
+        "sent {sent}"
+    );
+    // Lags: the readers are caught up (lag 0), the stalled client is megabytes behind.
+    assert_eq!(m["tailsrv_client_lag_bytes_count"], 4.0, "{m:?}");
+    assert_eq!(m["tailsrv_client_lag_bytes_bucket{le=\"0\"}"], 3.0, "{m:?}");
+    assert_eq!(
+        m["tailsrv_client_lag_bytes_bucket{le=\"+Inf\"}"], 4.0,
+        "{m:?}"
+    );
+    let lag_sum = m["tailsrv_client_lag_bytes_sum"];
+    assert_eq!(
+        lag_sum,
+        4.0 * SIZE as f64 - sent,
+        "lag sum must be what was not sent"
+    );
+    assert_eq!(m["tailsrv_build_info{version=\"0.1.0\"}"], 1.0);
+
+    // Growth shows up; a departed reader is no longer counted.
+    server.append(&pattern_range(SIZE, 1000));
+    drop(readers.pop());
+    assert!(poll_until(PATIENCE, || {
+        let m = scrape(&addr);
+        m["tailsrv_file_size_bytes"] == (SIZE + 1000) as f64
+            && sum(&m, "tailsrv_clients_connected{") == 3.0
+    }));
+}
+
+#[test]
+fn metrics_endpoint_refuses_other_paths_and_methods() {
+    let server = Server::builder()
+        .arg("--metrics")
+        .arg("127.0.0.1:0")
+        .start();
+    let line = server
+        .logs()
+        .wait_for("the metrics address", PATIENCE, |l| {
+            l.contains("serving metrics at")
+        });
+    let addr = field(&line, "addr").unwrap().to_string();
+    assert!(http_get(&addr, "/nope").0.starts_with("HTTP/1.1 404"));
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(b"POST /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 405"), "{response}");
+    // A scraper that never finishes its request does not block the next one.
+    let _silent = TcpStream::connect(&addr).unwrap();
+    assert!(http_get(&addr, "/metrics").0.starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn metrics_address_in_use_is_a_one_line_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = TempDir::new();
+    let file = dir.join("served.log");
+    let finished = run_to_exit(
+        &["-p", "0", "--metrics", &addr, file.to_str().unwrap()],
+        PATIENCE,
+    );
+    assert_eq!(finished.code, Some(1), "{finished:?}");
+    assert_eq!(finished.stderr.lines().count(), 1, "{finished:?}");
+    assert!(finished.stderr.contains("binding metrics"), "{finished:?}");
+}
