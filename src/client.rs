@@ -222,7 +222,10 @@ async fn stream_file(
                     verify = Some(Timer::new(VERIFY_AFTER));
                 }
                 match wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await {
-                    Woke::Changed | Woke::Input => {}
+                    Woke::Changed => {}
+                    // A client that keeps sending gets its input dropped in turns, like
+                    // any other work on the shard.
+                    Woke::Input => future::yield_now().await,
                     Woke::InputClosed => input_open = false,
                     Woke::Verify => {
                         verify = None;

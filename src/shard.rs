@@ -137,15 +137,15 @@ impl Shard {
 
     /// Takes in what the watcher published and wakes the clients it concerns.
     fn refresh(&self) {
-        if self.file.get().is_none() {
+        let opened = self.file.get().is_none() && self.published.file().is_some();
+        if opened {
             self.file.set(self.published.file().map(AsRawFd::as_raw_fd));
         }
         let size = self.published.size().max(self.size.get());
-        let grew =
-            size > self.size.get() || (self.file.get().is_some() && self.generation.get() == 0);
+        let grew = size > self.size.get();
         self.size.set(size);
         self.advance(self.published.phase());
-        if grew {
+        if grew || opened {
             self.bump(false);
         }
         if let Some(asked) = self.stats.heartbeat.pending() {
