@@ -338,3 +338,56 @@ fn metrics_address_in_use_is_a_one_line_error() {
     assert_eq!(finished.stderr.lines().count(), 1, "{finished:?}");
     assert!(finished.stderr.contains("binding metrics"), "{finished:?}");
 }
+
+/// Runs `tailsrv args` as an unprivileged user with the usual 8 MiB locked-memory limit
+/// (through setpriv and prlimit when the tests run as root) until it says it is listening,
+/// and returns everything it logged by then.
+fn start_unprivileged(args: &[&str]) -> String {
+    use std::io::BufRead;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut c = Command::new("prlimit");
+        c.args(["--memlock=8388608:8388608", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    let mut child = cmd
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tailsrv");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + PATIENCE;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(" listening ") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    log
+}
+
+#[test]
+fn runs_unprivileged_with_eight_shards_and_no_warnings() {
+    let dir = TempDir::new();
+    let file = dir.join("served.log");
+    std::fs::write(&file, b"x").unwrap();
+    let log = start_unprivileged(&["-p", "0", "--shards", "8", file.to_str().unwrap()]);
+    assert!(log.contains(" listening ") && log.contains("shards=8"), "{log}");
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
