@@ -74,101 +74,94 @@ impl View {
     }
 }
 
+/// A per-shard metric: name, type, help, and how to read it from a shard's stats.
+type PerShard = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ShardStats) -> u64,
+);
+
+/// Writes a metric family's HELP and TYPE lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// Renders the metrics in the Prometheus text format.
 pub fn render(view: &View) -> String {
     let mut out = String::with_capacity(4096);
-    let mut family = |name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family("tailsrv_build_info", "gauge", "Build information.");
-    drop(family);
+    let o = &mut out;
+    family(o, "tailsrv_build_info", "gauge", "Build information.");
     let _ = writeln!(
-        out,
+        o,
         "tailsrv_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
-    let per_shard =
-        |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(&ShardStats) -> u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (i, s) in view.stats.iter().enumerate() {
-                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(s));
-            }
-        };
-    let _ = writeln!(
-        out,
-        "# HELP tailsrv_file_size_bytes Size of the served file.\n# TYPE tailsrv_file_size_bytes gauge\ntailsrv_file_size_bytes {}",
-        view.published.size()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tailsrv_shards Shard executors.\n# TYPE tailsrv_shards gauge\ntailsrv_shards {}",
-        view.stats.len()
-    );
-    per_shard(
-        &mut out,
-        "tailsrv_clients_connected",
+    family(
+        o,
+        "tailsrv_file_size_bytes",
         "gauge",
-        "Open client connections.",
-        &|s| ShardStats::get(&s.connected),
+        "Size of the served file.",
     );
-    per_shard(
-        &mut out,
-        "tailsrv_clients_accepted_total",
+    let _ = writeln!(o, "tailsrv_file_size_bytes {}", view.published.size());
+    family(o, "tailsrv_shards", "gauge", "Shard executors.");
+    let _ = writeln!(o, "tailsrv_shards {}", view.stats.len());
+
+    let per_shard: [PerShard; 5] = [
+        ("tailsrv_clients_connected", "gauge", "Open client connections.", |s| ShardStats::get(&s.connected)),
+        ("tailsrv_clients_accepted_total", "counter", "Client connections accepted.", |s| ShardStats::get(&s.accepted)),
+        ("tailsrv_clients_blocked", "gauge", "Clients waiting for their full socket to drain.", |s| {
+            ShardStats::get(&s.blocked)
+        }),
+        ("tailsrv_sent_bytes_total", "counter", "File bytes sent to clients.", |s| ShardStats::get(&s.bytes_sent)),
+        (
+            "tailsrv_probe_sent_bytes_total",
+            "counter",
+            "File bytes sent by the writability probe instead of sendfile (included in tailsrv_sent_bytes_total).",
+            |s| ShardStats::get(&s.probe_bytes),
+        ),
+    ];
+    for (name, kind, help, get) in per_shard {
+        family(o, name, kind, help);
+        for (i, s) in view.stats.iter().enumerate() {
+            let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", get(s));
+        }
+    }
+
+    family(
+        o,
+        "tailsrv_clients_rejected_total",
         "counter",
-        "Client connections accepted.",
-        &|s| ShardStats::get(&s.accepted),
-    );
-    per_shard(
-        &mut out,
-        "tailsrv_clients_blocked",
-        "gauge",
-        "Clients waiting for their full socket to drain.",
-        &|s| ShardStats::get(&s.blocked),
-    );
-    per_shard(
-        &mut out,
-        "tailsrv_sent_bytes_total",
-        "counter",
-        "File bytes sent to clients.",
-        &|s| ShardStats::get(&s.bytes_sent),
-    );
-    per_shard(
-        &mut out,
-        "tailsrv_probe_sent_bytes_total",
-        "counter",
-        "File bytes sent by the writability probe instead of sendfile (included in tailsrv_sent_bytes_total).",
-        &|s| ShardStats::get(&s.probe_bytes),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tailsrv_clients_rejected_total Clients closed for bad input, by reason.\n# TYPE tailsrv_clients_rejected_total counter"
+        "Clients closed for bad input, by reason.",
     );
     for why in Rejection::ALL {
         let n: u64 = view.stats.iter().map(|s| s.rejected(why)).sum();
         let _ = writeln!(
-            out,
+            o,
             "tailsrv_clients_rejected_total{{reason=\"{}\"}} {n}",
             why.name()
         );
     }
+
     let name = "tailsrv_client_lag_bytes";
-    let _ = writeln!(
-        out,
-        "# HELP {name} How far behind the end of the file clients are (file size minus client offset).\n# TYPE {name} histogram"
+    family(
+        o,
+        name,
+        "histogram",
+        "How far behind the end of the file clients are (file size minus client offset).",
     );
     let mut cumulative = 0;
-    for (i, bound) in LAG_BOUNDS
+    let bounds = LAG_BOUNDS
         .iter()
         .map(|b| b.to_string())
-        .chain(["+Inf".to_string()])
-        .enumerate()
-    {
+        .chain(["+Inf".to_string()]);
+    for (i, bound) in bounds.enumerate() {
         cumulative += view
             .stats
             .iter()
             .map(|s| ShardStats::get(&s.lag.buckets[i]))
             .sum::<u64>();
-        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(o, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
     }
     let sum: u64 = view.stats.iter().map(|s| ShardStats::get(&s.lag.sum)).sum();
     let count: u64 = view
@@ -176,7 +169,7 @@ pub fn render(view: &View) -> String {
         .iter()
         .map(|s| ShardStats::get(&s.lag.count))
         .sum();
-    let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    let _ = writeln!(o, "{name}_sum {sum}\n{name}_count {count}");
     out
 }
 

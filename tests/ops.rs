@@ -348,7 +348,14 @@ fn start_unprivileged(args: &[&str]) -> String {
     let root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if root {
         let mut c = Command::new("prlimit");
-        c.args(["--memlock=8388608:8388608", "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+        c.args([
+            "--memlock=8388608:8388608",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+        ]);
         c
     } else {
         Command::new(BIN)
@@ -364,7 +371,10 @@ fn start_unprivileged(args: &[&str]) -> String {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -388,6 +398,9 @@ fn runs_unprivileged_with_eight_shards_and_no_warnings() {
     let file = dir.join("served.log");
     std::fs::write(&file, b"x").unwrap();
     let log = start_unprivileged(&["-p", "0", "--shards", "8", file.to_str().unwrap()]);
-    assert!(log.contains(" listening ") && log.contains("shards=8"), "{log}");
+    assert!(
+        log.contains(" listening ") && log.contains("shards=8"),
+        "{log}"
+    );
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
 }
