@@ -68,7 +68,7 @@ fn ready_is_sent_once_clients_are_served_and_stopping_on_sigterm() {
         .arg("2")
         .env("NOTIFY_SOCKET", systemd.path())
         .start();
-    let before = systemd.expect("READY=1", PATIENCE);
+    let before = systemd.expect("READY=1", Duration::from_secs(30));
     assert!(before.iter().all(|m| !m.contains("STOPPING")), "{before:?}");
     // Ready means served: a client connecting now gets its data at once.
     let mut client = server.connect(b"0\n");
@@ -104,7 +104,7 @@ fn watchdog_pings_at_half_the_interval() {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting tailsrv");
-    systemd.expect("READY=1", PATIENCE);
+    systemd.expect("READY=1", Duration::from_secs(30));
     let started = Instant::now();
     for _ in 0..4 {
         systemd.expect("WATCHDOG=1", PATIENCE);
