@@ -125,9 +125,10 @@ impl Shard {
             Ok(st) => {
                 let size = st.st_size as u64;
                 if size > self.size() {
-                    // The bytes exist, so others may be sent them too; the doorbell that
-                    // follows will wake whoever is waiting for them.
+                    // The bytes exist, so everyone may have them now. Wake the waiting
+                    // clients here: the doorbell that follows will find nothing new.
                     self.size.set(size);
+                    self.bump(false);
                 }
                 size
             }
