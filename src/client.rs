@@ -83,7 +83,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream) {
     debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
     let end = stream_file(&shard, &slot, &mut stream, offset, input_open).await;
     debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
-    close(&stream);
+    if shard.phase() == Phase::Aborting {
+        abort(&stream);
+    } else {
+        close(&stream);
+    }
 }
 
 #[derive(Debug)]
@@ -208,7 +212,7 @@ async fn stream_file(
     let mut verify: Option<Timer> = None;
     loop {
         let phase = shard.phase();
-        if phase == Phase::Closing {
+        if phase >= Phase::Closing {
             return End::Shutdown;
         }
         let (size, file) = (shard.size(), shard.file());
@@ -255,7 +259,7 @@ async fn stream_file(
                 slot.set_offset(offset);
                 ShardStats::add(&shard.stats.bytes_sent, n as u64);
                 unverified |= !input_open;
-                future::yield_now().await;
+                take_turns().await;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 ShardStats::add(&shard.stats.blocked, 1);
@@ -275,6 +279,20 @@ async fn stream_file(
             Err(e) => return End::Gone(e),
         }
     }
+}
+
+/// Lets every other client on the shard, and the shard's I/O, have a turn.
+///
+/// Why a timer and not `yield_now`? A task that yields stays runnable, and glommio only
+/// looks at completed I/O (drained sockets, doorbells, new connections) once nothing is
+/// runnable or its preemption timer fires (100 ms by default). Clients catching up with fast
+/// readers would then hold off a caught-up client's 64-byte append for up to 100 ms. A
+/// timer that is already due takes the task off the run queue until the executor has been
+/// through its reactor, so each round of catch-up chunks is followed by an I/O pass.
+/// (A 1 ms preemption timer did the same, but made glommio 0.9 lose wake-ups: a shard fell
+/// asleep with a doorbell pending, in one stress run of three.)
+async fn take_turns() {
+    Timer::new(Duration::from_nanos(1)).await;
 }
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the
@@ -348,7 +366,7 @@ async fn wait_writable(
 ) -> io::Result<usize> {
     let mut armed = false;
     poll_fn(|cx| {
-        if shard.phase() == Phase::Closing {
+        if shard.phase() >= Phase::Closing {
             return Poll::Ready(Ok(0));
         }
         slot.wait_phase(cx.waker());
@@ -371,6 +389,18 @@ async fn wait_writable(
         }
     })
     .await
+}
+
+/// Ends the connection with a reset, discarding whatever is still queued to send.
+///
+/// Why, when the file shrank? sendfile queues references to the file's cached pages, not
+/// copies. Truncation zeroes the part of the page cache past the new end in place, so bytes
+/// queued before it may now read as zeroes: sending them would hand the client bytes that
+/// were never the file's at that offset. A reset drops them, and tells the client that the
+/// stream did not end cleanly. (Bytes the kernel already sent are beyond anyone's reach; on
+/// the same host that includes what sits unread in the client's receive buffer.)
+fn abort(stream: &TcpStream) {
+    let _ = sys::set_linger_zero(stream.as_raw_fd());
 }
 
 /// Ends the connection in order: FIN after everything queued, then close.

@@ -3,11 +3,11 @@
 //! They live on the watcher's executor because it is otherwise idle, and they reach the
 //! shards only through the atomics in [`ShardStats`] and the doorbells, never by locking.
 
+use crate::doorbell::{Bell, Ringer};
 use crate::notify::Notifier;
 use crate::stats::{Rejection, ShardStats, LAG_BOUNDS};
 use crate::watcher::Published;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
 use std::cell::Cell;
@@ -18,14 +18,11 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 /// The shards' doorbells, shared by the watcher's tasks.
-pub struct Bells(pub Vec<ConnectedSender<()>>);
+pub struct Bells(pub Vec<Ringer>);
 
 impl Bells {
     pub fn ring(&self) {
-        for bell in &self.0 {
-            // Full means already rung; closed means that shard has stopped.
-            let _ = bell.try_send(());
-        }
+        self.0.iter().for_each(Ringer::ring);
     }
 }
 
@@ -143,12 +140,13 @@ pub fn render(view: &View) -> String {
         );
     }
 
-    let name = "tailsrv_client_lag_bytes";
+    // Why gauges and not a histogram? These are a snapshot of where clients are now, not
+    // counts of events: they go down as clients catch up, which a histogram must never do.
     family(
         o,
-        name,
-        "histogram",
-        "How far behind the end of the file clients are (file size minus client offset).",
+        "tailsrv_clients_by_lag",
+        "gauge",
+        "Clients at most `le` bytes behind the end of the file.",
     );
     let mut cumulative = 0;
     let bounds = LAG_BOUNDS
@@ -161,15 +159,29 @@ pub fn render(view: &View) -> String {
             .iter()
             .map(|s| ShardStats::get(&s.lag.buckets[i]))
             .sum::<u64>();
-        let _ = writeln!(o, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        let _ = writeln!(o, "tailsrv_clients_by_lag{{le=\"{bound}\"}} {cumulative}");
     }
     let sum: u64 = view.stats.iter().map(|s| ShardStats::get(&s.lag.sum)).sum();
-    let count: u64 = view
+    let max = view
         .stats
         .iter()
-        .map(|s| ShardStats::get(&s.lag.count))
-        .sum();
-    let _ = writeln!(o, "{name}_sum {sum}\n{name}_count {count}");
+        .map(|s| ShardStats::get(&s.lag.max))
+        .max()
+        .unwrap_or(0);
+    family(
+        o,
+        "tailsrv_client_lag_bytes_sum",
+        "gauge",
+        "Total bytes all clients are behind the end of the file.",
+    );
+    let _ = writeln!(o, "tailsrv_client_lag_bytes_sum {sum}");
+    family(
+        o,
+        "tailsrv_client_lag_bytes_max",
+        "gauge",
+        "Bytes the furthest-behind client is behind the end of the file.",
+    );
+    let _ = writeln!(o, "tailsrv_client_lag_bytes_max {max}");
     out
 }
 
@@ -259,30 +271,9 @@ fn reply(status: &str, content_type: &str, body: &str) -> String {
 
 /// Keeps systemd's STATUS= current: updated when clients come or go, at most once a second,
 /// and never when nothing changes.
-pub async fn keep_status(notifier: Notifier, view: Rc<View>, changes: Vec<ConnectedReceiver<()>>) {
-    let changed = Rc::new(Cell::new(false));
-    let waiter: Rc<Cell<Option<std::task::Waker>>> = Rc::default();
-    for rx in changes {
-        let (changed, waiter) = (changed.clone(), waiter.clone());
-        glommio::spawn_local(async move {
-            while rx.recv().await.is_some() {
-                changed.set(true);
-                if let Some(w) = waiter.take() {
-                    w.wake();
-                }
-            }
-        })
-        .detach();
-    }
-    loop {
-        future::poll_fn(|cx| {
-            if changed.replace(false) {
-                return std::task::Poll::Ready(());
-            }
-            waiter.set(Some(cx.waker().clone()));
-            std::task::Poll::Pending
-        })
-        .await;
+pub async fn keep_status(notifier: Notifier, view: Rc<View>, changes: Bell) {
+    let mut changes = changes.attach();
+    while changes.wait().await {
         notifier.status(&view.status());
         Timer::new(Duration::from_secs(1)).await;
     }

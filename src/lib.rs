@@ -25,6 +25,7 @@
 pub mod cli;
 pub mod client;
 pub mod control;
+pub mod doorbell;
 pub mod error;
 pub mod header;
 pub mod notify;
@@ -36,7 +37,6 @@ pub mod watcher;
 pub use error::{Error, Outcome};
 
 use cli::Options;
-use glommio::channels::shared_channel;
 use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
 use notify::Notifier;
 use shard::ShardSetup;
@@ -55,15 +55,6 @@ use watcher::{SideJobs, Watch};
 /// minimum is plenty: 8 shards and the watcher lock 9 x 3 x 64 KiB = 1.7 MiB.
 const IO_MEMORY: usize = 64 << 10;
 
-/// How long a shard runs tasks before it looks at I/O completions and doorbells again.
-///
-/// Why not glommio's 100 ms default? Clients catching up yield to each other after every
-/// chunk, so the run queue never empties while they read; glommio then only looks at
-/// completed I/O (sockets that drained) and at cross-thread doorbells (appends) when this
-/// timer fires. At 100 ms, a caught-up client waited up to 100 ms for a 64-byte append
-/// while others caught up. The timer only runs while tasks run: an idle shard still sleeps.
-const PREEMPT_AFTER: Duration = Duration::from_millis(1);
-
 /// Listen backlog per shard: room for a burst of thousands of connects.
 const BACKLOG: i32 = 4096;
 
@@ -78,6 +69,21 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     match sys::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "descriptor limit"),
         Err(e) => warn!(error = %e, "cannot raise the descriptor limit"),
+    }
+    // glommio refuses to start an executor under 512 KiB of locked memory, and then only
+    // says that a thread failed; say it plainly instead.
+    const MIN_MEMLOCK: u64 = 512 << 10;
+    match sys::memlock_limit(MIN_MEMLOCK) {
+        Ok(soft) if soft < MIN_MEMLOCK => {
+            return Err(Error::Config(format!(
+                "the locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`) is {} KiB; tailsrv needs at least {} KiB \
+                 (raise it, e.g. LimitMEMLOCK=8M in a systemd unit)",
+                soft >> 10,
+                MIN_MEMLOCK >> 10
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the locked-memory limit"),
     }
     let watch = Watch::new(&opts.file)?;
     let published = watch.published();
@@ -97,24 +103,28 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let notifier = Notifier::from_env();
 
     let (placement, pinned) = placement(shards, &cpus);
-    let mut bells = Vec::with_capacity(shards);
-    let mut status_changes = Vec::new();
+    let mut ringers = Vec::with_capacity(shards);
+    let (status_ringer, status_changes) = match notifier.enabled() {
+        true => {
+            let (ringer, bell) =
+                doorbell::doorbell().map_err(|e| Error::io("creating a doorbell", e))?;
+            (Some(ringer), Some(bell))
+        }
+        false => (None, None),
+    };
     let mut setups = Vec::with_capacity(shards);
     let mut all_stats = Vec::with_capacity(shards);
     for (index, listener) in listeners.into_iter().enumerate() {
-        let (tx, rx) = shared_channel::new_bounded(1);
+        let (ringer, bell) =
+            doorbell::doorbell().map_err(|e| Error::io("creating a doorbell", e))?;
         let stats = Arc::new(ShardStats::default());
-        bells.push(tx);
+        ringers.push(ringer);
         all_stats.push(stats.clone());
-        let status = notifier.enabled().then(|| {
-            let (tx, rx) = shared_channel::new_bounded(1);
-            status_changes.push(rx);
-            tx
-        });
+        let status = status_ringer.clone();
         setups.push(ShardSetup {
             index,
             listener,
-            doorbell: rx,
+            doorbell: bell,
             status,
             stats,
         });
@@ -127,7 +137,6 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let pool = LocalExecutorPoolBuilder::new(placement)
         .name("tailsrv-shard")
         .io_memory(IO_MEMORY)
-        .preempt_timer(PREEMPT_AFTER)
         .on_all_shards(move || async move {
             let setup = setups.lock().map(|mut s| s.pop()).ok().flatten();
             let Some(setup) = setup else { return };
@@ -149,7 +158,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let watcher = LocalExecutorBuilder::new(Placement::Unbound)
         .name("tailsrv-watcher")
         .io_memory(IO_MEMORY)
-        .spawn(move || async move { watch.run(signals, bells, jobs).await })
+        .spawn(move || async move { watch.run(signals, ringers, jobs).await })
         .map_err(|e| Error::Runtime(format!("starting the watcher executor: {e}")))?;
 
     for _ in 0..shards {

@@ -57,6 +57,7 @@ impl Notifier {
     }
 }
 
+#[cfg_attr(not(feature = "sd-notify"), allow(dead_code))]
 enum State<'a> {
     Ready,
     Stopping,

@@ -2,10 +2,10 @@
 //! accepted. Nothing here is shared with other shards except [`Published`] and the stats.
 
 use crate::client;
+use crate::doorbell::{Bell, Ringer};
 use crate::stats::ShardStats;
 use crate::watcher::{Phase, Published};
 use futures_lite::future;
-use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
 use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
@@ -29,9 +29,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct ShardSetup {
     pub index: usize,
     pub listener: OwnedFd,
-    pub doorbell: SharedReceiver<()>,
+    pub doorbell: Bell,
     /// Rung when clients come or go, if systemd wants status lines.
-    pub status: Option<SharedSender<()>>,
+    pub status: Option<Ringer>,
     pub stats: Arc<ShardStats>,
 }
 
@@ -60,7 +60,7 @@ pub struct Shard {
     clients: Cell<usize>,
     next_id: Cell<u64>,
     idle: RefCell<Option<Waker>>,
-    status_bell: RefCell<Option<ConnectedSender<()>>>,
+    status_bell: Option<Ringer>,
 }
 
 impl Shard {
@@ -84,14 +84,14 @@ impl Shard {
             clients: Cell::new(0),
             next_id: Cell::new(0),
             idle: RefCell::default(),
-            status_bell: RefCell::default(),
+            status_bell: None,
         }
     }
 
     /// Tells the watcher the client count changed, if it wants to know.
     fn clients_changed(&self) {
-        if let Some(bell) = self.status_bell.borrow().as_ref() {
-            let _ = bell.try_send(());
+        if let Some(bell) = &self.status_bell {
+            bell.ring();
         }
     }
 
@@ -313,20 +313,24 @@ pub async fn run(
     } = setup;
     // SAFETY: `listener` is a listening TCP socket we own; ownership moves to glommio.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    let shard = Rc::new(Shard::new(index, stats, published, header_timeout));
+    let shard = Rc::new(Shard {
+        status_bell: status,
+        ..Shard::new(index, stats, published, header_timeout)
+    });
     shard.refresh();
 
-    let doorbell = doorbell.connect().await;
-    if let Some(status) = status {
-        *shard.status_bell.borrow_mut() = Some(status.connect().await);
-    }
+    let mut doorbell = doorbell.attach();
     let bell_shard = shard.clone();
     glommio::spawn_local(async move {
-        while doorbell.recv().await.is_some() {
+        while doorbell.wait().await {
             bell_shard.refresh();
         }
-        // The watcher is gone: nobody will tell us about the file any more.
-        bell_shard.advance(Phase::Closing);
+        // The watcher is gone: nobody will tell us about the file any more. If it left us
+        // draining, the drain runs its course; otherwise it stopped unexpectedly: close.
+        bell_shard.refresh();
+        if bell_shard.phase() == Phase::Running {
+            bell_shard.advance(Phase::Closing);
+        }
     })
     .detach();
 

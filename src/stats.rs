@@ -81,13 +81,14 @@ pub struct LagReport {
     pub buckets: [AtomicU64; LAG_BOUNDS.len() + 1],
     pub sum: AtomicU64,
     pub count: AtomicU64,
+    pub max: AtomicU64,
 }
 
 impl LagReport {
     /// Replaces the report with the lags of the clients given.
     pub fn store(&self, lags: impl Iterator<Item = u64>) {
         let mut buckets = [0u64; LAG_BOUNDS.len() + 1];
-        let (mut sum, mut count) = (0u64, 0u64);
+        let (mut sum, mut count, mut max) = (0u64, 0u64, 0u64);
         for lag in lags {
             let bucket = LAG_BOUNDS
                 .iter()
@@ -96,12 +97,14 @@ impl LagReport {
             buckets[bucket] += 1;
             sum = sum.saturating_add(lag);
             count += 1;
+            max = max.max(lag);
         }
         for (slot, n) in self.buckets.iter().zip(buckets) {
             slot.store(n, Ordering::Relaxed);
         }
         self.sum.store(sum, Ordering::Relaxed);
         self.count.store(count, Ordering::Relaxed);
+        self.max.store(max, Ordering::Relaxed);
     }
 }
 
@@ -147,6 +150,7 @@ mod tests {
         assert_eq!(got, [1, 2, 1, 0, 0, 0, 0, 1]);
         assert_eq!(ShardStats::get(&report.count), 5);
         assert_eq!(ShardStats::get(&report.sum), 1 + 4096 + 4097 + (5 << 30));
+        assert_eq!(ShardStats::get(&report.max), 5 << 30);
     }
 
     #[test]

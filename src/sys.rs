@@ -102,7 +102,13 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> 
     .map(drop)
 }
 
-/// Turns on TCP keepalive so peers that vanished without a trace are found.
+/// Turns on TCP keepalive so peers that vanished without a trace are found, and bounds how
+/// long sent data may go unacknowledged by the same total.
+///
+/// Why TCP_USER_TIMEOUT too? Keepalive only probes idle connections; a peer that vanished
+/// while data was in flight would otherwise hold its connection for the kernel's full
+/// retransmission schedule (about 15 minutes). A live client that merely stops reading is
+/// not affected: it keeps answering the zero-window probes.
 pub fn set_keepalive(
     socket: RawFd,
     idle_secs: i32,
@@ -122,7 +128,24 @@ pub fn set_keepalive(
         libc::TCP_KEEPINTVL,
         interval_secs,
     )?;
-    setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)
+    setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)?;
+    let total_ms = (idle_secs + interval_secs * count) as libc::c_uint * 1000;
+    setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, total_ms)
+}
+
+/// The soft limit on locked memory, in bytes, after raising it towards `want` (up to the
+/// hard limit) when it is lower.
+pub fn memlock_limit(want: u64) -> io::Result<u64> {
+    // SAFETY: rlimit is plain data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
+    if lim.rlim_cur < want && lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max.min(want);
+        // SAFETY: `lim` is a valid rlimit.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
 }
 
 /// Whether the kernel has closed this TCP connection (it received a reset, or timed out).
@@ -142,6 +165,15 @@ pub fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
     })?;
     const TCP_CLOSE: u8 = 7;
     Ok(info.tcpi_state == TCP_CLOSE)
+}
+
+/// Makes the coming close send a reset and drop unsent data, instead of a FIN after it.
+pub fn set_linger_zero(socket: RawFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(socket, libc::SOL_SOCKET, libc::SO_LINGER, linger)
 }
 
 /// Shuts down the sending side: the peer gets a FIN once everything queued has gone out.
@@ -297,7 +329,7 @@ pub fn bind_listeners(
     Ok((addr, listeners))
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and every thread it starts from now on) and
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and every thread it starts from now on) and
 /// returns a signalfd that becomes readable when one arrives.
 pub fn signal_fd() -> io::Result<OwnedFd> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
@@ -307,6 +339,7 @@ pub fn signal_fd() -> io::Result<OwnedFd> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
     }
     // SAFETY: `set` is initialised; the old mask is not wanted.
     let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };

@@ -8,11 +8,11 @@
 //! ends up with the latest size, and the watcher never blocks.
 
 use crate::control::{self, Bells, View};
+use crate::doorbell::{self, Bell, Ringer};
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::stats::ShardStats;
 use crate::sys;
-use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
@@ -43,8 +43,11 @@ pub enum Phase {
     Running,
     /// The file is gone: accept nobody, let clients finish the bytes the file had, then close.
     Draining,
-    /// Close every client now (signal, truncation, or the end of the drain).
+    /// Close every client now, in order (signal, or the end of the drain).
     Closing,
+    /// Reset every client now: the file shrank, so bytes still queued in the kernel may no
+    /// longer be the file's (see `client::close`).
+    Aborting,
 }
 
 impl Published {
@@ -60,7 +63,8 @@ impl Published {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Running,
             1 => Phase::Draining,
-            _ => Phase::Closing,
+            2 => Phase::Closing,
+            _ => Phase::Aborting,
         }
     }
 
@@ -97,7 +101,7 @@ pub struct SideJobs {
     pub metrics: Option<std::net::TcpListener>,
     pub notifier: Notifier,
     /// Rung by shards when clients come or go (only when systemd wants status).
-    pub status_changes: Vec<SharedReceiver<()>>,
+    pub status_changes: Option<Bell>,
 }
 
 /// The file and its directory under watch. Built on the main thread so that a missing
@@ -176,14 +180,10 @@ impl Watch {
     pub async fn run(
         mut self,
         signals: OwnedFd,
-        doorbells: Vec<SharedSender<()>>,
+        ringers: Vec<Ringer>,
         jobs: SideJobs,
     ) -> Result<Outcome, Error> {
-        let mut bells = Vec::with_capacity(doorbells.len());
-        for bell in doorbells {
-            bells.push(bell.connect().await);
-        }
-        let bells = Rc::new(Bells(bells));
+        let bells = Rc::new(Bells(ringers));
         let view = Rc::new(View {
             stats: jobs.stats,
             published: self.published.clone(),
@@ -200,11 +200,7 @@ impl Watch {
             .detach();
         }
         let notifier = jobs.notifier;
-        if notifier.enabled() {
-            let mut changes = Vec::with_capacity(jobs.status_changes.len());
-            for rx in jobs.status_changes {
-                changes.push(rx.connect().await);
-            }
+        if let Some(changes) = jobs.status_changes {
             glommio::spawn_local(control::keep_status(notifier, view.clone(), changes)).detach();
         }
         if let Some(interval) = notifier.watchdog_interval() {
@@ -217,13 +213,24 @@ impl Watch {
             ))
             .detach();
         }
-        let ring = |bells: &Bells| bells.ring();
+
         let mut buffer = [0u8; 4096];
         let inotify_fd = self.inotify.as_raw_fd();
         let signal_fd = signals.as_raw_fd();
+        let mut events = relay([inotify_fd, signal_fd])
+            .map_err(|e| Error::io("starting the inotify thread", e))?;
         let mut known = self.published.size();
-        ring(&bells);
+        let mut first = true;
+        bells.ring();
         let outcome = loop {
+            if !first {
+                // Tell the relay we have taken what it saw, then wait for its next word.
+                let answered = events.answer().await.is_ok();
+                if !answered || !events.wait().await {
+                    return Err(Error::Runtime("the inotify thread stopped".into()));
+                }
+            }
+            first = false;
             if let Some(signo) =
                 sys::read_signal(signal_fd).map_err(|e| Error::io("reading signals", e))?
             {
@@ -263,20 +270,11 @@ impl Watch {
                 if let Some(outcome) = self.evaluate(look_at_path, dir_gone, &mut known) {
                     break outcome;
                 }
-                ring(&bells);
+                bells.ring();
             }
-            // Why a blocking poll on glommio's helper thread? The inotify crate's async stream
-            // is tokio's, and glommio 0.9 has no public way to await an arbitrary descriptor.
-            // One helper thread parked in poll(2) costs nothing while the file is quiet, and
-            // wakes us for both inotify and signals.
-            let fds = [inotify_fd, signal_fd];
-            glommio::executor()
-                .spawn_blocking(move || sys::wait_readable(&fds))
-                .await
-                .map_err(|e| Error::io("waiting for file events", e))?;
         };
         notifier.stopping(&format!("stopping: {outcome:?}"));
-        ring(&bells);
+        bells.ring();
         Ok(outcome)
     }
 
@@ -312,9 +310,9 @@ impl Watch {
         if size < *known {
             error!(
                 file = %self.path.display(), was = *known, now = size,
-                "file shrank (truncated or copytruncate-rotated); closing all clients and exiting"
+                "file shrank (truncated or copytruncate-rotated); resetting all clients and exiting"
             );
-            self.published.set_phase(Phase::Closing);
+            self.published.set_phase(Phase::Aborting);
             return Some(Outcome::Truncated);
         }
         if size > *known {
@@ -343,4 +341,27 @@ impl Watch {
         debug!(size, "file grew");
         None
     }
+}
+
+/// Starts the thread that waits for inotify events and signals, and returns the bell it
+/// rings when there are some.
+///
+/// Why a thread? glommio 0.9 has no public way to await readiness of a descriptor that is
+/// not a socket, and inotify's async stream is tokio's. So one thread sleeps in poll(2) on
+/// the inotify descriptor and the signalfd, rings the watcher's bell when either is
+/// readable, and waits for the watcher's answer (it has read them) before polling again,
+/// so a level-triggered descriptor does not make it spin. It costs nothing while the file
+/// is quiet.
+fn relay(fds: [std::os::fd::RawFd; 2]) -> io::Result<doorbell::AttachedBell> {
+    let (mut thread_side, watcher_side) = std::os::unix::net::UnixStream::pair()?;
+    std::thread::Builder::new()
+        .name("tailsrv-inotify".into())
+        .spawn(move || {
+            use std::io::Write;
+            while sys::wait_readable(&fds).is_ok()
+                && thread_side.write_all(&[1]).is_ok()
+                && doorbell::await_answer(&mut thread_side).unwrap_or(false)
+            {}
+        })?;
+    Ok(Bell::from(watcher_side).attach())
 }

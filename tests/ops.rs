@@ -276,17 +276,17 @@ fn metrics_match_what_clients_did() {
         "sent {sent}"
     );
     // Lags: the readers are caught up (lag 0), the stalled client is megabytes behind.
-    assert_eq!(m["tailsrv_client_lag_bytes_count"], 4.0, "{m:?}");
-    assert_eq!(m["tailsrv_client_lag_bytes_bucket{le=\"0\"}"], 3.0, "{m:?}");
-    assert_eq!(
-        m["tailsrv_client_lag_bytes_bucket{le=\"+Inf\"}"], 4.0,
-        "{m:?}"
-    );
+    assert_eq!(m["tailsrv_clients_by_lag{le=\"0\"}"], 3.0, "{m:?}");
+    assert_eq!(m["tailsrv_clients_by_lag{le=\"+Inf\"}"], 4.0, "{m:?}");
     let lag_sum = m["tailsrv_client_lag_bytes_sum"];
     assert_eq!(
         lag_sum,
         4.0 * SIZE as f64 - sent,
         "lag sum must be what was not sent"
+    );
+    assert_eq!(
+        m["tailsrv_client_lag_bytes_max"], lag_sum,
+        "only the stalled client lags"
     );
     assert_eq!(m["tailsrv_build_info{version=\"0.1.0\"}"], 1.0);
 
@@ -403,4 +403,22 @@ fn runs_unprivileged_with_eight_shards_and_no_warnings() {
         "{log}"
     );
     assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn too_little_locked_memory_is_a_one_line_error() {
+    let dir = TempDir::new();
+    let file = dir.join("served.log");
+    let started = Instant::now();
+    let output = Command::new("prlimit")
+        .args(["--memlock=262144:262144", BIN, "-p", "0", file.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running tailsrv under prlimit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("tailsrv: error: the locked-memory limit"), "{stderr}");
+    assert!(started.elapsed() < PATIENCE, "took {:?}", started.elapsed());
 }

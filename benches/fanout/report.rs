@@ -1,0 +1,274 @@
+//! Results: one [`Sample`] per run, summarised per point as median and spread, printed as
+//! Markdown tables and written as CSV.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+/// One run of one scenario point against one target.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub target: String,
+    pub clients: usize,
+    /// What else distinguishes the point (`stalled=100`, `close=fin`), or empty.
+    pub variant: String,
+    /// `verify` (every byte compared with the file) or `discard` (MSG_TRUNC, counted only).
+    pub mode: &'static str,
+    pub rep: usize,
+    pub metrics: Vec<(&'static str, f64)>,
+    pub failures: Vec<String>,
+}
+
+impl Sample {
+    pub fn get(&self, metric: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(m, _)| *m == metric)
+            .map(|&(_, v)| v)
+    }
+}
+
+/// Median, minimum and maximum of one metric over the runs of a point.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub runs: usize,
+}
+
+pub fn stat(values: &[f64]) -> Option<Stat> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Stat {
+        median,
+        min: v[0],
+        max: v[n - 1],
+        runs: n,
+    })
+}
+
+/// Every run of one scenario, in the order they ran.
+#[derive(Default)]
+pub struct Results {
+    pub samples: Vec<Sample>,
+}
+
+impl Results {
+    /// The points, in first-run order: (clients, variant).
+    pub fn points(&self) -> Vec<(usize, String)> {
+        let mut out: Vec<(usize, String)> = Vec::new();
+        for s in &self.samples {
+            let p = (s.clients, s.variant.clone());
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    pub fn targets(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in &self.samples {
+            if !out.contains(&s.target) {
+                out.push(s.target.clone());
+            }
+        }
+        out
+    }
+
+    pub fn stat(&self, target: &str, clients: usize, variant: &str, metric: &str) -> Option<Stat> {
+        let values: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|s| s.target == target && s.clients == clients && s.variant == variant)
+            .filter_map(|s| s.get(metric))
+            .collect();
+        stat(&values)
+    }
+
+    /// The median of `target` divided by the reference's median at the same point.
+    pub fn ratio(&self, target: &str, clients: usize, variant: &str, metric: &str) -> Option<f64> {
+        let t = self.stat(target, clients, variant, metric)?;
+        let r = self.stat("reference", clients, variant, metric)?;
+        (r.median != 0.0).then(|| t.median / r.median)
+    }
+
+    pub fn failures(&self) -> Vec<String> {
+        self.samples
+            .iter()
+            .flat_map(|s| {
+                s.failures.iter().map(move |f| {
+                    format!(
+                        "{} clients={} {} rep {}: {f}",
+                        s.target, s.clients, s.variant, s.rep
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Writes `NAME.csv` (one row per run) and `NAME_summary.csv` (one row per point, target
+    /// and metric: median, min, max, runs, and the ratio to the reference's median).
+    pub fn write_csv(&self, dir: &Path, name: &str) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut metrics: Vec<&'static str> = Vec::new();
+        for s in &self.samples {
+            for (m, _) in &s.metrics {
+                if !metrics.contains(m) {
+                    metrics.push(m);
+                }
+            }
+        }
+        let mut runs = String::from("scenario,target,clients,variant,mode,rep,ok");
+        for m in &metrics {
+            let _ = write!(runs, ",{m}");
+        }
+        runs.push_str(",failures\n");
+        for s in &self.samples {
+            let _ = write!(
+                runs,
+                "{name},{},{},{},{},{},{}",
+                s.target,
+                s.clients,
+                s.variant,
+                s.mode,
+                s.rep,
+                s.failures.is_empty()
+            );
+            for m in &metrics {
+                match s.get(m) {
+                    Some(v) => {
+                        let _ = write!(runs, ",{}", num(v));
+                    }
+                    None => runs.push(','),
+                }
+            }
+            let why = s.failures.join("; ").replace([',', '\n', '"'], " ");
+            let _ = writeln!(runs, ",{why}");
+        }
+        std::fs::write(dir.join(format!("{name}.csv")), runs)?;
+
+        let mut summary = String::from(
+            "scenario,target,clients,variant,mode,metric,median,min,max,runs,ratio_to_reference\n",
+        );
+        for (clients, variant) in self.points() {
+            for target in self.targets() {
+                let mode = self
+                    .samples
+                    .iter()
+                    .find(|s| s.target == target && s.clients == clients && s.variant == variant)
+                    .map_or("", |s| s.mode);
+                for m in &metrics {
+                    let Some(st) = self.stat(&target, clients, &variant, m) else {
+                        continue;
+                    };
+                    let ratio = self
+                        .ratio(&target, clients, &variant, m)
+                        .map(num)
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        summary,
+                        "{name},{target},{clients},{variant},{mode},{m},{},{},{},{},{ratio}",
+                        num(st.median),
+                        num(st.min),
+                        num(st.max),
+                        st.runs
+                    );
+                }
+            }
+        }
+        std::fs::write(dir.join(format!("{name}_summary.csv")), summary)
+    }
+}
+
+fn num(v: f64) -> String {
+    if v == v.trunc() && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.6}")
+    }
+}
+
+/// A Markdown table built row by row, its columns padded to line up in a terminal too.
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.len()).collect();
+        for row in &self.rows {
+            for (i, c) in row.iter().enumerate() {
+                if i < widths.len() {
+                    widths[i] = widths[i].max(c.chars().count());
+                }
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for (i, w) in widths.iter().enumerate() {
+                let c = cells.get(i).map_or("", String::as_str);
+                let _ = write!(s, " {c:<w$} |");
+            }
+            s.push('\n');
+            s
+        };
+        let mut out = line(&self.headers);
+        out.push('|');
+        for w in &widths {
+            let _ = write!(out, "{}|", "-".repeat(w + 2));
+        }
+        out.push('\n');
+        for row in &self.rows {
+            out.push_str(&line(row));
+        }
+        out
+    }
+}
+
+/// `median [min–max]` with `decimals` places, or `-` without data.
+pub fn spread(s: Option<Stat>, decimals: usize) -> String {
+    match s {
+        Some(s) if s.runs > 1 => format!(
+            "{:.d$} [{:.d$}–{:.d$}]",
+            s.median,
+            s.min,
+            s.max,
+            d = decimals
+        ),
+        Some(s) => format!("{:.d$}", s.median, d = decimals),
+        None => "-".into(),
+    }
+}
+
+/// The median alone.
+pub fn median(s: Option<Stat>, decimals: usize) -> String {
+    s.map_or("-".into(), |s| format!("{:.d$}", s.median, d = decimals))
+}
+
+/// `x1.23`, or `-`.
+pub fn times(r: Option<f64>) -> String {
+    r.map_or("-".into(), |r| format!("×{r:.2}"))
+}

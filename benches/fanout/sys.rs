@@ -1,0 +1,462 @@
+//! The bench's unsafe edge: the Linux calls the client engine and the reference server make
+//! themselves, each wrapped in a safe function.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the writer stamps records with and clients read
+/// on receipt. It is one clock for every process on the machine.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Raises RLIMIT_NOFILE to at least `want` (soft and, where allowed, hard). Returns the soft
+/// limit in force afterwards, which may be lower than `want` for an unprivileged user.
+pub fn raise_nofile(want: u64) -> io::Result<u64> {
+    // SAFETY: rlimit is plain data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur >= want {
+        return Ok(lim.rlim_cur);
+    }
+    if lim.rlim_max < want {
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: want,
+        };
+        // SAFETY: `raised` is a valid rlimit. Only root may raise the hard limit; if this
+        // fails we settle for the old hard limit below.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(want);
+        }
+    }
+    lim.rlim_cur = lim.rlim_max.min(want);
+    // SAFETY: `lim` is a valid rlimit with cur <= max.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(lim.rlim_cur)
+}
+
+/// User plus system CPU seconds of this whole process so far.
+pub fn self_cpu_secs() -> f64 {
+    // SAFETY: rusage is plain data, filled by getrusage.
+    let mut ru: libc::rusage = unsafe { zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// Clock ticks per second, the unit of /proc/PID/stat's CPU times.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: plain query with no pointers.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// Sends SIGTERM to a process.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    // SAFETY: plain syscall; a stale pid at worst signals nothing (ESRCH).
+    check(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }).map(drop)
+}
+
+fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let family = match addr.ip() {
+        IpAddr::V4(_) => libc::AF_INET,
+        IpAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain syscall; on success we own the new descriptor.
+    let fd = check(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
+    // SAFETY: `value` lives for the call and its size is passed alongside it.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Starts a nonblocking connect. Returns the socket and whether it connected at once;
+/// otherwise it becomes writable when the handshake ends (see [`socket_error`]).
+pub fn connect_start(addr: &SocketAddr) -> io::Result<(OwnedFd, bool)> {
+    let sock = tcp_socket(addr)?;
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    let ret = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if ret == 0 {
+        return Ok((sock, true));
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINPROGRESS) => Ok((sock, false)),
+        _ => Err(err),
+    }
+}
+
+/// The pending error of a socket (SO_ERROR): how a nonblocking connect ended.
+pub fn socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` is a writable int and `len` its size.
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1 as libc::c_int)
+}
+
+/// Makes close() reset the connection at once instead of leaving it in TIME_WAIT.
+///
+/// Why? A sweep opens tens of thousands of connections; closed gracefully from the client
+/// side, each would hold a local port for a minute and later runs would run out of them.
+pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
+    setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_LINGER,
+        libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+}
+
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of its length.
+    check_size(unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+}
+
+/// Receives and drops up to `max` bytes inside the kernel, copying nothing (TCP MSG_TRUNC).
+pub fn recv_discard(fd: RawFd, max: usize) -> io::Result<usize> {
+    // SAFETY: a null buffer is allowed with MSG_TRUNC on a TCP socket; nothing is written.
+    check_size(unsafe {
+        libc::recv(
+            fd,
+            std::ptr::null_mut(),
+            max,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// A nonblocking listening socket on `addr`, and the address it got.
+pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<(OwnedFd, SocketAddr)> {
+    let sock = tcp_socket(&addr)?;
+    setsockopt(
+        sock.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        1 as libc::c_int,
+    )?;
+    let (storage, len) = sockaddr(&addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    check(unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })?;
+    // SAFETY: plain syscall on a socket we own.
+    check(unsafe { libc::listen(sock.as_raw_fd(), backlog) })?;
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut local: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut local_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `local` is writable for `local_len` bytes.
+    check(unsafe {
+        libc::getsockname(
+            sock.as_raw_fd(),
+            (&mut local as *mut libc::sockaddr_storage).cast(),
+            &mut local_len,
+        )
+    })?;
+    let local = from_sockaddr(&local).ok_or_else(|| io::Error::other("unknown address family"))?;
+    Ok((sock, local))
+}
+
+/// Accepts one pending connection as a nonblocking socket; `None` when there is none.
+pub fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: null address pointers are allowed: we do not ask for the peer's address.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        return match err.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Copies up to `count` bytes of `file` at `offset` to the socket inside the kernel.
+pub fn sendfile(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Result<usize> {
+    let mut off = offset as libc::off_t;
+    // SAFETY: both descriptors are owned by the caller for the call; `off` is writable.
+    check_size(unsafe { libc::sendfile(socket, file, &mut off, count) })
+}
+
+/// An epoll instance. Tokens are the caller's; events are copied out of the kernel's
+/// (packed) struct so callers never take references into it.
+pub struct Epoll(OwnedFd);
+
+pub const EPOLLIN: u32 = libc::EPOLLIN as u32;
+pub const EPOLLOUT: u32 = libc::EPOLLOUT as u32;
+pub const EPOLLERR: u32 = libc::EPOLLERR as u32;
+pub const EPOLLHUP: u32 = libc::EPOLLHUP as u32;
+pub const EPOLLRDHUP: u32 = libc::EPOLLRDHUP as u32;
+pub const EPOLLET: u32 = libc::EPOLLET as u32;
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: plain syscall; on success we own the new descriptor.
+        let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a valid epoll_event for the call.
+        check(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+    }
+
+    pub fn add(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    pub fn modify(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
+    }
+
+    /// Waits up to `timeout_ms` (-1: forever) and appends `(events, token)` pairs to `out`.
+    pub fn wait(
+        &self,
+        raw: &mut [libc::epoll_event],
+        out: &mut Vec<(u32, u64)>,
+        timeout_ms: i32,
+    ) -> io::Result<()> {
+        out.clear();
+        // SAFETY: `raw` is writable for `raw.len()` events.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                raw.as_mut_ptr(),
+                raw.len() as libc::c_int,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return if err.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(err)
+            };
+        }
+        for ev in &raw[..n as usize] {
+            // Copy the packed fields out by value.
+            let (events, token) = (ev.events, ev.u64);
+            out.push((events, token));
+        }
+        Ok(())
+    }
+}
+
+/// A read-only shared mapping of a file, larger than the file so that it covers what is
+/// appended later.
+pub struct Mapping {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and lives until drop; any thread may read it.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: shared reads of immutable (append-only) file bytes.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub fn new(fd: RawFd, len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh PROT_READ, MAP_SHARED mapping chosen by the kernel; nothing aliases it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The mapped bytes `[start, start + len)`.
+    ///
+    /// # Safety
+    /// The range must lie within the mapping and within the file's size at the time of the
+    /// call (a page wholly past the end of the file faults with SIGBUS), and the file must
+    /// never be truncated below it while the slice lives. The harness only appends.
+    pub unsafe fn bytes(&self, start: usize, len: usize) -> &[u8] {
+        debug_assert!(start + len <= self.len);
+        // SAFETY: the caller keeps the range inside the mapping and the file.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(start), len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` and `len` are exactly what mmap returned and was asked for.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
