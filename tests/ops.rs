@@ -411,7 +411,13 @@ fn too_little_locked_memory_is_a_one_line_error() {
     let file = dir.join("served.log");
     let started = Instant::now();
     let output = Command::new("prlimit")
-        .args(["--memlock=262144:262144", BIN, "-p", "0", file.to_str().unwrap()])
+        .args([
+            "--memlock=262144:262144",
+            BIN,
+            "-p",
+            "0",
+            file.to_str().unwrap(),
+        ])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .output()
@@ -419,6 +425,9 @@ fn too_little_locked_memory_is_a_one_line_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("tailsrv: error: the locked-memory limit"), "{stderr}");
+    assert!(
+        stderr.starts_with("tailsrv: error: the locked-memory limit"),
+        "{stderr}"
+    );
     assert!(started.elapsed() < PATIENCE, "took {:?}", started.elapsed());
 }
