@@ -3,11 +3,11 @@
 //! They live on the watcher's executor because it is otherwise idle, and they reach the
 //! shards only through the atomics in [`ShardStats`] and the doorbells, never by locking.
 
-use crate::doorbell::{Bell, Ringer};
 use crate::notify::Notifier;
 use crate::stats::{Rejection, ShardStats, LAG_BOUNDS};
 use crate::watcher::Published;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
 use std::cell::Cell;
@@ -18,11 +18,16 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 /// The shards' doorbells, shared by the watcher's tasks.
-pub struct Bells(pub Vec<Ringer>);
+pub struct Bells(pub Vec<ConnectedSender<()>>);
 
 impl Bells {
+    /// Rings every shard; never waits. A full channel means that shard has a ring it has
+    /// not answered yet, and answering it will show it this change too; a closed one means
+    /// the shard has stopped.
     pub fn ring(&self) {
-        self.0.iter().for_each(Ringer::ring);
+        for bell in &self.0 {
+            let _ = bell.try_send(());
+        }
     }
 }
 
@@ -271,9 +276,30 @@ fn reply(status: &str, content_type: &str, body: &str) -> String {
 
 /// Keeps systemd's STATUS= current: updated when clients come or go, at most once a second,
 /// and never when nothing changes.
-pub async fn keep_status(notifier: Notifier, view: Rc<View>, changes: Bell) {
-    let mut changes = changes.attach();
-    while changes.wait().await {
+pub async fn keep_status(notifier: Notifier, view: Rc<View>, changes: Vec<ConnectedReceiver<()>>) {
+    let changed = Rc::new(Cell::new(false));
+    let waiter: Rc<Cell<Option<std::task::Waker>>> = Rc::default();
+    for rx in changes {
+        let (changed, waiter) = (changed.clone(), waiter.clone());
+        glommio::spawn_local(async move {
+            while rx.recv().await.is_some() {
+                changed.set(true);
+                if let Some(w) = waiter.take() {
+                    w.wake();
+                }
+            }
+        })
+        .detach();
+    }
+    loop {
+        future::poll_fn(|cx| {
+            if changed.replace(false) {
+                return std::task::Poll::Ready(());
+            }
+            waiter.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        })
+        .await;
         notifier.status(&view.status());
         Timer::new(Duration::from_secs(1)).await;
     }

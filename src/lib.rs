@@ -25,7 +25,6 @@
 pub mod cli;
 pub mod client;
 pub mod control;
-pub mod doorbell;
 pub mod error;
 pub mod header;
 pub mod notify;
@@ -37,6 +36,7 @@ pub mod watcher;
 pub use error::{Error, Outcome};
 
 use cli::Options;
+use glommio::channels::shared_channel;
 use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
 use notify::Notifier;
 use shard::ShardSetup;
@@ -103,28 +103,24 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let notifier = Notifier::from_env();
 
     let (placement, pinned) = placement(shards, &cpus);
-    let mut ringers = Vec::with_capacity(shards);
-    let (status_ringer, status_changes) = match notifier.enabled() {
-        true => {
-            let (ringer, bell) =
-                doorbell::doorbell().map_err(|e| Error::io("creating a doorbell", e))?;
-            (Some(ringer), Some(bell))
-        }
-        false => (None, None),
-    };
+    let mut bells = Vec::with_capacity(shards);
+    let mut status_changes = Vec::new();
     let mut setups = Vec::with_capacity(shards);
     let mut all_stats = Vec::with_capacity(shards);
     for (index, listener) in listeners.into_iter().enumerate() {
-        let (ringer, bell) =
-            doorbell::doorbell().map_err(|e| Error::io("creating a doorbell", e))?;
+        let (bell, doorbell) = shared_channel::new_bounded(1);
         let stats = Arc::new(ShardStats::default());
-        ringers.push(ringer);
+        bells.push(bell);
         all_stats.push(stats.clone());
-        let status = status_ringer.clone();
+        let status = notifier.enabled().then(|| {
+            let (tx, rx) = shared_channel::new_bounded(1);
+            status_changes.push(rx);
+            tx
+        });
         setups.push(ShardSetup {
             index,
             listener,
-            doorbell: bell,
+            doorbell,
             status,
             stats,
         });
@@ -158,7 +154,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let watcher = LocalExecutorBuilder::new(Placement::Unbound)
         .name("tailsrv-watcher")
         .io_memory(IO_MEMORY)
-        .spawn(move || async move { watch.run(signals, ringers, jobs).await })
+        .spawn(move || async move { watch.run(signals, bells, jobs).await })
         .map_err(|e| Error::Runtime(format!("starting the watcher executor: {e}")))?;
 
     for _ in 0..shards {

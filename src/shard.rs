@@ -2,10 +2,10 @@
 //! accepted. Nothing here is shared with other shards except [`Published`] and the stats.
 
 use crate::client;
-use crate::doorbell::{Bell, Ringer};
 use crate::stats::ShardStats;
 use crate::watcher::{Phase, Published};
 use futures_lite::future;
+use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
 use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
@@ -29,9 +29,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct ShardSetup {
     pub index: usize,
     pub listener: OwnedFd,
-    pub doorbell: Bell,
+    pub doorbell: SharedReceiver<()>,
     /// Rung when clients come or go, if systemd wants status lines.
-    pub status: Option<Ringer>,
+    pub status: Option<SharedSender<()>>,
     pub stats: Arc<ShardStats>,
 }
 
@@ -60,7 +60,7 @@ pub struct Shard {
     clients: Cell<usize>,
     next_id: Cell<u64>,
     idle: RefCell<Option<Waker>>,
-    status_bell: Option<Ringer>,
+    status_bell: Option<ConnectedSender<()>>,
 }
 
 impl Shard {
@@ -91,7 +91,8 @@ impl Shard {
     /// Tells the watcher the client count changed, if it wants to know.
     fn clients_changed(&self) {
         if let Some(bell) = &self.status_bell {
-            bell.ring();
+            // Full means the watcher has not looked yet; it will see this change too.
+            let _ = bell.try_send(());
         }
     }
 
@@ -313,16 +314,20 @@ pub async fn run(
     } = setup;
     // SAFETY: `listener` is a listening TCP socket we own; ownership moves to glommio.
     let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let doorbell = doorbell.connect().await;
+    let status_bell = match status {
+        Some(status) => Some(status.connect().await),
+        None => None,
+    };
     let shard = Rc::new(Shard {
-        status_bell: status,
+        status_bell,
         ..Shard::new(index, stats, published, header_timeout)
     });
     shard.refresh();
 
-    let mut doorbell = doorbell.attach();
     let bell_shard = shard.clone();
     glommio::spawn_local(async move {
-        while doorbell.wait().await {
+        while doorbell.recv().await.is_some() {
             bell_shard.refresh();
         }
         // The watcher is gone: nobody will tell us about the file any more. If it left us

@@ -8,11 +8,11 @@
 //! ends up with the latest size, and the watcher never blocks.
 
 use crate::control::{self, Bells, View};
-use crate::doorbell::{self, Bell, Ringer};
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::stats::ShardStats;
 use crate::sys;
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
@@ -101,7 +101,7 @@ pub struct SideJobs {
     pub metrics: Option<std::net::TcpListener>,
     pub notifier: Notifier,
     /// Rung by shards when clients come or go (only when systemd wants status).
-    pub status_changes: Option<Bell>,
+    pub status_changes: Vec<SharedReceiver<()>>,
 }
 
 /// The file and its directory under watch. Built on the main thread so that a missing
@@ -180,10 +180,14 @@ impl Watch {
     pub async fn run(
         mut self,
         signals: OwnedFd,
-        ringers: Vec<Ringer>,
+        doorbells: Vec<SharedSender<()>>,
         jobs: SideJobs,
     ) -> Result<Outcome, Error> {
-        let bells = Rc::new(Bells(ringers));
+        let mut bells = Vec::with_capacity(doorbells.len());
+        for bell in doorbells {
+            bells.push(bell.connect().await);
+        }
+        let bells = Rc::new(Bells(bells));
         let view = Rc::new(View {
             stats: jobs.stats,
             published: self.published.clone(),
@@ -192,48 +196,32 @@ impl Watch {
         if let Some(listener) = jobs.metrics {
             // SAFETY: a bound, listening TCP socket we own; ownership moves to glommio.
             let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-            glommio::spawn_local(control::serve_metrics(
-                listener,
-                view.clone(),
-                bells.clone(),
-            ))
-            .detach();
+            let metrics = control::serve_metrics(listener, view.clone(), bells.clone());
+            glommio::spawn_local(metrics).detach();
         }
         let notifier = jobs.notifier;
-        if let Some(changes) = jobs.status_changes {
+        if notifier.enabled() {
+            let mut changes = Vec::with_capacity(jobs.status_changes.len());
+            for rx in jobs.status_changes {
+                changes.push(rx.connect().await);
+            }
             glommio::spawn_local(control::keep_status(notifier, view.clone(), changes)).detach();
         }
         if let Some(interval) = notifier.watchdog_interval() {
             info!(?interval, "systemd watchdog enabled");
-            glommio::spawn_local(control::keep_watchdog(
-                notifier,
-                interval,
-                view.clone(),
-                bells.clone(),
-            ))
-            .detach();
+            let watchdog = control::keep_watchdog(notifier, interval, view.clone(), bells.clone());
+            glommio::spawn_local(watchdog).detach();
         }
 
         let mut buffer = [0u8; 4096];
         let inotify_fd = self.inotify.as_raw_fd();
         let signal_fd = signals.as_raw_fd();
-        let mut events = relay([inotify_fd, signal_fd])
-            .map_err(|e| Error::io("starting the inotify thread", e))?;
         let mut known = self.published.size();
-        let mut first = true;
         bells.ring();
         let outcome = loop {
-            if !first {
-                // Tell the relay we have taken what it saw, then wait for its next word.
-                let answered = events.answer().await.is_ok();
-                if !answered || !events.wait().await {
-                    return Err(Error::Runtime("the inotify thread stopped".into()));
-                }
-            }
-            first = false;
-            if let Some(signo) =
-                sys::read_signal(signal_fd).map_err(|e| Error::io("reading signals", e))?
-            {
+            let signal =
+                sys::read_signal(signal_fd).map_err(|e| Error::io("reading signals", e))?;
+            if let Some(signo) = signal {
                 info!(
                     signal = signo,
                     "signal received; closing all clients and exiting"
@@ -272,6 +260,15 @@ impl Watch {
                 }
                 bells.ring();
             }
+            // Why a blocking poll on glommio's helper thread? glommio 0.9 has no public way
+            // to await a descriptor that is not a socket, and the inotify crate's async
+            // stream is tokio's. One helper thread parked in poll(2) costs nothing while the
+            // file is quiet, and wakes us for inotify events and signals alike.
+            let fds = [inotify_fd, signal_fd];
+            glommio::executor()
+                .spawn_blocking(move || sys::wait_readable(&fds))
+                .await
+                .map_err(|e| Error::io("waiting for file events", e))?;
         };
         notifier.stopping(&format!("stopping: {outcome:?}"));
         bells.ring();
@@ -341,27 +338,4 @@ impl Watch {
         debug!(size, "file grew");
         None
     }
-}
-
-/// Starts the thread that waits for inotify events and signals, and returns the bell it
-/// rings when there are some.
-///
-/// Why a thread? glommio 0.9 has no public way to await readiness of a descriptor that is
-/// not a socket, and inotify's async stream is tokio's. So one thread sleeps in poll(2) on
-/// the inotify descriptor and the signalfd, rings the watcher's bell when either is
-/// readable, and waits for the watcher's answer (it has read them) before polling again,
-/// so a level-triggered descriptor does not make it spin. It costs nothing while the file
-/// is quiet.
-fn relay(fds: [std::os::fd::RawFd; 2]) -> io::Result<doorbell::AttachedBell> {
-    let (mut thread_side, watcher_side) = std::os::unix::net::UnixStream::pair()?;
-    std::thread::Builder::new()
-        .name("tailsrv-inotify".into())
-        .spawn(move || {
-            use std::io::Write;
-            while sys::wait_readable(&fds).is_ok()
-                && thread_side.write_all(&[1]).is_ok()
-                && doorbell::await_answer(&mut thread_side).unwrap_or(false)
-            {}
-        })?;
-    Ok(Bell::from(watcher_side).attach())
 }
