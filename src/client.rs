@@ -151,10 +151,21 @@ async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFail
     // 64 bytes in its task and nothing that grows.
     let mut buf = [0u8; MAX_HEADER_LEN];
     let mut len = 0;
+    let sock = stream.as_raw_fd();
     loop {
-        let n = poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf[len..]))
-            .await
-            .map_err(HeaderFailure::Io)?;
+        // Why try a plain recv first? Clients send their header with the connection, so it
+        // is usually waiting when we accept; glommio's read would first wait for the poll it
+        // armed when the stream was made, a reactor round trip per connection.
+        let n = match sys::recv_now(sock, &mut buf[len..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf[len..]))
+                    .await
+                    .map_err(HeaderFailure::Io)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(HeaderFailure::Io(e)),
+        };
         if n == 0 {
             if len == 0 {
                 return Err(HeaderFailure::Silent);

@@ -57,6 +57,19 @@ pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// Reads what the peer has sent, if anything, without waiting.
+pub fn recv_now(socket: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    check_size(unsafe {
+        libc::recv(
+            socket,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    })
+}
+
 /// Discards whatever the peer has sent and is waiting in the socket, without copying it.
 /// Returns how many bytes were dropped; `Ok(0)` means the peer closed its sending side.
 pub fn discard_input(socket: RawFd) -> io::Result<usize> {
@@ -79,13 +92,10 @@ pub fn discard_input(socket: RawFd) -> io::Result<usize> {
 /// instead), but sendfile takes no flags: on a blocking socket a client that stops reading
 /// would park its whole shard inside sendfile.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain fcntl calls on a descriptor the caller owns.
-    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    if flags & libc::O_NONBLOCK == 0 {
-        // SAFETY: as above.
-        check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
-    }
-    Ok(())
+    // A socket's only file status flag that matters here is O_NONBLOCK, so there is
+    // nothing to read back and preserve first.
+    // SAFETY: plain fcntl on a descriptor the caller owns.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) }).map(drop)
 }
 
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
