@@ -176,6 +176,18 @@ fn journald_without_a_journal_is_a_one_line_error() {
     );
 }
 
+/// The address the server's log says it serves metrics on.
+fn metrics_addr(server: &Server) -> String {
+    let line = server
+        .logs()
+        .wait_for("the metrics address", PATIENCE, |l| {
+            l.contains("serving metrics at")
+        });
+    field(&line, "addr")
+        .expect("addr= in the metrics line")
+        .to_string()
+}
+
 /// Scrapes `GET /metrics` and parses the samples, keyed by name with labels.
 fn scrape(addr: &str) -> HashMap<String, f64> {
     let (status, body) = http_get(addr, "/metrics");
@@ -232,14 +244,7 @@ fn metrics_match_what_clients_did() {
         .arg("--metrics")
         .arg("127.0.0.1:0")
         .start();
-    let line = server
-        .logs()
-        .wait_for("the metrics address", PATIENCE, |l| {
-            l.contains("serving metrics at")
-        });
-    let addr = field(&line, "addr")
-        .expect("addr= in the metrics line")
-        .to_string();
+    let addr = metrics_addr(&server);
 
     // Three readers that take the whole file, one that never reads, one bad header.
     let mut readers: Vec<Client> = (0..3).map(|_| server.connect(b"0\n")).collect();
@@ -306,12 +311,7 @@ fn metrics_endpoint_refuses_other_paths_and_methods() {
         .arg("--metrics")
         .arg("127.0.0.1:0")
         .start();
-    let line = server
-        .logs()
-        .wait_for("the metrics address", PATIENCE, |l| {
-            l.contains("serving metrics at")
-        });
-    let addr = field(&line, "addr").unwrap().to_string();
+    let addr = metrics_addr(&server);
     assert!(http_get(&addr, "/nope").0.starts_with("HTTP/1.1 404"));
     let mut stream = TcpStream::connect(&addr).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
