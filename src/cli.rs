@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Parser, Debug, Clone)]
 #[command(
     version,
-    after_help = "Exit status: 0 after SIGINT or SIGTERM; 1 on a fatal error; 2 on a bad command \
+    after_help = "Exit status: 0 after SIGINT, SIGTERM or SIGHUP; 1 on a fatal error; 2 on a bad command \
 line; 3 when FILE is deleted, renamed away or replaced; 4 when FILE shrinks (truncation)."
 )]
 pub struct Options {
@@ -27,7 +27,7 @@ pub struct Options {
 
     /// Shard executors, each on its own thread with its own share of the clients
     /// [default: the number of CPUs tailsrv may run on]. Shards are pinned one per CPU
-    /// when they fit; with more shards than CPUs they run unpinned.
+    /// when they fit; with more shards than CPUs they share the CPUs tailsrv may run on.
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub shards: Option<u16>,
 

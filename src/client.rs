@@ -240,7 +240,7 @@ async fn stream_file(
                     Woke::Changed => {}
                     // A client that keeps sending gets its input dropped in turns, like
                     // any other work on the shard.
-                    Woke::Input => future::yield_now().await,
+                    Woke::Input => take_turns().await,
                     Woke::InputClosed => input_open = false,
                     Woke::Verify => {
                         verify = None;
@@ -292,18 +292,24 @@ async fn stream_file(
     }
 }
 
+/// How long a client that just sent a chunk sleeps before its next one: long enough that
+/// its timer is still pending when first polled (which takes well under a microsecond), so
+/// the task really leaves the run queue.
+const TURN: Duration = Duration::from_micros(1);
+
 /// Lets every other client on the shard, and the shard's I/O, have a turn.
 ///
 /// Why a timer and not `yield_now`? A task that yields stays runnable, and glommio only
 /// looks at completed I/O (drained sockets, doorbells, new connections) once nothing is
 /// runnable or its preemption timer fires (100 ms by default). Clients catching up with fast
 /// readers would then hold off a caught-up client's 64-byte append for up to 100 ms. A
-/// timer that is already due takes the task off the run queue until the executor has been
-/// through its reactor, so each round of catch-up chunks is followed by an I/O pass.
-/// (A 1 ms preemption timer did the same, but made glommio 0.9 lose wake-ups: a shard fell
-/// asleep with a doorbell pending, in one stress run of three.)
+/// timer that has not expired when first polled takes the task off the run queue; glommio
+/// fires it from its reactor, so each round of catch-up chunks is followed by an I/O pass.
+/// (A timer that has already expired would not do: glommio's timer completes at once
+/// without yielding. And a 1 ms preemption timer did the same job but made glommio 0.9 lose
+/// wake-ups: a shard fell asleep with a doorbell pending, in one stress run of three.)
 async fn take_turns() {
-    Timer::new(Duration::from_nanos(1)).await;
+    Timer::new(TURN).await;
 }
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the

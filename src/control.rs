@@ -175,18 +175,18 @@ pub fn render(view: &View) -> String {
         .unwrap_or(0);
     family(
         o,
-        "tailsrv_client_lag_bytes_sum",
+        "tailsrv_client_lag_total_bytes",
         "gauge",
         "Total bytes all clients are behind the end of the file.",
     );
-    let _ = writeln!(o, "tailsrv_client_lag_bytes_sum {sum}");
+    let _ = writeln!(o, "tailsrv_client_lag_total_bytes {sum}");
     family(
         o,
-        "tailsrv_client_lag_bytes_max",
+        "tailsrv_client_lag_max_bytes",
         "gauge",
         "Bytes the furthest-behind client is behind the end of the file.",
     );
-    let _ = writeln!(o, "tailsrv_client_lag_bytes_max {max}");
+    let _ = writeln!(o, "tailsrv_client_lag_max_bytes {max}");
     out
 }
 

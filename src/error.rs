@@ -45,7 +45,7 @@ impl std::error::Error for Error {
 /// Why a server that started ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// SIGINT or SIGTERM: clients were closed and the server stopped. Exit status 0.
+    /// SIGINT, SIGTERM or SIGHUP: clients were closed and the server stopped. Exit status 0.
     Signalled,
     /// The file was deleted, renamed away or replaced. Exit status 3.
     FileGone,

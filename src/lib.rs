@@ -63,8 +63,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the server until a signal, or until the file is gone or truncated.
 pub fn run(opts: Options) -> Result<Outcome, Error> {
-    // Signals first: every thread started from here on inherits the blocked mask, so SIGINT
-    // and SIGTERM reach only the signalfd the watcher reads.
+    // Signals first: every thread started from here on inherits the blocked mask, so SIGINT,
+    // SIGTERM and SIGHUP reach only the signalfd the watcher reads.
     let signals = sys::signal_fd().map_err(|e| Error::io("setting up signal handling", e))?;
     match sys::raise_nofile_limit() {
         Ok(limit) => tracing::debug!(limit, "descriptor limit"),
@@ -73,7 +73,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     // glommio refuses to start an executor under 512 KiB of locked memory, and then only
     // says that a thread failed; say it plainly instead.
     const MIN_MEMLOCK: u64 = 512 << 10;
-    match sys::memlock_limit(MIN_MEMLOCK) {
+    match sys::raise_memlock_limit() {
         Ok(soft) if soft < MIN_MEMLOCK => {
             return Err(Error::Config(format!(
                 "the locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`) is {} KiB; tailsrv needs at least {} KiB \

@@ -27,8 +27,9 @@ fn init_logging(opts: &Options) -> Result<(), String> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     #[cfg(feature = "tracing-journald")]
     if opts.journald {
-        let journal =
-            tracing_journald::layer().map_err(|e| format!("cannot log to journald: {e}"))?;
+        let journal = tracing_journald::layer()
+            .map_err(|e| format!("cannot log to journald: {e}"))?
+            .with_field_prefix(None);
         tracing_subscriber::registry()
             .with(filter)
             .with(journal)

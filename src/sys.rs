@@ -143,15 +143,14 @@ pub fn set_keepalive(
     setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, total_ms)
 }
 
-/// The soft limit on locked memory, in bytes, after raising it towards `want` (up to the
-/// hard limit) when it is lower.
-pub fn memlock_limit(want: u64) -> io::Result<u64> {
+/// Raises the soft limit on locked memory to the hard limit; returns the new soft limit.
+pub fn raise_memlock_limit() -> io::Result<u64> {
     // SAFETY: rlimit is plain data, filled by getrlimit.
     let mut lim: libc::rlimit = unsafe { zeroed() };
     // SAFETY: `lim` is a valid, writable rlimit.
     check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
-    if lim.rlim_cur < want && lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max.min(want);
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
         // SAFETY: `lim` is a valid rlimit.
         check(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) })?;
     }

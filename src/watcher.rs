@@ -46,7 +46,7 @@ pub enum Phase {
     /// Close every client now, in order (signal, or the end of the drain).
     Closing,
     /// Reset every client now: the file shrank, so bytes still queued in the kernel may no
-    /// longer be the file's (see `client::close`).
+    /// longer be the file's (see `client::abort`).
     Aborting,
 }
 

@@ -354,3 +354,8 @@ fn bad_command_lines_exit_2() {
         );
     }
 }
+
+#[test]
+fn sighup_closes_clients_with_fin_and_exits_0() {
+    assert_signal_closes_everyone(libc::SIGHUP);
+}

@@ -283,14 +283,14 @@ fn metrics_match_what_clients_did() {
     // Lags: the readers are caught up (lag 0), the stalled client is megabytes behind.
     assert_eq!(m["tailsrv_clients_by_lag{le=\"0\"}"], 3.0, "{m:?}");
     assert_eq!(m["tailsrv_clients_by_lag{le=\"+Inf\"}"], 4.0, "{m:?}");
-    let lag_sum = m["tailsrv_client_lag_bytes_sum"];
+    let lag_sum = m["tailsrv_client_lag_total_bytes"];
     assert_eq!(
         lag_sum,
         4.0 * SIZE as f64 - sent,
         "lag sum must be what was not sent"
     );
     assert_eq!(
-        m["tailsrv_client_lag_bytes_max"], lag_sum,
+        m["tailsrv_client_lag_max_bytes"], lag_sum,
         "only the stalled client lags"
     );
     assert_eq!(m["tailsrv_build_info{version=\"0.1.0\"}"], 1.0);
