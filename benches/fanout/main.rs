@@ -123,6 +123,10 @@ struct Options {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 
+    /// Run nothing: rebuild the tables and summaries from the runs CSV in --out
+    #[arg(long)]
+    tables: bool,
+
     /// Internal: run the reference server on FILE
     #[arg(long, hide = true, value_name = "FILE")]
     serve_reference: Option<PathBuf>,
@@ -296,6 +300,9 @@ fn run(opts: Options) -> Result<bool, String> {
         opts.scenarios.clone()
     };
     let mut bench = Bench::new(settings, targets, shard_targets, out)?;
+    if opts.tables {
+        return bench.tables_only();
+    }
     bench.machine_note();
     let mut ok = true;
     for s in scenarios {

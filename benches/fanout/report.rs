@@ -117,6 +117,50 @@ impl Results {
             .collect()
     }
 
+    /// Reads back the runs a previous [`Results::write_csv`] wrote to `NAME.csv`.
+    pub fn read_csv(dir: &Path, name: &str) -> io::Result<Results> {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.csv")))?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let bad =
+            |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{name}.csv: {what}"));
+        let mut samples = Vec::new();
+        for line in lines.filter(|l| !l.is_empty()) {
+            let cells: Vec<&str> = line.split(',').collect();
+            if cells.len() != header.len() {
+                return Err(bad("a row has the wrong number of cells"));
+            }
+            let mut s = Sample {
+                target: cells[1].to_string(),
+                clients: cells[2].parse().map_err(|_| bad("clients"))?,
+                variant: cells[3].to_string(),
+                mode: if cells[4] == "discard" {
+                    "discard"
+                } else {
+                    "verify"
+                },
+                rep: cells[5].parse().map_err(|_| bad("rep"))?,
+                metrics: Vec::new(),
+                failures: Vec::new(),
+            };
+            for (i, h) in header.iter().enumerate().take(header.len() - 1).skip(7) {
+                if let Ok(v) = cells[i].parse::<f64>() {
+                    // Metric names are few and live as long as the program.
+                    let name: &'static str = Box::leak(h.to_string().into_boxed_str());
+                    s.metrics.push((name, v));
+                }
+            }
+            let why = cells[header.len() - 1].trim();
+            if !why.is_empty() {
+                s.failures = why.split("; ").map(str::to_string).collect();
+            } else if cells[6] == "false" {
+                s.failures.push("failed".into());
+            }
+            samples.push(s);
+        }
+        Ok(Results { samples })
+    }
+
     /// Writes `NAME.csv` (one row per run) and `NAME_summary.csv` (one row per point, target
     /// and metric: median, min, max, runs, and the ratio to the reference's median).
     pub fn write_csv(&self, dir: &Path, name: &str) -> io::Result<()> {

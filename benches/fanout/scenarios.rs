@@ -316,11 +316,39 @@ impl Bench {
         }
     }
 
+    /// Rebuilds the tables and summaries from the runs CSV already in the output directory.
+    pub fn tables_only(&self) -> Result<bool, String> {
+        let mut ok = true;
+        for (name, title) in [
+            ("catchup", "catch-up"),
+            ("catchup_discard", "catch-up"),
+            ("live", "live"),
+            ("idle", "idle"),
+            ("stalled", "stalled"),
+            ("churn", "churn"),
+            ("shards_catchup", "shards: catch-up"),
+            ("shards_catchup_discard", "shards: catch-up"),
+            ("shards_live", "shards: live"),
+        ] {
+            let Ok(r) = Results::read_csv(&self.out, name) else {
+                continue;
+            };
+            let table = match name {
+                "live" | "shards_live" => live_table(&r),
+                "idle" => idle_table(&r, self.s.idle_secs),
+                "stalled" => stalled_table(&r),
+                "churn" => churn_table(&r),
+                _ => catchup_table(&r),
+            };
+            ok &= self.finish(name, title, &r, table)?;
+        }
+        Ok(ok)
+    }
+
     fn finish(&self, name: &str, title: &str, r: &Results, table: Table) -> Result<bool, String> {
         let md = table.render();
-        let mode = if self.s.verify { "verify" } else { "discard" };
-        let mode = if name.contains("catchup") {
-            mode
+        let mode = if name.contains("discard") {
+            "discard"
         } else {
             "verify"
         };
@@ -847,6 +875,7 @@ fn catchup_table(r: &Results) -> Table {
         "max / median",
         "server CPU s per GiB",
         "generator CPU s",
+        "failed runs",
     ]);
     for (n, v) in r.points() {
         for target in r.targets() {
@@ -870,10 +899,26 @@ fn catchup_table(r: &Results) -> Table {
                 spread(st("max_over_median"), 2),
                 spread(st("server_cpu_s_per_gib"), 3),
                 median(st("generator_cpu_s"), 2),
+                failed(r, &target, n, &v),
             ]);
         }
     }
     t
+}
+
+/// `failed / runs` at a point, or empty when none failed.
+fn failed(r: &Results, target: &str, n: usize, v: &str) -> String {
+    let runs: Vec<&Sample> = r
+        .samples
+        .iter()
+        .filter(|s| s.target == target && s.clients == n && s.variant == v)
+        .collect();
+    let bad = runs.iter().filter(|s| !s.failures.is_empty()).count();
+    if bad == 0 {
+        String::new()
+    } else {
+        format!("{bad} of {}", runs.len())
+    }
 }
 
 fn delivered(r: &Results, target: &str, n: usize, v: &str) -> String {
@@ -882,14 +927,22 @@ fn delivered(r: &Results, target: &str, n: usize, v: &str) -> String {
         .iter()
         .filter(|s| s.target == target && s.clients == n && s.variant == v)
         .collect();
-    let got: f64 = runs.iter().filter_map(|s| s.get("delivered")).sum();
-    let want: f64 = runs.iter().filter_map(|s| s.get("expected")).sum();
-    if runs.is_empty() || want == 0.0 {
+    let measured: Vec<&&Sample> = runs
+        .iter()
+        .filter(|s| s.get("expected").is_some())
+        .collect();
+    let got: f64 = measured.iter().filter_map(|s| s.get("delivered")).sum();
+    let want: f64 = measured.iter().filter_map(|s| s.get("expected")).sum();
+    if measured.is_empty() || want == 0.0 {
         "-".into()
     } else if got == want {
-        format!("all {} ({} runs)", want / runs.len() as f64, runs.len())
+        format!(
+            "all {} in {} runs",
+            want / measured.len() as f64,
+            measured.len()
+        )
     } else {
-        format!("{got} of {want}")
+        format!("{got} of {want} in {} runs", measured.len())
     }
 }
 
@@ -905,6 +958,7 @@ fn live_table(r: &Results) -> Table {
         "records delivered per run",
         "server CPU s",
         "generator CPU s",
+        "failed runs",
     ]);
     for (n, v) in r.points() {
         for target in r.targets() {
@@ -924,6 +978,7 @@ fn live_table(r: &Results) -> Table {
                 delivered(r, &target, n, &v),
                 median(st("server_cpu_s"), 2),
                 median(st("generator_cpu_s"), 2),
+                failed(r, &target, n, &v),
             ]);
         }
     }
@@ -942,6 +997,7 @@ fn stalled_table(r: &Results) -> Table {
         "max ms",
         "records delivered per run",
         "stalled dropped",
+        "failed runs",
     ]);
     for (n, v) in r.points() {
         for target in r.targets() {
@@ -964,6 +1020,7 @@ fn stalled_table(r: &Results) -> Table {
                 spread(st("max_ms"), 2),
                 delivered(r, &target, n, &v),
                 median(st("stalled_dropped"), 0),
+                failed(r, &target, n, &v),
             ]);
         }
     }
@@ -981,6 +1038,7 @@ fn idle_table(r: &Results, secs: f64) -> Table {
         "threads",
         "fds: before → connected → closed",
         "RSS MiB: before → connected → closed",
+        "failed runs",
     ]);
     for (n, v) in r.points() {
         for target in r.targets() {
@@ -1010,6 +1068,7 @@ fn idle_table(r: &Results, secs: f64) -> Table {
                     median(mib("rss_kib_connected"), 1),
                     median(mib("rss_kib_after_close"), 1)
                 ),
+                failed(r, &target, n, &v),
             ]);
         }
     }
@@ -1027,6 +1086,7 @@ fn churn_table(r: &Results) -> Table {
         "fds after an append",
         "RSS MiB: before → round 1 → round 2",
         "connect errors",
+        "failed runs",
     ]);
     for (n, v) in r.points() {
         for target in r.targets() {
@@ -1061,6 +1121,7 @@ fn churn_table(r: &Results) -> Table {
                     median(mib("rss_kib_after_2"), 1)
                 ),
                 median(st("connect_errors"), 0),
+                failed(r, &target, n, &v),
             ]);
         }
     }
