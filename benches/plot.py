@@ -49,6 +49,22 @@ def summary(name):
     return out
 
 
+def runs(name, metric):
+    """{target: ([clients], [value])}: every passing run of NAME, for showing the spread."""
+    path = RESULTS / f"{name}.csv"
+    out = defaultdict(lambda: ([], []))
+    if not path.exists():
+        return out
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row.get("ok") != "true" or not row.get(metric):
+                continue
+            xs, ys = out[row["target"]]
+            xs.append(int(row["clients"]))
+            ys.append(float(row[metric]))
+    return out
+
+
 def series(data, metric):
     xs = sorted(data[metric])
     med = [data[metric][x][0] for x in xs]
@@ -111,6 +127,14 @@ def throughput():
                 **STYLE.get(target, {}),
             )
             drew = True
+        # Single runs as dots: a point whose runs fall into two groups shows as two clusters,
+        # which the median and its min-max bar would hide.
+        for target, (xs, ys) in sorted(runs(name, "gib_s").items()):
+            # Beside their median, not on it: verify runs a little left, discard runs right.
+            shift = 0.85 if mode == "verify" else 1.15
+            color = STYLE.get(target, {}).get("color")
+            ax.scatter([x * shift for x in xs], ys, s=12, color=color, alpha=0.45, zorder=3,
+                       marker="o" if mode == "verify" else "x")
     if not drew:
         plt.close(fig)
         return
@@ -118,7 +142,7 @@ def throughput():
     ax.set_ylim(bottom=0)
     ax.set_xlabel("clients reading from offset 0")
     ax.set_ylabel("aggregate GiB/s")
-    ax.set_title("catch-up: aggregate throughput (median of runs, bars: min–max)")
+    ax.set_title("catch-up: aggregate throughput (median, min–max; dots: runs)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     save(fig, "catchup_throughput.svg")

@@ -399,7 +399,7 @@ impl Worker {
                 self.out.per_client_records.push(conn.records);
             }
             if let Some(fd) = conn.fd.take() {
-                let _ = sys::set_linger_zero(fd.as_raw_fd());
+                let _ = tailsrv::sys::set_linger_zero(fd.as_raw_fd());
             }
         }
         self.publish();
@@ -564,7 +564,7 @@ impl Worker {
         };
         let copy = self.plan.verify || role == Role::Live;
         let got = if copy {
-            sys::recv(fd, &mut self.buf)
+            tailsrv::sys::recv_now(fd, &mut self.buf)
         } else {
             sys::recv_discard(fd, DISCARD_MAX)
         };
@@ -672,7 +672,7 @@ impl Worker {
         let conn = &mut self.conns[i];
         if let Some(fd) = conn.fd.take() {
             if abortive {
-                let _ = sys::set_linger_zero(fd.as_raw_fd());
+                let _ = tailsrv::sys::set_linger_zero(fd.as_raw_fd());
             }
         }
         conn.gen = conn.gen.wrapping_add(1);

@@ -37,7 +37,13 @@ pub fn serve(path: &Path, addr: SocketAddr) -> io::Result<()> {
     let fd = file.as_raw_fd();
     let mut inotify = Inotify::init()?;
     inotify.watches().add(path, WatchMask::MODIFY)?;
-    let (listener, local) = sys::listen(addr, 4096)?;
+    // tailsrv's own listener set-up (one socket of a SO_REUSEPORT group), made non-blocking
+    // for the edge-triggered accept loop below.
+    let (local, mut listeners) = tailsrv::sys::bind_listeners(addr, 1, 4096)?;
+    let listener = listeners
+        .pop()
+        .expect("bind_listeners returns `count` sockets");
+    tailsrv::sys::set_nonblocking(listener.as_raw_fd())?;
     let epoll = Epoll::new()?;
     epoll.add(listener.as_raw_fd(), EPOLLIN, LISTENER)?;
     epoll.add(inotify.as_raw_fd(), EPOLLIN, INOTIFY)?;
@@ -134,7 +140,7 @@ fn pump(client: &mut Client, file: i32, size: u64) -> bool {
     };
     while offset < size {
         let count = usize::try_from(size - offset).unwrap_or(usize::MAX);
-        match sys::sendfile(client.sock.as_raw_fd(), file, offset, count) {
+        match tailsrv::sys::sendfile(client.sock.as_raw_fd(), file, offset, count) {
             Ok(0) => break,
             Ok(n) => offset += n as u64,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -152,7 +158,7 @@ fn pump(client: &mut Client, file: i32, size: u64) -> bool {
 /// Reads header bytes until the newline (or the client's half-close). False: drop it.
 fn read_header(client: &mut Client, file: &File, size: &mut u64) -> bool {
     loop {
-        let got = sys::recv(
+        let got = tailsrv::sys::recv_now(
             client.sock.as_raw_fd(),
             &mut client.header[client.header_len..],
         );
@@ -191,7 +197,7 @@ fn read_header(client: &mut Client, file: &File, size: &mut u64) -> bool {
 /// Drops whatever the client sent after its header. False: it is gone.
 fn discard_input(client: &mut Client) -> bool {
     loop {
-        match sys::recv_discard(client.sock.as_raw_fd(), 1 << 16) {
+        match tailsrv::sys::discard_input(client.sock.as_raw_fd()) {
             Ok(0) => {
                 // A half-close: the client may still be reading, so keep sending.
                 client.input_closed = true;

@@ -1,9 +1,14 @@
 //! The bench's unsafe edge: the Linux calls the client engine and the reference server make
 //! themselves, each wrapped in a safe function.
+//!
+//! What tailsrv's own `tailsrv::sys` already wraps (socket addresses, binding a listener,
+//! `sendfile`, `recv`, SO_LINGER) is called from there rather than written twice; this module
+//! holds only what the server never needs: client connects, epoll, the file mapping, clocks
+//! and process limits.
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -88,69 +93,6 @@ pub fn terminate(pid: u32) -> io::Result<()> {
     check(unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) }).map(drop)
 }
 
-fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let sin: libc::sockaddr_in =
-                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((storage as *const libc::sockaddr_storage).cast()) };
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
 fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     let family = match addr.ip() {
         IpAddr::V4(_) => libc::AF_INET,
@@ -186,7 +128,7 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> 
 /// otherwise it becomes writable when the handshake ends (see [`socket_error`]).
 pub fn connect_start(addr: &SocketAddr) -> io::Result<(OwnedFd, bool)> {
     let sock = tcp_socket(addr)?;
-    let (storage, len) = sockaddr(addr);
+    let (storage, len) = tailsrv::sys::sockaddr(addr);
     // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
     let ret = unsafe {
         libc::connect(
@@ -226,22 +168,6 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1 as libc::c_int)
 }
 
-/// Makes close() reset the connection at once instead of leaving it in TIME_WAIT.
-///
-/// Why? A sweep opens tens of thousands of connections; closed gracefully from the client
-/// side, each would hold a local port for a minute and later runs would run out of them.
-pub fn set_linger_zero(fd: RawFd) -> io::Result<()> {
-    setsockopt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_LINGER,
-        libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        },
-    )
-}
-
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of its length.
     check_size(unsafe {
@@ -252,11 +178,6 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
         )
     })
-}
-
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of its length.
-    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
 /// Receives and drops up to `max` bytes inside the kernel, copying nothing (TCP MSG_TRUNC).
@@ -270,41 +191,6 @@ pub fn recv_discard(fd: RawFd, max: usize) -> io::Result<usize> {
             libc::MSG_TRUNC | libc::MSG_DONTWAIT,
         )
     })
-}
-
-/// A nonblocking listening socket on `addr`, and the address it got.
-pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<(OwnedFd, SocketAddr)> {
-    let sock = tcp_socket(&addr)?;
-    setsockopt(
-        sock.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_REUSEADDR,
-        1 as libc::c_int,
-    )?;
-    let (storage, len) = sockaddr(&addr);
-    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
-    check(unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&storage as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })?;
-    // SAFETY: plain syscall on a socket we own.
-    check(unsafe { libc::listen(sock.as_raw_fd(), backlog) })?;
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut local: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut local_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `local` is writable for `local_len` bytes.
-    check(unsafe {
-        libc::getsockname(
-            sock.as_raw_fd(),
-            (&mut local as *mut libc::sockaddr_storage).cast(),
-            &mut local_len,
-        )
-    })?;
-    let local = from_sockaddr(&local).ok_or_else(|| io::Error::other("unknown address family"))?;
-    Ok((sock, local))
 }
 
 /// Accepts one pending connection as a nonblocking socket; `None` when there is none.
@@ -327,13 +213,6 @@ pub fn accept(listener: RawFd) -> io::Result<Option<OwnedFd>> {
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
-}
-
-/// Copies up to `count` bytes of `file` at `offset` to the socket inside the kernel.
-pub fn sendfile(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Result<usize> {
-    let mut off = offset as libc::off_t;
-    // SAFETY: both descriptors are owned by the caller for the call; `off` is writable.
-    check_size(unsafe { libc::sendfile(socket, file, &mut off, count) })
 }
 
 /// An epoll instance. Tokens are the caller's; events are copied out of the kernel's
