@@ -270,7 +270,11 @@ async fn stream_file(
                 slot.set_offset(offset);
                 ShardStats::add(&shard.stats.bytes_sent, n as u64);
                 unverified |= !input_open;
-                take_turns().await;
+                // Caught up, the client waits for news anyway; only one with more to send
+                // must step aside for the others.
+                if offset < shard.size() {
+                    take_turns().await;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 ShardStats::add(&shard.stats.blocked, 1);

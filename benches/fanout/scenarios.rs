@@ -214,6 +214,17 @@ pub struct Bench {
     work: Workspace,
 }
 
+/// One point of a scenario's sweep: what its samples record besides the target and the
+/// repetition, and how many runs it gets per target.
+struct Point {
+    clients: usize,
+    /// `stalled=100`, `close=fin`, or empty.
+    variant: String,
+    reps: usize,
+    /// Clients compare every byte (`verify` mode) rather than drop it unread (`discard`).
+    verify: bool,
+}
+
 /// Appends the engine's failures to the sample's.
 fn absorb(sample: &mut Sample, out: &Outcome) {
     sample.failures.extend(out.failures.iter().cloned());
@@ -378,22 +389,35 @@ impl Bench {
         Ok(())
     }
 
-    fn sample(
-        &self,
-        target: &Target,
-        clients: usize,
-        variant: String,
-        rep: usize,
-        verify: bool,
-    ) -> Sample {
-        Sample {
-            target: target.name(),
-            clients,
-            variant,
-            mode: if verify { "verify" } else { "discard" },
-            rep,
-            metrics: Vec::new(),
-            failures: Vec::new(),
+    /// Runs one point `point.reps` times per target, the targets alternating within each
+    /// repetition: `once` does a run and fills in its sample, `summary` sums the sample up
+    /// for its log line, and the sample joins `r` whether the run failed or not.
+    fn run_point(
+        &mut self,
+        r: &mut Results,
+        scenario: &str,
+        point: Point,
+        targets: &[Target],
+        mut once: impl FnMut(&mut Self, &Target, &mut Sample) -> Result<(), String>,
+        summary: impl Fn(&Sample) -> String,
+    ) {
+        for rep in 1..=point.reps {
+            for t in targets {
+                let mut s = Sample {
+                    target: t.name(),
+                    clients: point.clients,
+                    variant: point.variant.clone(),
+                    mode: if point.verify { "verify" } else { "discard" },
+                    rep,
+                    metrics: Vec::new(),
+                    failures: Vec::new(),
+                };
+                if let Err(e) = once(self, t, &mut s) {
+                    s.failures.push(e);
+                }
+                self.log(scenario, &s, summary(&s));
+                r.samples.push(s);
+            }
         }
     }
 
@@ -418,17 +442,20 @@ impl Bench {
     fn catchup(&mut self, targets: &[Target], clients: &[usize]) -> Results {
         let mut r = Results::default();
         for &n in clients {
-            for rep in 1..=self.s.catchup_reps {
-                for t in targets {
-                    let mut s = self.sample(t, n, String::new(), rep, self.s.verify);
-                    if let Err(e) = self.catchup_once(t, n, &mut s) {
-                        s.failures.push(e);
-                    }
-                    let summary = format!("{:.2} GiB/s", s.get("gib_s").unwrap_or(f64::NAN));
-                    self.log("catchup", &s, summary);
-                    r.samples.push(s);
-                }
-            }
+            let point = Point {
+                clients: n,
+                variant: String::new(),
+                reps: self.s.catchup_reps,
+                verify: self.s.verify,
+            };
+            self.run_point(
+                &mut r,
+                "catchup",
+                point,
+                targets,
+                |b, t, s| b.catchup_once(t, n, s),
+                |s| format!("{:.2} GiB/s", s.get("gib_s").unwrap_or(f64::NAN)),
+            );
         }
         r
     }
@@ -526,23 +553,28 @@ impl Bench {
                 } else {
                     format!("stalled={k}")
                 };
-                for rep in 1..=self.s.reps {
-                    for t in targets {
-                        let mut s = self.sample(t, n, variant.clone(), rep, true);
-                        if let Err(e) = self.live_once(t, n, k, &mut s) {
-                            s.failures.push(e);
-                        }
-                        let summary = format!(
+                let point = Point {
+                    clients: n,
+                    variant,
+                    reps: self.s.reps,
+                    verify: true,
+                };
+                self.run_point(
+                    &mut r,
+                    scenario,
+                    point,
+                    targets,
+                    |b, t, s| b.live_once(t, n, k, s),
+                    |s| {
+                        format!(
                             "p50 {:.3} ms p99 {:.3} ms, {} of {} records",
                             s.get("p50_ms").unwrap_or(f64::NAN),
                             s.get("p99_ms").unwrap_or(f64::NAN),
                             s.get("delivered").unwrap_or(0.0),
                             s.get("expected").unwrap_or(0.0)
-                        );
-                        self.log(scenario, &s, summary);
-                        r.samples.push(s);
-                    }
-                }
+                        )
+                    },
+                );
             }
         }
         r
@@ -674,22 +706,27 @@ impl Bench {
     fn idle(&mut self, targets: &[Target]) -> Results {
         let mut r = Results::default();
         for n in self.s.idle_clients.clone() {
-            for rep in 1..=self.s.reps {
-                for t in targets {
-                    let mut s = self.sample(t, n, String::new(), rep, true);
-                    if let Err(e) = self.idle_once(t, n, &mut s) {
-                        s.failures.push(e);
-                    }
-                    let summary = format!(
+            let point = Point {
+                clients: n,
+                variant: String::new(),
+                reps: self.s.reps,
+                verify: true,
+            };
+            self.run_point(
+                &mut r,
+                "idle",
+                point,
+                targets,
+                |b, t, s| b.idle_once(t, n, s),
+                |s| {
+                    format!(
                         "cpu {:.3} s, {:.2} KiB and {:.3} fds per client",
                         s.get("idle_cpu_s").unwrap_or(f64::NAN),
                         s.get("rss_kib_per_client").unwrap_or(f64::NAN),
                         s.get("fds_per_client").unwrap_or(f64::NAN)
-                    );
-                    self.log("idle", &s, summary);
-                    r.samples.push(s);
-                }
-            }
+                    )
+                },
+            );
         }
         r
     }
@@ -756,23 +793,27 @@ impl Bench {
         let mut r = Results::default();
         let n = self.s.churn_clients;
         for fin in [false, true] {
-            let variant = if fin { "close=fin" } else { "close=rst" }.to_string();
-            for rep in 1..=self.s.reps {
-                for t in targets {
-                    let mut s = self.sample(t, n, variant.clone(), rep, true);
-                    if let Err(e) = self.churn_once(t, fin, &mut s) {
-                        s.failures.push(e);
-                    }
-                    let summary = format!(
+            let point = Point {
+                clients: n,
+                variant: if fin { "close=fin" } else { "close=rst" }.to_string(),
+                reps: self.s.reps,
+                verify: true,
+            };
+            self.run_point(
+                &mut r,
+                "churn",
+                point,
+                targets,
+                |b, t, s| b.churn_once(t, fin, s),
+                |s| {
+                    format!(
                         "{:.0} conn/s, fds {} -> {}",
                         s.get("conn_per_s").unwrap_or(f64::NAN),
                         s.get("fds_before").unwrap_or(f64::NAN),
                         s.get("fds_after_2").unwrap_or(f64::NAN)
-                    );
-                    self.log("churn", &s, summary);
-                    r.samples.push(s);
-                }
-            }
+                    )
+                },
+            );
         }
         r
     }
