@@ -5,7 +5,8 @@ use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+/// A system call's return value as a result: negative means `errno` says what went wrong.
+pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -13,7 +14,8 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
+/// The same for calls that return a byte count.
+pub fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -98,7 +100,8 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) }).map(drop)
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
+/// Sets a socket option whose value is a plain `T`.
+pub fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
     // SAFETY: `value` lives for the call and its size is passed alongside it.
     check(unsafe {
         libc::setsockopt(

@@ -2,30 +2,15 @@
 //! themselves, each wrapped in a safe function.
 //!
 //! What tailsrv's own `tailsrv::sys` already wraps (socket addresses, binding a listener,
-//! `sendfile`, `recv`, SO_LINGER) is called from there rather than written twice; this module
-//! holds only what the server never needs: client connects, epoll, the file mapping, clocks
-//! and process limits.
+//! `sendfile`, `recv`, SO_LINGER, errno checks, setsockopt) is called from there rather than
+//! written twice; this module holds only what the server never needs: client connects,
+//! epoll, the file mapping, clocks and process limits.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
+use tailsrv::sys::{check, check_size, setsockopt};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the writer stamps records with and clients read
 /// on receipt. It is one clock for every process on the machine.
@@ -108,20 +93,6 @@ fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
     })?;
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
-    // SAFETY: `value` lives for the call and its size is passed alongside it.
-    check(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
 }
 
 /// Starts a nonblocking connect. Returns the socket and whether it connected at once;
