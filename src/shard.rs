@@ -119,6 +119,11 @@ impl Shard {
     /// Why not the published size? `-n` means the last n bytes at the moment the header is
     /// processed; the watcher may not have seen the latest append yet.
     pub fn fresh_size(&self) -> u64 {
+        if self.file().is_none() {
+            // The file may have appeared with the doorbell still on its way (this header
+            // got here first): look at what the watcher published rather than miss it.
+            self.refresh();
+        }
         let Some(fd) = self.file() else {
             return self.size();
         };
