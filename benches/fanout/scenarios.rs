@@ -473,9 +473,7 @@ impl Bench {
             .catchup_file(target, len)
             .map_err(|e| format!("preparing the file: {e}"))?;
         let mut server = Server::start(target, &path)?;
-        let view = Arc::new(
-            FileView::open(&path).map_err(|e| format!("mapping {}: {e}", path.display()))?,
-        );
+        let view = map_view(&path)?;
         let plan = Plan {
             addr: server.addr,
             threads: self.s.threads,
@@ -489,7 +487,7 @@ impl Bench {
             record_base: 0,
             hold_headers: true,
         };
-        let engine = Engine::start(plan, view).map_err(|e| format!("starting the clients: {e}"))?;
+        let engine = start_clients(plan, view)?;
         let measured = engine.wait_connected(CONNECT_TIMEOUT).map(|()| {
             // Let the server accept everyone before the clock starts.
             sleep(Duration::from_millis(100));
@@ -593,9 +591,7 @@ impl Bench {
             .fresh_file(target, self.s.prefix)
             .map_err(|e| format!("preparing the file: {e}"))?;
         let mut server = Server::start(target, &path)?;
-        let view = Arc::new(
-            FileView::open(&path).map_err(|e| format!("mapping {}: {e}", path.display()))?,
-        );
+        let view = map_view(&path)?;
         let mut groups = vec![Group::new(clients, Role::Live, base, format!("{base}\n"))];
         if stalled > 0 {
             // From the start of the file, so their sockets fill up and stay full.
@@ -611,7 +607,7 @@ impl Bench {
         };
         let mut writer = data::appender(&path)
             .map_err(|e| format!("opening {} to append: {e}", path.display()))?;
-        let engine = Engine::start(plan, view).map_err(|e| format!("starting the clients: {e}"))?;
+        let engine = start_clients(plan, view)?;
         let records = ((self.s.rate * self.s.live_secs).round() as u64).max(1);
         let interval = Duration::from_secs_f64(1.0 / self.s.rate);
         let expected = clients as u64 * records;
@@ -738,9 +734,7 @@ impl Bench {
             .fresh_file(target, MIB)
             .map_err(|e| format!("preparing the file: {e}"))?;
         let mut server = Server::start(target, &path)?;
-        let view = Arc::new(
-            FileView::open(&path).map_err(|e| format!("mapping {}: {e}", path.display()))?,
-        );
+        let view = map_view(&path)?;
         sleep(self.s.settle);
         let before = server.usage();
         let plan = Plan {
@@ -751,7 +745,7 @@ impl Bench {
             record_base: 0,
             hold_headers: false,
         };
-        let engine = Engine::start(plan, view).map_err(|e| format!("starting the clients: {e}"))?;
+        let engine = start_clients(plan, view)?;
         let measured = engine.wait_connected(CONNECT_TIMEOUT).map(|()| {
             sleep(self.s.settle);
             let connected = server.usage();
@@ -839,9 +833,7 @@ impl Bench {
         let mut after = Vec::new();
         let mut connect_errors = 0;
         for _round in 0..2 {
-            let view = Arc::new(
-                FileView::open(&path).map_err(|e| format!("mapping {}: {e}", path.display()))?,
-            );
+            let view = map_view(&path)?;
             let plan = Plan {
                 addr: server.addr,
                 threads: self.s.threads,
@@ -858,8 +850,7 @@ impl Bench {
                 record_base: 0,
                 hold_headers: false,
             };
-            let engine =
-                Engine::start(plan, view).map_err(|e| format!("starting the clients: {e}"))?;
+            let engine = start_clients(plan, view)?;
             let t0 = Instant::now();
             let cap = if fin { self.s.churn_fin_cap } else { u64::MAX };
             engine.wait_until(Duration::from_secs_f64(self.s.churn_secs), |p| {
@@ -1167,4 +1158,16 @@ fn churn_table(r: &Results) -> Table {
         }
     }
     t
+}
+
+/// Maps the file the clients compare what they receive against.
+fn map_view(path: &Path) -> Result<Arc<FileView>, String> {
+    FileView::open(path)
+        .map(Arc::new)
+        .map_err(|e| format!("mapping {}: {e}", path.display()))
+}
+
+/// Starts the client engine on a plan.
+fn start_clients(plan: Plan, view: Arc<FileView>) -> Result<Engine, String> {
+    Engine::start(plan, view).map_err(|e| format!("starting the clients: {e}"))
 }
