@@ -146,20 +146,6 @@ pub fn set_keepalive(
     setsockopt(socket, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, total_ms)
 }
 
-/// Raises the soft limit on locked memory to the hard limit; returns the new soft limit.
-pub fn raise_memlock_limit() -> io::Result<u64> {
-    // SAFETY: rlimit is plain data, filled by getrlimit.
-    let mut lim: libc::rlimit = unsafe { zeroed() };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) })?;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit.
-        check(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) })?;
-    }
-    Ok(lim.rlim_cur)
-}
-
 /// Whether the kernel has closed this TCP connection (it received a reset, or timed out).
 pub fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
     // SAFETY: tcp_info is plain data; all zeroes is a valid value.
@@ -402,20 +388,6 @@ pub fn wait_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
     }
 }
 
-/// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    // SAFETY: rlimit is plain data, filled by getrlimit.
-    let mut lim: libc::rlimit = unsafe { zeroed() };
-    // SAFETY: `lim` is a valid, writable rlimit.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit.
-        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    }
-    Ok(lim.rlim_cur)
-}
-
 /// The CPUs this process may run on (its affinity mask, as `taskset` or cgroups set it).
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
@@ -426,6 +398,30 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     Ok((0..libc::CPU_SETSIZE as usize)
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect())
+}
+
+/// Raises a resource's soft limit to its hard limit; returns the new soft limit.
+fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<u64> {
+    // SAFETY: rlimit is plain data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    check(unsafe { libc::getrlimit(resource, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit.
+        check(unsafe { libc::setrlimit(resource, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    raise_soft_limit(libc::RLIMIT_NOFILE)
+}
+
+/// Raises the soft limit on locked memory to the hard limit; returns the new soft limit.
+pub fn raise_memlock_limit() -> io::Result<u64> {
+    raise_soft_limit(libc::RLIMIT_MEMLOCK)
 }
 
 #[cfg(test)]
