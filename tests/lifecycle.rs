@@ -1,9 +1,7 @@
 //! The server's life: a file that appears late, is deleted, renamed, replaced or truncated;
 //! signals; freeing closed clients; and refusing to start.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs::{self, OpenOptions};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

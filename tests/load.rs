@@ -1,9 +1,7 @@
 //! Many clients and big files: a stuck client beside a fast one, hundreds of clients at
 //! mixed offsets while the file grows, and both shards serving.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Read, Write};

@@ -1,8 +1,6 @@
 //! Operating tailsrv: systemd notifications (sd-notify feature), journald, and metrics.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;

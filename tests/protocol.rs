@@ -1,9 +1,7 @@
 //! The client protocol end to end: every header form, half-close, trailing input, every kind
 //! of bad header, and offsets past 4 GiB.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};

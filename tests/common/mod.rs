@@ -5,9 +5,6 @@
 //! a `TcpStream` with deadline-bound reads. Nothing here sleeps to synchronise: conditions
 //! are polled until a deadline, and a missed deadline fails the test with the server's log.
 
-// Why allow dead code? Each test file compiles this module on its own and uses only part of it.
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
@@ -139,10 +136,6 @@ impl TempDir {
         let path = std::env::temp_dir().join(name);
         fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         TempDir { path }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn join(&self, name: &str) -> PathBuf {
