@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod error;
+pub mod fetch;
 pub mod header;
 pub mod notify;
 pub mod shard;

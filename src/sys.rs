@@ -414,6 +414,13 @@ fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Takes an exclusive advisory lock (flock) on an open file without waiting;
+/// `WouldBlock` when another open file description holds one.
+pub fn try_lock_exclusive(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain flock on a descriptor the caller owns.
+    check(unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
+}
+
 /// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_NOFILE)
