@@ -5,6 +5,7 @@
 mod common;
 
 mod docs;
+mod fetch;
 mod lifecycle;
 mod load;
 mod ops;
