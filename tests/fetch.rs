@@ -391,7 +391,7 @@ fn last_and_new_start_at_the_end_and_resume_exactly() {
 
 #[test]
 fn once_exits_0_when_the_server_closes_the_stream() {
-    let mut upstream = Server::start(&pattern_range(0, 10_000));
+    let upstream = Server::start(&pattern_range(0, 10_000));
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     let mut fetch = Fetch::to_file(upstream.port(), &copy, &["--once"]);
