@@ -145,26 +145,41 @@ pub fn render(view: &View) -> String {
         );
     }
 
-    // Why gauges and not a histogram? These are a snapshot of where clients are now, not
-    // counts of events: they go down as clients catch up, which a histogram must never do.
+    // Why gauges counting clients "more than N bytes behind", and not a histogram? These
+    // are a snapshot of where clients are now, not counts of events: they go down as
+    // clients catch up, which a histogram's buckets must never do, and the `le` label is
+    // reserved for histogram buckets, which these are not. "More than" answers the question
+    // an alert asks ("how many clients are over 1 MiB behind?") in one series.
+    let streaming: u64 = view
+        .stats
+        .iter()
+        .map(|s| ShardStats::get(&s.lag.count))
+        .sum();
     family(
         o,
-        "tailsrv_clients_by_lag",
+        "tailsrv_clients_streaming",
         "gauge",
-        "Clients at most `le` bytes behind the end of the file.",
+        "Clients past their header: being sent the file or waiting for it to grow.",
     );
-    let mut cumulative = 0;
-    let bounds = LAG_BOUNDS
-        .iter()
-        .map(|b| b.to_string())
-        .chain(["+Inf".to_string()]);
-    for (i, bound) in bounds.enumerate() {
-        cumulative += view
+    let _ = writeln!(o, "tailsrv_clients_streaming {streaming}");
+    family(
+        o,
+        "tailsrv_clients_behind",
+        "gauge",
+        "Clients more than more_than_bytes bytes behind the end of the file.",
+    );
+    for (i, bound) in LAG_BOUNDS.iter().enumerate() {
+        // Bucket j holds the clients at most LAG_BOUNDS[j] behind (and more than the bound
+        // before it); those above bound i are in the buckets after i.
+        let above: u64 = view
             .stats
             .iter()
-            .map(|s| ShardStats::get(&s.lag.buckets[i]))
-            .sum::<u64>();
-        let _ = writeln!(o, "tailsrv_clients_by_lag{{le=\"{bound}\"}} {cumulative}");
+            .flat_map(|s| s.lag.buckets[i + 1..].iter().map(ShardStats::get))
+            .sum();
+        let _ = writeln!(
+            o,
+            "tailsrv_clients_behind{{more_than_bytes=\"{bound}\"}} {above}"
+        );
     }
     let sum: u64 = view.stats.iter().map(|s| ShardStats::get(&s.lag.sum)).sum();
     let max = view
@@ -173,13 +188,15 @@ pub fn render(view: &View) -> String {
         .map(|s| ShardStats::get(&s.lag.max))
         .max()
         .unwrap_or(0);
+    // Why not `_total`? That suffix promises a counter, which only goes up; this is the sum
+    // of the clients' lags now, and falls as they catch up.
     family(
         o,
-        "tailsrv_client_lag_total_bytes",
+        "tailsrv_clients_lag_bytes",
         "gauge",
-        "Total bytes all clients are behind the end of the file.",
+        "Bytes all clients together are behind the end of the file.",
     );
-    let _ = writeln!(o, "tailsrv_client_lag_total_bytes {sum}");
+    let _ = writeln!(o, "tailsrv_clients_lag_bytes {sum}");
     family(
         o,
         "tailsrv_client_lag_max_bytes",
@@ -197,7 +214,7 @@ const MAX_REQUEST: usize = 8 << 10;
 /// How long a scraper has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `GET /metrics` until the executor stops.
+/// Serves `GET /metrics` (and `HEAD`) until the executor stops.
 pub async fn serve_metrics(listener: TcpListener, view: Rc<View>, bells: Rc<Bells>) {
     let active = Rc::new(Cell::new(0usize));
     loop {
@@ -245,33 +262,85 @@ async fn answer(mut stream: TcpStream, view: &View, bells: &Bells) -> std::io::R
         Err(std::io::ErrorKind::TimedOut.into())
     })
     .await?;
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let mut words = line.split(|&b| b == b' ');
-    let (method, path) = (
-        words.next().unwrap_or_default(),
-        words.next().unwrap_or_default(),
-    );
-    let response = match (method, path) {
-        (b"GET", b"/metrics") => {
+    let response = match route(&head) {
+        Route::Metrics { head_only } => {
             view.refresh(bells, Duration::from_millis(200)).await;
             reply(
                 "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
+                &[("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
                 &render(view),
+                head_only,
             )
         }
-        (b"GET", _) => reply("404 Not Found", "text/plain", "try /metrics\n"),
-        _ => reply("405 Method Not Allowed", "text/plain", "only GET\n"),
+        Route::NotFound { head_only } => reply(
+            "404 Not Found",
+            &[("Content-Type", "text/plain")],
+            "try /metrics\n",
+            head_only,
+        ),
+        Route::BadMethod => reply(
+            "405 Method Not Allowed",
+            &[("Content-Type", "text/plain"), ("Allow", ALLOW)],
+            "only GET and HEAD\n",
+            false,
+        ),
     };
     stream.write_all(response.as_bytes()).await?;
     stream.close().await
 }
 
-fn reply(status: &str, content_type: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+/// The methods the endpoint answers, for the `Allow` header of a 405.
+const ALLOW: &str = "GET, HEAD";
+
+/// What a request asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// `GET /metrics` or `HEAD /metrics`, with or without a query string.
+    Metrics { head_only: bool },
+    /// `GET` or `HEAD` of any other path.
+    NotFound { head_only: bool },
+    /// Any other method.
+    BadMethod,
+}
+
+/// Routes a request by its first line.
+///
+/// Why ignore the query string? Prometheus appends a scrape config's `params` to the path
+/// (`/metrics?module=x`); the endpoint has nothing to select, so it serves the same text.
+fn route(head: &[u8]) -> Route {
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ');
+    let method = words.next().unwrap_or_default();
+    let target = words.next().unwrap_or_default();
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    let head_only = match method {
+        b"GET" => false,
+        b"HEAD" => true,
+        _ => return Route::BadMethod,
+    };
+    if path == b"/metrics" {
+        Route::Metrics { head_only }
+    } else {
+        Route::NotFound { head_only }
+    }
+}
+
+/// An HTTP/1.1 response that closes the connection. With `head_only`, the headers are those
+/// the full response would have (Content-Length included) and the body is left out.
+fn reply(status: &str, headers: &[(&str, &str)], body: &str, head_only: bool) -> String {
+    let mut out = format!("HTTP/1.1 {status}\r\n");
+    for (name, value) in headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    let _ = write!(
+        out,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
+    );
+    if !head_only {
+        out.push_str(body);
+    }
+    out
 }
 
 /// Keeps systemd's STATUS= current: updated when clients come or go, at most once a second,
@@ -329,5 +398,85 @@ pub async fn keep_watchdog(
             );
         }
         Timer::new(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watcher::Published;
+
+    #[test]
+    fn routes_by_method_and_path_ignoring_the_query() {
+        let cases: [(&[u8], Route); 8] = [
+            (
+                b"GET /metrics HTTP/1.1\r\n\r\n",
+                Route::Metrics { head_only: false },
+            ),
+            (
+                b"HEAD /metrics HTTP/1.1\r\n\r\n",
+                Route::Metrics { head_only: true },
+            ),
+            (
+                b"GET /metrics?a=1&b=2 HTTP/1.1\r\n\r\n",
+                Route::Metrics { head_only: false },
+            ),
+            (
+                b"GET /metrics? HTTP/1.0\n\n",
+                Route::Metrics { head_only: false },
+            ),
+            (
+                b"GET /metricsx HTTP/1.1\r\n\r\n",
+                Route::NotFound { head_only: false },
+            ),
+            (
+                b"HEAD / HTTP/1.1\r\n\r\n",
+                Route::NotFound { head_only: true },
+            ),
+            (b"POST /metrics HTTP/1.1\r\n\r\n", Route::BadMethod),
+            (b"get /metrics HTTP/1.1\r\n\r\n", Route::BadMethod),
+        ];
+        for (request, want) in cases {
+            assert_eq!(route(request), want, "{}", String::from_utf8_lossy(request));
+        }
+    }
+
+    #[test]
+    fn head_reply_keeps_the_length_and_drops_the_body() {
+        let full = reply("200 OK", &[("Content-Type", "text/plain")], "abc\n", false);
+        let head = reply("200 OK", &[("Content-Type", "text/plain")], "abc\n", true);
+        assert!(full.ends_with("\r\n\r\nabc\n"), "{full:?}");
+        assert_eq!(head, full.trim_end_matches("abc\n"));
+        assert!(head.contains("Content-Length: 4\r\n"), "{head:?}");
+        let refused = reply("405 Method Not Allowed", &[("Allow", ALLOW)], "", false);
+        assert!(refused.contains("\r\nAllow: GET, HEAD\r\n"), "{refused:?}");
+    }
+
+    #[test]
+    fn lag_families_count_clients_more_than_each_bound_behind() {
+        let shards = [ShardStats::default(), ShardStats::default()];
+        shards[0].lag.store([0, 0, 5000].into_iter());
+        shards[1].lag.store([4096, 2 << 20].into_iter());
+        let view = View {
+            stats: shards.into_iter().map(Arc::new).collect(),
+            published: Arc::new(Published::default()),
+            label: String::new(),
+        };
+        let text = render(&view);
+        let value = |series: &str| -> u64 {
+            let line = text
+                .lines()
+                .find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+            line.rsplit_once(' ').unwrap().1.parse().unwrap()
+        };
+        assert_eq!(value("tailsrv_clients_streaming"), 5);
+        for (bound, want) in [(0, 3), (4096, 2), (65536, 1), (1 << 20, 1), (16 << 20, 0)] {
+            let series = format!("tailsrv_clients_behind{{more_than_bytes=\"{bound}\"}}");
+            assert_eq!(value(&series), want, "{series}");
+        }
+        assert_eq!(value("tailsrv_clients_lag_bytes"), 5000 + 4096 + (2 << 20));
+        assert_eq!(value("tailsrv_client_lag_max_bytes"), 2 << 20);
+        assert!(!text.contains("le=\""), "{text}");
     }
 }

@@ -7,5 +7,6 @@ mod common;
 mod docs;
 mod lifecycle;
 mod load;
+mod metrics;
 mod ops;
 mod protocol;
