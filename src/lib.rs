@@ -29,11 +29,13 @@ pub mod client;
 pub mod control;
 pub mod error;
 pub mod header;
+pub mod metrics;
 pub mod notify;
 pub mod shard;
 pub mod state;
 pub mod stats;
 pub mod sys;
+pub mod systemd;
 pub mod watcher;
 
 pub use error::{Error, Outcome};
