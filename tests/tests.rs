@@ -4,6 +4,7 @@
 
 mod common;
 
+mod addresses;
 mod docs;
 mod lifecycle;
 mod load;
