@@ -24,16 +24,19 @@
 //!
 //! [`Published`]: state::Published
 
+pub mod addr;
 pub mod cli;
 pub mod client;
 pub mod control;
 pub mod error;
 pub mod header;
+pub mod metrics;
 pub mod notify;
 pub mod shard;
 pub mod state;
 pub mod stats;
 pub mod sys;
+pub mod systemd;
 pub mod watcher;
 
 pub use error::{Error, Outcome};
@@ -45,7 +48,6 @@ use notify::Notifier;
 use shard::ShardSetup;
 use state::Interest;
 use stats::ShardStats;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -94,13 +96,10 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
 
     let cpus = sys::allowed_cpus().map_err(|e| Error::io("reading the CPU affinity mask", e))?;
     let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
-    let (addr, listeners) = bind(opts.bind, opts.port, shards)?;
+    let (addr, listeners) = addr::bind_shards(opts.bind.as_ref(), opts.port, shards, BACKLOG)?;
 
-    let metrics = match opts.metrics {
-        Some(at) => Some(
-            std::net::TcpListener::bind(at)
-                .map_err(|e| Error::io(format!("binding metrics on {at}"), e))?,
-        ),
+    let metrics = match &opts.metrics {
+        Some(at) => Some(addr::bind_metrics(at)?),
         None => None,
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
@@ -202,30 +201,6 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     }
     info!(?outcome, bytes_sent, probe_bytes, "stopped");
     Ok(outcome)
-}
-
-/// Binds one listener per shard. Without `--bind`, listens on every IPv6 and IPv4 address,
-/// or on every IPv4 address where the system has no IPv6.
-fn bind(
-    ip: Option<IpAddr>,
-    port: u16,
-    shards: usize,
-) -> Result<(SocketAddr, Vec<std::os::fd::OwnedFd>), Error> {
-    let addr = SocketAddr::new(ip.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
-    match sys::bind_listeners(addr, shards, BACKLOG) {
-        Err(e)
-            if ip.is_none()
-                && matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-                ) =>
-        {
-            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-            sys::bind_listeners(v4, shards, BACKLOG)
-                .map_err(|e| Error::io(format!("binding {v4}"), e))
-        }
-        result => result.map_err(|e| Error::io(format!("binding {addr}"), e)),
-    }
 }
 
 /// Shards pinned one per allowed CPU when they fit; otherwise fenced to the allowed CPUs.

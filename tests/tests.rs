@@ -4,8 +4,10 @@
 
 mod common;
 
+mod addresses;
 mod docs;
 mod lifecycle;
 mod load;
+mod metrics;
 mod ops;
 mod protocol;
