@@ -12,7 +12,9 @@
 //!
 //! - [`watcher`]: owns the inotify watch on FILE and its directory, and the signal
 //!   descriptor. It publishes the file's size and the server's phase in [`Published`] and
-//!   rings each shard's doorbell, never waiting on a shard.
+//!   rings the doorbells of the shards that have clients waiting for growth, never waiting on
+//!   a shard.
+//! - [`state`]: what the watcher and the shards share: [`Published`] and the doorbells.
 //! - [`shard`]: one glommio executor per core, each with its own listener on the shared port.
 //!   It answers the doorbell by waking the clients that were waiting for the file to grow.
 //! - [`client`]: one task per connection: reads the header ([`header`]), then moves file
@@ -20,18 +22,22 @@
 //!   up anyone else.
 //! - [`run`] wires it together; `main.rs` only parses options and logs.
 //!
-//! [`Published`]: watcher::Published
+//! [`Published`]: state::Published
 
+pub mod addr;
 pub mod cli;
 pub mod client;
 pub mod control;
 pub mod error;
 pub mod fetch;
 pub mod header;
+pub mod metrics;
 pub mod notify;
 pub mod shard;
+pub mod state;
 pub mod stats;
 pub mod sys;
+pub mod systemd;
 pub mod watcher;
 
 pub use error::{Error, Outcome};
@@ -41,8 +47,8 @@ use glommio::channels::shared_channel;
 use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
 use notify::Notifier;
 use shard::ShardSetup;
+use state::Interest;
 use stats::ShardStats;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
@@ -91,13 +97,10 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
 
     let cpus = sys::allowed_cpus().map_err(|e| Error::io("reading the CPU affinity mask", e))?;
     let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
-    let (addr, listeners) = bind(opts.bind, opts.port, shards)?;
+    let (addr, listeners) = addr::bind_shards(opts.bind.as_ref(), opts.port, shards, BACKLOG)?;
 
-    let metrics = match opts.metrics {
-        Some(at) => Some(
-            std::net::TcpListener::bind(at)
-                .map_err(|e| Error::io(format!("binding metrics on {at}"), e))?,
-        ),
+    let metrics = match &opts.metrics {
+        Some(at) => Some(addr::bind_metrics(at)?),
         None => None,
     };
     let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
@@ -111,7 +114,8 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     for (index, listener) in listeners.into_iter().enumerate() {
         let (bell, doorbell) = shared_channel::new_bounded(1);
         let stats = Arc::new(ShardStats::default());
-        bells.push(bell);
+        let interest = Arc::new(Interest::default());
+        bells.push((bell, interest.clone()));
         all_stats.push(stats.clone());
         let status = notifier.enabled().then(|| {
             let (tx, rx) = shared_channel::new_bounded(1);
@@ -122,6 +126,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
             index,
             listener,
             doorbell,
+            interest,
             status,
             stats,
         });
@@ -197,30 +202,6 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     }
     info!(?outcome, bytes_sent, probe_bytes, "stopped");
     Ok(outcome)
-}
-
-/// Binds one listener per shard. Without `--bind`, listens on every IPv6 and IPv4 address,
-/// or on every IPv4 address where the system has no IPv6.
-fn bind(
-    ip: Option<IpAddr>,
-    port: u16,
-    shards: usize,
-) -> Result<(SocketAddr, Vec<std::os::fd::OwnedFd>), Error> {
-    let addr = SocketAddr::new(ip.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
-    match sys::bind_listeners(addr, shards, BACKLOG) {
-        Err(e)
-            if ip.is_none()
-                && matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-                ) =>
-        {
-            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-            sys::bind_listeners(v4, shards, BACKLOG)
-                .map_err(|e| Error::io(format!("binding {v4}"), e))
-        }
-        result => result.map_err(|e| Error::io(format!("binding {addr}"), e)),
-    }
 }
 
 /// Shards pinned one per allowed CPU when they fit; otherwise fenced to the allowed CPUs.

@@ -4,9 +4,11 @@
 
 mod common;
 
+mod addresses;
 mod docs;
 mod fetch;
 mod lifecycle;
 mod load;
+mod metrics;
 mod ops;
 mod protocol;
