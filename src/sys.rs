@@ -3,7 +3,7 @@
 use std::io;
 use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// A system call's return value as a result: negative means `errno` says what went wrong.
 pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -368,8 +368,33 @@ pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
     }
 }
 
+/// A non-blocking eventfd: a counter one thread can bump to wake another out of poll(2).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before it is owned.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter, making it readable.
+pub fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: u64 = 1;
+    // SAFETY: `one` is 8 readable bytes, the size an eventfd write takes.
+    check_size(unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) }).map(drop)
+}
+
+/// Whether an eventfd has been bumped, without consuming it: once set, it stays set.
+pub fn eventfd_is_set(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(wait_readable_for(&[fd.as_raw_fd()], 0)?[0])
+}
+
 /// Blocks until at least one of `fds` is readable; returns which are.
 pub fn wait_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
+    wait_readable_for(fds, -1)
+}
+
+/// Waits up to `timeout_ms` (-1: for ever) until one of `fds` is readable; returns which are.
+fn wait_readable_for(fds: &[RawFd], timeout_ms: libc::c_int) -> io::Result<Vec<bool>> {
     let mut polls: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -380,7 +405,9 @@ pub fn wait_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
         .collect();
     loop {
         // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
-        match check(unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) }) {
+        match check(unsafe {
+            libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, timeout_ms)
+        }) {
             Ok(_) => return Ok(polls.iter().map(|p| p.revents != 0).collect()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),

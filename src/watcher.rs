@@ -18,7 +18,7 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -176,10 +176,11 @@ impl Watch {
         Ok(())
     }
 
-    /// Runs on the watcher executor until a signal arrives or the file is gone or truncated.
+    /// Runs on the watcher executor until `stop` (an eventfd) is set, or the file is gone or
+    /// truncated.
     pub async fn run(
         mut self,
-        signals: OwnedFd,
+        stop: Arc<OwnedFd>,
         doorbells: Vec<SharedSender<()>>,
         jobs: SideJobs,
     ) -> Result<Outcome, Error> {
@@ -215,17 +216,14 @@ impl Watch {
 
         let mut buffer = [0u8; 4096];
         let inotify_fd = self.inotify.as_raw_fd();
-        let signal_fd = signals.as_raw_fd();
+        let stop_fd = stop.as_raw_fd();
         let mut known = self.published.size();
         bells.ring();
         let outcome = loop {
-            let signal =
-                sys::read_signal(signal_fd).map_err(|e| Error::io("reading signals", e))?;
-            if let Some(signo) = signal {
-                info!(
-                    signal = signo,
-                    "signal received; closing all clients and exiting"
-                );
+            let stopping = sys::eventfd_is_set(stop.as_fd())
+                .map_err(|e| Error::io("reading the stop flag", e))?;
+            if stopping {
+                info!("asked to stop; closing all clients");
                 self.published.set_phase(Phase::Closing);
                 break Outcome::Signalled;
             }
@@ -263,8 +261,8 @@ impl Watch {
             // Why a blocking poll on glommio's helper thread? glommio 0.9 has no public way
             // to await a descriptor that is not a socket, and the inotify crate's async
             // stream is tokio's. One helper thread parked in poll(2) costs nothing while the
-            // file is quiet, and wakes us for inotify events and signals alike.
-            let fds = [inotify_fd, signal_fd];
+            // file is quiet, and wakes us for inotify events and the stop flag alike.
+            let fds = [inotify_fd, stop_fd];
             glommio::executor()
                 .spawn_blocking(move || sys::wait_readable(&fds))
                 .await
