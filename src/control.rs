@@ -4,10 +4,10 @@
 //! shards only through the atomics in [`ShardStats`] and the doorbells, never by locking.
 
 use crate::notify::Notifier;
-use crate::stats::{Rejection, ShardStats, LAG_BOUNDS};
-use crate::watcher::Published;
+use crate::state::{Bells, Published};
+use crate::stats::{Rejection, ShardStats, WatcherStats, LAG_BOUNDS};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
+use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
 use std::cell::Cell;
@@ -17,23 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
-/// The shards' doorbells, shared by the watcher's tasks.
-pub struct Bells(pub Vec<ConnectedSender<()>>);
-
-impl Bells {
-    /// Rings every shard; never waits. A full channel means that shard has a ring it has
-    /// not answered yet, and answering it will show it this change too; a closed one means
-    /// the shard has stopped.
-    pub fn ring(&self) {
-        for bell in &self.0 {
-            let _ = bell.try_send(());
-        }
-    }
-}
-
 /// What the side jobs read.
 pub struct View {
     pub stats: Vec<Arc<ShardStats>>,
+    pub watcher: Arc<WatcherStats>,
     pub published: Arc<Published>,
     /// "FILE on ADDR", for status lines.
     pub label: String,
@@ -62,7 +49,7 @@ impl View {
         for s in &self.stats {
             s.heartbeat.ask();
         }
-        bells.ring();
+        bells.ring_all();
         let deadline = std::time::Instant::now() + patience;
         loop {
             if self.stats.iter().all(|s| s.heartbeat.answered()) {
@@ -109,7 +96,30 @@ pub fn render(view: &View) -> String {
     family(o, "tailsrv_shards", "gauge", "Shard executors.");
     let _ = writeln!(o, "tailsrv_shards {}", view.stats.len());
 
-    let per_shard: [PerShard; 5] = [
+    family(
+        o,
+        "tailsrv_file_events_total",
+        "counter",
+        "inotify events the watcher read for the file and its directory.",
+    );
+    let _ = writeln!(
+        o,
+        "tailsrv_file_events_total {}",
+        ShardStats::get(&view.watcher.file_events)
+    );
+    family(
+        o,
+        "tailsrv_watcher_wakeups_total",
+        "counter",
+        "Times the watcher woke up for file events (one wake-up may read many).",
+    );
+    let _ = writeln!(
+        o,
+        "tailsrv_watcher_wakeups_total {}",
+        ShardStats::get(&view.watcher.wakeups)
+    );
+
+    let per_shard: [PerShard; 6] = [
         ("tailsrv_clients_connected", "gauge", "Open client connections.", |s| ShardStats::get(&s.connected)),
         ("tailsrv_clients_accepted_total", "counter", "Client connections accepted.", |s| ShardStats::get(&s.accepted)),
         ("tailsrv_clients_blocked", "gauge", "Clients waiting for their full socket to drain.", |s| {
@@ -121,6 +131,12 @@ pub fn render(view: &View) -> String {
             "counter",
             "File bytes sent by the writability probe instead of sendfile (included in tailsrv_sent_bytes_total).",
             |s| ShardStats::get(&s.probe_bytes),
+        ),
+        (
+            "tailsrv_shard_wakeups_total",
+            "counter",
+            "Times the watcher woke the shard: for growth only while a client of it waits for the file to grow; also for shutdown, metrics and watchdog requests.",
+            |s| ShardStats::get(&s.doorbells),
         ),
     ];
     for (name, kind, help, get) in per_shard {

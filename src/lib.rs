@@ -10,9 +10,11 @@
 //!     └──────── sendfile: page cache ──────────▶ sockets        sockets
 //! ```
 //!
-//! - [`watcher`]: owns the inotify watch on FILE and its directory, and the signal
-//!   descriptor. It publishes the file's size and the server's phase in [`Published`] and
-//!   rings each shard's doorbell, never waiting on a shard.
+//! - [`watcher`]: owns the inotify watch on FILE and its directory, and waits on the stop
+//!   flag. It publishes the file's size and the server's phase in [`Published`] and
+//!   rings the doorbells of the shards that have clients waiting for growth, never waiting on
+//!   a shard.
+//! - [`state`]: what the watcher and the shards share: [`Published`] and the doorbells.
 //! - [`shard`]: one glommio executor per core, each with its own listener on the shared port.
 //!   It answers the doorbell by waking the clients that were waiting for the file to grow.
 //! - [`client`]: one task per connection: reads the header ([`header`]), then moves file
@@ -24,7 +26,7 @@
 //! - [`process`]: what only `main` does, for the whole process: the signal mask and resource
 //!   limits. `main.rs` adds option parsing and logging.
 //!
-//! [`Published`]: watcher::Published
+//! [`Published`]: state::Published
 
 pub mod cli;
 pub mod client;
@@ -35,6 +37,7 @@ pub mod notify;
 pub mod process;
 pub mod server;
 pub mod shard;
+pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod watcher;

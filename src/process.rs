@@ -7,7 +7,7 @@
 use crate::error::Error;
 use crate::sys;
 use std::future::Future;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use tracing::{debug, warn};
@@ -46,7 +46,7 @@ impl Signals {
                             break 0;
                         }
                     }
-                    if let Err(e) = sys::wait_readable(&[self.fd.as_raw_fd()]) {
+                    if let Err(e) = sys::wait_readable(self.fd.as_fd()) {
                         warn!(error = %e, "cannot wait for signals; stopping");
                         break 0;
                     }

@@ -11,9 +11,10 @@ use crate::cli::Options;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::shard::{self, ShardSetup};
+use crate::state::{Interest, Phase, Published};
 use crate::stats::ShardStats;
 use crate::sys;
-use crate::watcher::{Phase, Published, SideJobs, Watch};
+use crate::watcher::{SideJobs, Watch};
 use futures_lite::future;
 use glommio::channels::shared_channel;
 use glommio::{
@@ -60,7 +61,7 @@ pub struct Handle {
     addr: SocketAddr,
     published: Arc<Published>,
     stats: Vec<Arc<ShardStats>>,
-    /// An eventfd in the watcher's poll set: once bumped, the server stops.
+    /// An eventfd the watcher waits on: once bumped, the server stops.
     stop: Arc<OwnedFd>,
 }
 
@@ -159,7 +160,8 @@ impl Server {
         for (index, listener) in listeners.into_iter().enumerate() {
             let (bell, doorbell) = shared_channel::new_bounded(1);
             let stats = Arc::new(ShardStats::default());
-            bells.push(bell);
+            let interest = Arc::new(Interest::default());
+            bells.push((bell, interest.clone()));
             all_stats.push(stats.clone());
             let status = notifier.enabled().then(|| {
                 let (tx, rx) = shared_channel::new_bounded(1);
@@ -170,6 +172,7 @@ impl Server {
                 index,
                 listener,
                 doorbell,
+                interest,
                 status,
                 stats,
             });

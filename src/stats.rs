@@ -43,6 +43,8 @@ pub struct ShardStats {
     pub blocked: AtomicU64,
     /// File bytes that went out through the writability probe rather than sendfile.
     pub probe_bytes: AtomicU64,
+    /// Times the watcher's doorbell woke this shard.
+    pub doorbells: AtomicU64,
     /// Requests from the watcher, answered from the shard's own thread.
     pub heartbeat: Heartbeat,
     /// The lags of this shard's clients when it last answered the heartbeat.
@@ -69,6 +71,15 @@ impl ShardStats {
     pub fn rejected(&self, why: Rejection) -> u64 {
         Self::get(&self.rejected[why as usize])
     }
+}
+
+/// The watcher's counters, written by the watcher only.
+#[derive(Debug, Default)]
+pub struct WatcherStats {
+    /// inotify events read.
+    pub file_events: AtomicU64,
+    /// Times the watcher woke up for file events (one wake-up may bring many events).
+    pub wakeups: AtomicU64,
 }
 
 /// Upper bounds, in bytes, of the client lag histogram's buckets (file size minus offset).

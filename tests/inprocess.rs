@@ -226,8 +226,18 @@ fn dropping_an_unserved_server_stops_it_and_frees_the_port() {
     assert!(!handle.file_open(), "no file yet");
     drop(server);
     assert!(handle.stopping());
-    // Nothing listens any more: a new listener can take the exact port.
-    std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("rebinding {addr}: {e}"));
+    // Nothing listens any more: a new listener can take the exact port. (Not at once: the
+    // kernel lets go of a listener with an io_uring accept pending when it cancels that
+    // accept, which it does in the background as the shard's ring is torn down.)
+    let mut last = None;
+    let rebound = poll_until(PATIENCE, || match std::net::TcpListener::bind(addr) {
+        Ok(_) => true,
+        Err(e) => {
+            last = Some(e);
+            false
+        }
+    });
+    assert!(rebound, "rebinding {addr}: {last:?}");
 }
 
 #[test]
