@@ -10,7 +10,7 @@
 //! - [`engine`]: the client engine, epoll on a few threads, every byte checked.
 //! - [`reference`]: the reference server (this executable with `--serve-reference`).
 //! - [`server`]: starts a target on a file and reads its CPU, RSS, descriptors from /proc.
-//! - [`scenarios`]: catch-up, live, idle, stalled, churn, shards.
+//! - [`scenarios`]: catch-up, live, idle, stalled, churn, shards, relay.
 //! - [`data`]: file content, live records, the mapped view clients compare against.
 //! - [`report`]: medians and spreads, Markdown tables, CSV.
 //!
@@ -148,6 +148,7 @@ pub enum Scenario {
     Stalled,
     Churn,
     Shards,
+    Relay,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -292,6 +293,7 @@ fn run(opts: Options) -> Result<bool, String> {
                 Scenario::Idle,
                 Scenario::Stalled,
                 Scenario::Churn,
+                Scenario::Relay,
             ]
         } else {
             Scenario::value_variants().to_vec()

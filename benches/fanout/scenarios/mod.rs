@@ -15,6 +15,7 @@ mod catchup;
 mod churn;
 mod idle;
 mod live;
+mod relay;
 mod setup;
 mod shards;
 mod stalled;
@@ -60,6 +61,8 @@ pub struct Settings {
     pub settle: Duration,
     /// Bytes in a live file before the first record: what stalled clients fill up on.
     pub prefix: u64,
+    /// Live clients on the upstream, and as many on the relay, in the relay scenario.
+    pub relay_clients: Vec<usize>,
 }
 
 impl Settings {
@@ -87,6 +90,7 @@ impl Settings {
             shard_live_clients: vec![100, 1000],
             settle: Duration::from_millis(1000),
             prefix: 16 * MIB,
+            relay_clients: vec![1, 100],
         }
     }
 
@@ -111,6 +115,7 @@ impl Settings {
             shard_live_clients: vec![8],
             settle: Duration::from_millis(300),
             prefix: 4 * MIB,
+            relay_clients: vec![4],
             ..Settings::full()
         }
     }
@@ -128,6 +133,7 @@ impl Settings {
             &mut self.stalled_live,
             &mut self.shard_catchup_clients,
             &mut self.shard_live_clients,
+            &mut self.relay_clients,
         ] {
             *list = clients.to_vec();
         }
@@ -202,6 +208,7 @@ impl Bench {
             Scenario::Stalled => stalled::run(self, &targets),
             Scenario::Churn => churn::run(self, &targets),
             Scenario::Shards => shards::run(self, &self.shard_targets.clone()),
+            Scenario::Relay => relay::run(self, &targets),
         }
     }
 
@@ -218,6 +225,8 @@ impl Bench {
         ok &= self.rebuild("shards_catchup", "shards: catch-up", catchup::table)?;
         ok &= self.rebuild("shards_catchup_discard", "shards: catch-up", catchup::table)?;
         ok &= self.rebuild("shards_live", "shards: live", live::table)?;
+        ok &= self.rebuild("relay_live", "relay: live", relay::live_table)?;
+        ok &= self.rebuild("relay_catchup", "relay: catch-up", relay::catchup_table)?;
         Ok(ok)
     }
 
