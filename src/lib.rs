@@ -25,6 +25,9 @@
 //!   state or stops it from any thread. Tests run whole servers in-process this way.
 //! - [`process`]: what only `main` does, for the whole process: the signal mask and resource
 //!   limits. `main.rs` adds option parsing and logging.
+//! - [`fetch`]: the `tailsrv-fetch` client, a binary of its own (`src/bin/tailsrv-fetch.rs`):
+//!   it resumes after disconnects, checks for rotations and keeps the copy a relay serves.
+//!   The server does not use it.
 //!
 //! [`Published`]: state::Published
 
