@@ -25,6 +25,7 @@ pub mod options;
 pub mod output;
 pub mod progress;
 
+use crate::addr::{Host, HostPort};
 use backoff::Backoff;
 use check::{Check, Verdict};
 use error::{Ended, FetchError};
@@ -153,7 +154,7 @@ impl Fetcher {
                 SessionEnd::Failed(e) => {
                     if self.opts.once {
                         return Err(FetchError::Connection {
-                            addr: self.opts.addr.clone(),
+                            addr: self.opts.addr.to_string(),
                             source: e,
                         });
                     }
@@ -164,7 +165,7 @@ impl Fetcher {
                     // name is almost always a typo; later it is a DNS hiccup.
                     if !self.resolved_once || self.opts.once {
                         return Err(FetchError::Unresolvable {
-                            addr: self.opts.addr.clone(),
+                            addr: self.opts.addr.to_string(),
                             source: e,
                         });
                     }
@@ -185,9 +186,13 @@ impl Fetcher {
 
     /// Resolves HOST:PORT and connects to the first address that answers.
     fn connect(&mut self) -> Result<TcpStream, SessionEnd> {
-        let addrs: Vec<SocketAddr> = match self.opts.addr.to_socket_addrs() {
-            Ok(a) => a.collect(),
-            Err(e) => return Err(SessionEnd::Unresolvable(e)),
+        let HostPort { host, port } = &self.opts.addr;
+        let addrs: Vec<SocketAddr> = match host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, *port)],
+            Host::Name(name) => match (name.as_str(), *port).to_socket_addrs() {
+                Ok(a) => a.collect(),
+                Err(e) => return Err(SessionEnd::Unresolvable(e)),
+            },
         };
         if addrs.is_empty() {
             return Err(SessionEnd::Unresolvable(io::Error::new(
@@ -232,7 +237,7 @@ impl Fetcher {
         let mut check = Check::new(position - k, output.tail(k)?);
         let peer = sock
             .peer_addr()
-            .map_or_else(|_| self.opts.addr.clone(), |a| a.to_string());
+            .map_or_else(|_| self.opts.addr.to_string(), |a| a.to_string());
         if let Err(e) = sock.write_all(format!("{}\n", check.header()).as_bytes()) {
             return Ok(SessionEnd::Failed(e));
         }
@@ -318,13 +323,13 @@ impl Fetcher {
                 Ok(s) => s,
                 Err(SessionEnd::Unresolvable(e)) => {
                     return Err(FetchError::Unresolvable {
-                        addr: self.opts.addr.clone(),
+                        addr: self.opts.addr.to_string(),
                         source: e,
                     })
                 }
                 Err(SessionEnd::Failed(e)) if self.opts.once => {
                     return Err(FetchError::Connection {
-                        addr: self.opts.addr.clone(),
+                        addr: self.opts.addr.to_string(),
                         source: e,
                     })
                 }
@@ -355,7 +360,7 @@ impl Fetcher {
                 Ok(end) => return Ok(end),
                 Err(e) if self.opts.once => {
                     return Err(FetchError::Connection {
-                        addr: self.opts.addr.clone(),
+                        addr: self.opts.addr.to_string(),
                         source: e,
                     })
                 }

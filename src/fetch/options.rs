@@ -1,5 +1,6 @@
 //! tailsrv-fetch's command-line options. Their doc comments are its `--help` text.
 
+use crate::addr::HostPort;
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,7 +24,7 @@ written; 6 when the server's file is not the one held and --on-rotation is exit.
 pub struct FetchOptions {
     /// The tailsrv server: a host name, an IPv4 address or a bracketed IPv6 address, and a port
     #[arg(value_name = "HOST:PORT", value_parser = parse_addr)]
-    pub addr: String,
+    pub addr: HostPort,
 
     /// Keep a copy of the server's file here instead of writing to stdout
     #[arg(value_name = "FILE")]
@@ -130,25 +131,14 @@ impl FetchOptions {
     }
 }
 
-/// Accepts `HOST:PORT`, `IP:PORT` and `[IPv6]:PORT`; the name is resolved when connecting.
-fn parse_addr(text: &str) -> Result<String, String> {
-    let (host, port) = text
-        .rsplit_once(':')
-        .ok_or_else(|| format!("`{text}` has no port: write HOST:PORT"))?;
-    port.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("`{port}` is not a port (1 to 65535)"))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.is_empty() {
-        return Err(format!("`{text}` has no host: write HOST:PORT"));
+/// Accepts `HOST:PORT`, `IP:PORT` and `[IPv6]:PORT` (the parser `--metrics` uses), but
+/// not port 0, which no server listens on; a name is resolved when connecting.
+fn parse_addr(text: &str) -> Result<HostPort, String> {
+    let at: HostPort = text.parse()?;
+    if at.port == 0 {
+        return Err(format!("`{text}`: port 0 is no server's port"));
     }
-    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(format!(
-            "`{text}`: write an IPv6 address in brackets, as [{host}]:{port}"
-        ));
-    }
-    Ok(text.to_owned())
+    Ok(at)
 }
 
 #[cfg(test)]
@@ -169,7 +159,7 @@ mod tests {
             "[::1]:4321",
             "relay-3.example:65535",
         ] {
-            assert_eq!(parse_addr(ok).as_deref(), Ok(ok));
+            assert_eq!(parse_addr(ok).map(|a| a.to_string()).as_deref(), Ok(ok));
         }
         for bad in [
             "localhost",
