@@ -274,9 +274,9 @@ fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
 }
 
 /// Rotates the upstream file (a tail appended just before the rename, then a new file of
-/// `new_len` bytes), restarts the upstream, and checks the fetcher, FILE.1, FILE and the
-/// relay.
-fn rotation_is_detected(new_len: u64) {
+/// `new_len` bytes), restarts the upstream, and checks the fetcher, the rotated copy
+/// (`rotated_name`, FILE.1 when `None`), FILE and the relay.
+fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
     const OLD: u64 = 300_000;
     const TAIL: u64 = 7_000;
     let up_dir = TempDir::new();
@@ -287,7 +287,13 @@ fn rotation_is_detected(new_len: u64) {
 
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
-    let fetch = Fetch::to_file(port, &copy, &["--check-timeout", "1"]);
+    let rotated = dir.join(rotated_name.unwrap_or("copy.log.1"));
+    let mut args = vec!["--check-timeout", "1"];
+    let rotated_arg = rotated.to_str().unwrap().to_owned();
+    if rotated_name.is_some() {
+        args.extend(["--rotated", &rotated_arg]);
+    }
+    let fetch = Fetch::to_file(port, &copy, &args);
     expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
     let mut relay = Server::builder().file(&copy).start();
     let mut leaf = relay.connect(b"0\n");
@@ -300,7 +306,6 @@ fn rotation_is_detected(new_len: u64) {
     upstream.expect_exit(3, PATIENCE);
     let _upstream = serve_at(&served, port);
 
-    let rotated = dir.join("copy.log.1");
     expect_file(
         &rotated,
         &pattern_range(0, (OLD + TAIL) as usize),
@@ -325,12 +330,12 @@ fn rotation_is_detected(new_len: u64) {
 
 #[test]
 fn a_rotation_to_a_shorter_file_is_detected_and_flows_down_the_relay() {
-    rotation_is_detected(1_000);
+    rotation_is_detected(1_000, None);
 }
 
 #[test]
-fn a_rotation_to_a_longer_file_is_detected_and_flows_down_the_relay() {
-    rotation_is_detected(900_000);
+fn a_rotation_to_a_longer_file_is_detected_and_flows_down_the_relay_with_a_chosen_name() {
+    rotation_is_detected(900_000, Some("older.log"));
 }
 
 #[test]
@@ -360,6 +365,38 @@ fn a_stdout_fetch_across_a_server_restart_writes_each_byte_once() {
     assert_bytes(&fetch.stdout(), &want, "stdout");
     thread::sleep(QUIET);
     assert_eq!(fetch.stdout_len(), want.len(), "bytes written twice");
+}
+
+#[test]
+fn a_stdout_fetch_says_when_the_file_was_rotated_and_goes_on_from_its_start() {
+    let dir = TempDir::new();
+    let served = dir.join("up.log");
+    fs::write(&served, pattern_range(0, 60_000)).unwrap();
+    let port = low_port();
+    let mut upstream = serve_at(&served, port);
+    let fetch = Fetch::to_stdout(port, &["--check-timeout", "1"]);
+    assert!(poll_until(LONG, || fetch.stdout_len() == 60_000));
+
+    fs::rename(&served, dir.join("up.log.1")).unwrap();
+    let new = other_pattern(2_000);
+    fs::write(&served, &new).unwrap();
+    upstream.expect_exit(3, PATIENCE);
+    let _upstream = serve_at(&served, port);
+
+    let mut want = pattern_range(0, 60_000);
+    want.extend_from_slice(&new);
+    assert!(poll_until(LONG, || fetch.stdout_len() >= want.len()));
+    assert_bytes(
+        &fetch.stdout(),
+        &want,
+        "stdout: the old file, then the new one",
+    );
+    let warning = fetch
+        .logs
+        .wait_for("warning of the new file", PATIENCE, |l| {
+            l.contains("WARN") && l.contains("new one")
+        });
+    assert!(warning.contains("held=60000"), "{warning}");
 }
 
 #[test]
@@ -394,7 +431,7 @@ fn once_exits_0_when_the_server_closes_the_stream() {
     let upstream = Server::start(&pattern_range(0, 10_000));
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
-    let mut fetch = Fetch::to_file(upstream.port(), &copy, &["--once"]);
+    let mut fetch = Fetch::to_file(upstream.port(), &copy, &["--once", "--fsync", "0.05"]);
     expect_file(&copy, &pattern_range(0, 10_000), LONG, &fetch);
     upstream.sigterm();
     fetch.expect_exit(0, PATIENCE);
