@@ -284,6 +284,10 @@ impl Fetcher {
             }
         }
 
+        // The server answered and serves the file held: the next disconnect starts the
+        // back-off from its first, short wait.
+        self.backoff.reset();
+
         // Why a read timeout at all? Only to redraw the progress line and to fsync a quiet
         // FILE on time; otherwise a quiet file may rightly send nothing for hours.
         let tick = match (self.progress.enabled(), self.opts.fsync) {
