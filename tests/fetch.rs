@@ -190,14 +190,14 @@ fn serve_at(path: &Path, port: u16) -> Server {
     panic!("tailsrv would not start on port {port}; last log:\n{last}");
 }
 
-/// Appends `total` pattern bytes from `start` in random blocks, pausing a little between
-/// them, on a thread; returns it.
-fn grow(path: PathBuf, start: u64, total: u64, seed: u64) -> thread::JoinHandle<()> {
+/// Appends `total` pattern bytes from `start` in random blocks of up to `block` bytes,
+/// pausing up to 4 ms between them, on a thread; returns it.
+fn grow(path: PathBuf, start: u64, total: u64, block: u64, seed: u64) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut rng = Rng::new(seed);
         let mut at = start;
         while at < start + total {
-            let n = (rng.below(100_000) + 1).min(start + total - at);
+            let n = (rng.below(block) + 1).min(start + total - at);
             append_pattern(&path, at, n);
             at += n;
             thread::sleep(Duration::from_millis(rng.below(5)));
@@ -220,7 +220,7 @@ fn relay_leaves_receive_every_byte_while_the_upstream_grows() {
     let leaf_fetch = Fetch::to_stdout(relay.port(), &["--from", "0"]);
     whole.expect_pattern(0, FIRST / 2, LONG);
 
-    let writer = grow(upstream.path().to_owned(), FIRST, MORE, 10);
+    let writer = grow(upstream.path().to_owned(), FIRST, MORE, 100_000, 10);
     // A leaf that joins while the relay is catching up.
     let mut late = relay.connect(b"-1000\n");
     let late_at = relay.offset_of(&late);
@@ -244,19 +244,29 @@ fn relay_leaves_receive_every_byte_while_the_upstream_grows() {
 fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
     const FIRST: u64 = 8 << 20;
     const MORE: u64 = 6 << 20;
+    const TOTAL: u64 = FIRST + MORE;
     let upstream = Server::start(&pattern_range(0, FIRST as usize));
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
-    let writer = grow(upstream.path().to_owned(), FIRST, MORE, 20);
+    // Small blocks: the file grows for a second or more, so the kills land mid-stream.
+    let writer = grow(upstream.path().to_owned(), FIRST, MORE, 20_000, 20);
 
     let mut fetch = Fetch::to_file(upstream.port(), &copy, &[]);
     let mut rng = Rng::new(21);
+    let mut mid_stream = 0;
     for round in 0..4 {
         // Kill at a different point each round, while bytes are flowing.
-        let target = len(&copy) + 1 + rng.below(2 << 20);
-        poll_until(LONG, || len(&copy) >= target);
+        let target = (len(&copy) + 1 + rng.below(2 << 20)).min(TOTAL);
+        assert!(
+            poll_until(LONG, || len(&copy) >= target),
+            "round {round}: the copy never reached {target} bytes; log:\n{}",
+            fetch.logs.dump()
+        );
         fetch.kill9();
         let held = len(&copy);
+        if held < TOTAL {
+            mid_stream += 1;
+        }
         assert_bytes(
             &read(&copy),
             &pattern_range(0, held as usize),
@@ -265,11 +275,10 @@ fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
         fetch = Fetch::to_file(upstream.port(), &copy, &[]);
     }
     writer.join().unwrap();
-    expect_file(
-        &copy,
-        &pattern_range(0, (FIRST + MORE) as usize),
-        LONG,
-        &fetch,
+    expect_file(&copy, &pattern_range(0, TOTAL as usize), LONG, &fetch);
+    assert!(
+        mid_stream > 0,
+        "no kill landed before the copy was complete"
     );
 }
 

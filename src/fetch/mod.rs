@@ -117,10 +117,8 @@ impl Fetcher {
             output.set_start(at);
         }
         loop {
-            let started = output.position();
             let end = self.session(output)?;
             self.progress.clear();
-            let progressed = output.position() != started;
             match end {
                 SessionEnd::OutputClosed => return Ok(Ended::OutputClosed),
                 SessionEnd::Rotated { at, verdict } => {
@@ -171,9 +169,6 @@ impl Fetcher {
                     }
                     warn!(addr = %self.opts.addr, error = %e, "cannot resolve; retrying");
                 }
-            }
-            if progressed {
-                self.backoff.reset();
             }
             let delay = self.backoff.delay();
             debug!(
