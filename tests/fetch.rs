@@ -38,8 +38,13 @@ struct Fetch {
 impl Fetch {
     /// Starts `tailsrv-fetch 127.0.0.1:PORT ARGS...`, collecting stdout and stderr.
     fn start(port: u16, args: &[OsString]) -> Fetch {
+        Fetch::start_at(&format!("127.0.0.1:{port}"), args)
+    }
+
+    /// Starts `tailsrv-fetch ADDR ARGS...`, collecting stdout and stderr.
+    fn start_at(addr: &str, args: &[OsString]) -> Fetch {
         let mut child = Command::new(FETCH)
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(addr)
             .args(args)
             // Short waits between attempts keep the tests quick after a server restart.
             .args(["--max-delay", "0.3"])
@@ -444,6 +449,17 @@ fn once_exits_0_when_the_server_closes_the_stream() {
     expect_file(&copy, &pattern_range(0, 10_000), LONG, &fetch);
     upstream.sigterm();
     fetch.expect_exit(0, PATIENCE);
+}
+
+#[test]
+fn a_host_name_is_resolved() {
+    let upstream = Server::start(&pattern_range(0, 3_000));
+    let args: Vec<OsString> = ["--once", "--from", "100"].map(OsString::from).to_vec();
+    let mut fetch = Fetch::start_at(&format!("localhost:{}", upstream.port()), &args);
+    assert!(poll_until(LONG, || fetch.stdout_len() == 2_900));
+    upstream.sigterm();
+    fetch.expect_exit(0, PATIENCE);
+    assert_bytes(&fetch.stdout(), &pattern_range(100, 2_900), "stdout");
 }
 
 /// A run of tailsrv-fetch that ends by itself.
