@@ -132,10 +132,11 @@ impl Watch {
         Ok(())
     }
 
-    /// Runs on the watcher executor until a signal arrives or the file is gone or truncated.
+    /// Runs on the watcher executor until `stop` (an eventfd) becomes readable, or the file
+    /// is gone or truncated.
     pub async fn run(
         mut self,
-        signals: OwnedFd,
+        stop: Arc<OwnedFd>,
         doorbells: Vec<(SharedSender<()>, Arc<Interest>)>,
         jobs: SideJobs,
     ) -> Result<Outcome, Error> {
@@ -174,19 +175,13 @@ impl Watch {
         // Why wait through glommio's ring rather than in poll(2) on a helper thread? Each
         // wake through the helper costs a futex, a thread switch and an eventfd write on
         // every append; an io_uring poll completes straight into this executor's ring.
-        let signal = async {
-            loop {
-                sys::readable(signals.as_fd())
-                    .await
-                    .map_err(|e| Error::io("waiting for signals", e))?;
-                if let Some(signo) = sys::read_signal(signals.as_raw_fd())
-                    .map_err(|e| Error::io("reading signals", e))?
-                {
-                    return Ok::<i32, Error>(signo);
-                }
-            }
+        // The stop flag is never read, so once set it stays readable.
+        let stop = async {
+            sys::readable(stop.as_fd())
+                .await
+                .map_err(|e| Error::io("waiting for the stop flag", e))
         };
-        futures_lite::pin!(signal);
+        futures_lite::pin!(stop);
         let mut known = self.published.size();
         bells.ring_all();
         let outcome = loop {
@@ -204,12 +199,9 @@ impl Watch {
                     .map_err(|e| Error::io("waiting for file events", e))?;
                 Ok(None)
             };
-            let signal = async { (&mut signal).await.map(Some) };
-            if let Some(signo) = future::or(inotify, signal).await? {
-                info!(
-                    signal = signo,
-                    "signal received; closing all clients and exiting"
-                );
+            let stop = async { (&mut stop).await.map(Some) };
+            if let Some(()) = future::or(inotify, stop).await? {
+                info!("asked to stop; closing all clients");
                 self.published.set_phase(Phase::Closing);
                 break Outcome::Signalled;
             }

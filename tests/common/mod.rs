@@ -595,6 +595,14 @@ impl Client {
             .unwrap_or_else(|e| panic!("sending {} bytes: {e}", bytes.len()));
     }
 
+    /// Closes the connection with a reset (SO_LINGER 0), as a crashing client's kernel would.
+    #[track_caller]
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        tailsrv::sys::set_linger_zero(self.stream.as_raw_fd()).expect("SO_LINGER");
+        drop(self.stream);
+    }
+
     /// Half-closes: the server sees end of input, the client can still read.
     #[track_caller]
     pub fn shutdown_write(&self) {
