@@ -1,7 +1,6 @@
 //! Operating tailsrv: systemd notifications (sd-notify feature), journald, limits.
 
 use crate::common::*;
-use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,6 +157,7 @@ fn journald_without_a_journal_is_a_one_line_error() {
         );
         child.kill().unwrap();
         let mut stderr = String::new();
+        use std::io::Read;
         child
             .stderr
             .take()

@@ -3,7 +3,7 @@
 //! page and completions that `cargo run --example gen-assets -- DIR` writes.
 
 use crate::common::*;
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use std::path::Path;
 use std::process::Command;
 
@@ -53,6 +53,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
 }
 
 /// `KEY=VALUE` lines of an environment file, comments and blank lines skipped.
+#[cfg(feature = "tracing-journald")]
 fn env_file(text: &str) -> Vec<(String, String)> {
     text.lines()
         .map(str::trim)
@@ -68,6 +69,7 @@ fn env_file(text: &str) -> Vec<(String, String)> {
 
 /// ExecStart= of a unit, with its variables expanded as systemd does: `${X}` becomes one
 /// word, `$X` splits into words at whitespace.
+#[cfg(feature = "tracing-journald")]
 fn exec_start(unit: &str, env: &[(String, String)]) -> Vec<String> {
     let line = unit
         .lines()
@@ -95,6 +97,7 @@ fn exec_start(unit: &str, env: &[(String, String)]) -> Vec<String> {
 #[test]
 #[cfg(feature = "tracing-journald")]
 fn the_template_with_the_example_environment_is_a_valid_command_line() {
+    use clap::Parser;
     let env = env_file(&unit("example.env"));
     let argv = exec_start(&unit("tailsrv@.service"), &env);
     assert_eq!(argv[0], INSTALLED);
