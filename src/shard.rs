@@ -228,7 +228,10 @@ impl Shard {
         {
             let mut slots = self.slots.borrow_mut();
             for slot in slots.iter_mut() {
-                if slot.growth.is_some() && !phase_changed && send_direct(slot, file, size, &mut sent) {
+                if slot.growth.is_some()
+                    && !phase_changed
+                    && send_direct(slot, file, size, &mut sent)
+                {
                     continue;
                 }
                 if let Some(waker) = slot.growth.take() {

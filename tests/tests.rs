@@ -14,3 +14,4 @@ mod metrics;
 mod ops;
 mod packaging;
 mod protocol;
+mod wakeups;

@@ -92,7 +92,13 @@ impl Settings {
             shard_live_clients: vec![100, 1000],
             settle: Duration::from_millis(1000),
             prefix: 16 * MIB,
-            appendcost: vec![(100.0, 0), (1000.0, 0), (1000.0, 1), (1000.0, 100), (10_000.0, 10)],
+            appendcost: vec![
+                (100.0, 0),
+                (1000.0, 0),
+                (1000.0, 1),
+                (1000.0, 100),
+                (10_000.0, 10),
+            ],
             appendcost_secs: 10.0,
         }
     }
