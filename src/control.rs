@@ -109,7 +109,7 @@ pub fn render(view: &View) -> String {
     family(o, "tailsrv_shards", "gauge", "Shard executors.");
     let _ = writeln!(o, "tailsrv_shards {}", view.stats.len());
 
-    let per_shard: [PerShard; 5] = [
+    let per_shard: [PerShard; 7] = [
         ("tailsrv_clients_connected", "gauge", "Open client connections.", |s| ShardStats::get(&s.connected)),
         ("tailsrv_clients_accepted_total", "counter", "Client connections accepted.", |s| ShardStats::get(&s.accepted)),
         ("tailsrv_clients_blocked", "gauge", "Clients waiting for their full socket to drain.", |s| {
@@ -121,6 +121,18 @@ pub fn render(view: &View) -> String {
             "counter",
             "File bytes sent by the writability probe instead of sendfile (included in tailsrv_sent_bytes_total).",
             |s| ShardStats::get(&s.probe_bytes),
+        ),
+        (
+            "tailsrv_accept_no_descriptor_total",
+            "counter",
+            "Accepts that failed for want of a descriptor (EMFILE, ENFILE); the connection waited in the backlog.",
+            |s| ShardStats::get(&s.accept_no_descriptor),
+        ),
+        (
+            "tailsrv_descriptor_shortages_total",
+            "counter",
+            "Times tailsrv ran out of descriptors, counted by the shard that saw it first.",
+            |s| ShardStats::get(&s.descriptor_shortages),
         ),
     ];
     for (name, kind, help, get) in per_shard {
@@ -134,7 +146,7 @@ pub fn render(view: &View) -> String {
         o,
         "tailsrv_clients_rejected_total",
         "counter",
-        "Clients closed for bad input, by reason.",
+        "Clients closed before any data, by reason: bad input, --allow, --max-clients, --max-clients-per-ip.",
     );
     for why in Rejection::ALL {
         let n: u64 = view.stats.iter().map(|s| s.rejected(why)).sum();

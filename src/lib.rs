@@ -22,6 +22,7 @@
 //!
 //! [`Published`]: watcher::Published
 
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod control;
@@ -35,6 +36,7 @@ pub mod watcher;
 
 pub use error::{Error, Outcome};
 
+use admission::{Admission, Limits};
 use cli::Options;
 use glommio::channels::shared_channel;
 use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
@@ -66,10 +68,13 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     // Signals first: every thread started from here on inherits the blocked mask, so SIGINT,
     // SIGTERM and SIGHUP reach only the signalfd the watcher reads.
     let signals = sys::signal_fd().map_err(|e| Error::io("setting up signal handling", e))?;
-    match sys::raise_nofile_limit() {
-        Ok(limit) => tracing::debug!(limit, "descriptor limit"),
-        Err(e) => warn!(error = %e, "cannot raise the descriptor limit"),
-    }
+    let descriptor_limit = match sys::raise_nofile_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            warn!(error = %e, "cannot raise the descriptor limit; assuming 1024");
+            1024
+        }
+    };
     // glommio refuses to start an executor under 512 KiB of locked memory, and then only
     // says that a thread failed; say it plainly instead.
     const MIN_MEMLOCK: u64 = 512 << 10;
@@ -91,6 +96,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let cpus = sys::allowed_cpus().map_err(|e| Error::io("reading the CPU affinity mask", e))?;
     let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
     let (addr, listeners) = bind(opts.bind, opts.port, shards)?;
+    let admission = Arc::new(Admission::new(limits(&opts, descriptor_limit, shards)));
 
     let metrics = match opts.metrics {
         Some(at) => Some(
@@ -130,6 +136,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let header_timeout = opts.header_timeout;
     let shard_published = published.clone();
+    let shard_admission = admission.clone();
     let pool = LocalExecutorPoolBuilder::new(placement)
         .name("tailsrv-shard")
         .io_memory(IO_MEMORY)
@@ -137,9 +144,15 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
             let setup = setups.lock().map(|mut s| s.pop()).ok().flatten();
             let Some(setup) = setup else { return };
             let index = setup.index;
-            shard::run(setup, shard_published, header_timeout, move || {
-                let _ = ready_tx.send(index);
-            })
+            shard::run(
+                setup,
+                shard_published,
+                header_timeout,
+                shard_admission,
+                move || {
+                    let _ = ready_tx.send(index);
+                },
+            )
             .await
         })
         .map_err(|e| Error::Runtime(format!("starting {shards} shard executors: {e}")))?;
@@ -196,6 +209,40 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     }
     info!(?outcome, bytes_sent, probe_bytes, "stopped");
     Ok(outcome)
+}
+
+/// Resolves the client limits from the options and the descriptor limit, and says what they are.
+fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
+    let fits = Limits::default_max_clients(descriptor_limit, shards);
+    let max_clients = opts.max_clients.map_or(fits, |n| n as usize);
+    let max_per_peer = match opts.max_clients_per_ip {
+        None => Some(Limits::default_per_peer(max_clients)),
+        Some(0) => None,
+        Some(n) => Some(n as usize),
+    };
+    let limits = Limits {
+        allow: opts.allow.clone(),
+        max_clients,
+        max_per_peer,
+        ipv6_prefix: opts.ipv6_prefix,
+        descriptor_limit,
+    };
+    if max_clients > fits {
+        warn!(
+            max_clients, descriptor_limit, fits,
+            "--max-clients is more than the descriptor limit leaves room for; accept may run out of descriptors first"
+        );
+    }
+    info!(
+        max_clients,
+        max_clients_per_ip = max_per_peer.unwrap_or(0),
+        ipv6_prefix = opts.ipv6_prefix,
+        descriptor_limit,
+        reserve = Limits::reserve(descriptor_limit, shards),
+        allow = %limits.allow_text(),
+        "client limits"
+    );
+    limits
 }
 
 /// Binds one listener per shard. Without `--bind`, listens on every IPv6 and IPv4 address,

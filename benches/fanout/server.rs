@@ -92,6 +92,9 @@ impl Server {
             Target::Tailsrv { bin, shards } => {
                 let mut cmd = Command::new(bin);
                 cmd.args(["-p", "0", "--bind", "127.0.0.1"]);
+                // Why lift the per-peer limit? Every bench client comes from 127.0.0.1, and
+                // the scenarios run up to 10,000 of them.
+                cmd.args(["--max-clients-per-ip", "0"]);
                 if let Some(n) = shards {
                     cmd.arg("--shards").arg(n.to_string());
                 }
