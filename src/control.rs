@@ -3,6 +3,7 @@
 //! They live on the watcher's executor because it is otherwise idle, and they reach the
 //! shards only through the atomics in [`ShardStats`] and the doorbells, never by locking.
 
+use crate::admission::{RateLimit, LOG_EVERY};
 use crate::notify::Notifier;
 use crate::stats::{Rejection, ShardStats, LAG_BOUNDS};
 use crate::watcher::Published;
@@ -212,11 +213,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves `GET /metrics` until the executor stops.
 pub async fn serve_metrics(listener: TcpListener, view: Rc<View>, bells: Rc<Bells>) {
     let active = Rc::new(Cell::new(0usize));
+    // Out of descriptors, accept fails every time it is tried: say so every few seconds,
+    // not ten times a second.
+    let (since, warnings) = (std::time::Instant::now(), RateLimit::new(LOG_EVERY));
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                warn!(error = %e, "metrics: accept failed");
+                if let Some(held) = warnings.pass(since.elapsed().as_millis() as u64) {
+                    warn!(error = %e, failed_unlogged = held, "metrics: accept failed");
+                }
                 Timer::new(Duration::from_millis(100)).await;
                 continue;
             }

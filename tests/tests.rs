@@ -6,6 +6,7 @@ mod common;
 
 mod docs;
 mod lifecycle;
+mod limits;
 mod load;
 mod ops;
 mod protocol;

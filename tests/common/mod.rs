@@ -5,10 +5,14 @@
 //! a `TcpStream` with deadline-bound reads. Nothing here sleeps to synchronise: conditions
 //! are polled until a deadline, and a missed deadline fails the test with the server's log.
 
+mod metrics;
+pub use metrics::*;
+
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -314,6 +318,8 @@ pub fn parse_streaming(line: &str) -> Option<Streaming> {
 
 /// How to start a [`Server`].
 pub struct ServerBuilder {
+    /// Soft and hard RLIMIT_NOFILE to run under (through prlimit), if set.
+    nofile: Option<u64>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     contents: Option<Vec<u8>>,
@@ -323,6 +329,19 @@ impl ServerBuilder {
     /// An extra command-line argument (before FILE).
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Runs the server under this descriptor limit (soft and hard, through `prlimit`, which
+    /// execs the server so the pid stays the server's).
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Extra command-line arguments (before FILE).
+    pub fn args<'a>(mut self, args: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args.extend(args.into_iter().map(String::from));
         self
     }
 
@@ -351,7 +370,14 @@ impl ServerBuilder {
         if let Some(bytes) = &self.contents {
             fs::write(&file, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         }
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(["-p", "0"])
             .args(&self.args)
             .arg(&file)
@@ -398,6 +424,7 @@ pub struct Server {
 impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
+            nofile: None,
             args: Vec::new(),
             env: Vec::new(),
             contents: Some(Vec::new()),
@@ -575,6 +602,19 @@ impl Client {
         Client { stream }
     }
 
+    /// Connects to `addr` (e.g. `[::1]:port`), for tests that care where a client comes from.
+    #[track_caller]
+    pub fn connect_to(addr: SocketAddr) -> Client {
+        let stream =
+            TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        Client { stream }
+    }
+
+    /// Closes with a reset (SO_LINGER 0), so the server notices at once that it is gone.
+    pub fn reset(self) {
+        let _ = tailsrv::sys::set_linger_zero(self.stream.as_raw_fd());
+    }
+
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -593,6 +633,12 @@ impl Client {
         self.stream
             .write_all(bytes)
             .unwrap_or_else(|e| panic!("sending {} bytes: {e}", bytes.len()));
+    }
+
+    /// Sends what it can of `bytes`, ignoring errors: for a client the server may already
+    /// have closed.
+    pub fn try_send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
     }
 
     /// Half-closes: the server sees end of input, the client can still read.
