@@ -6,7 +6,6 @@
 //! are polled until a deadline, and a missed deadline fails the test with the server's log.
 
 mod metrics;
-pub use metrics::*;
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
