@@ -10,3 +10,4 @@ mod limits;
 mod load;
 mod ops;
 mod protocol;
+mod regressions;

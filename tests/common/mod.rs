@@ -317,6 +317,8 @@ pub fn parse_streaming(line: &str) -> Option<Streaming> {
 
 /// How to start a [`Server`].
 pub struct ServerBuilder {
+    /// Serve this file instead of a fresh one in the server's temp directory.
+    serve: Option<PathBuf>,
     /// Soft and hard RLIMIT_NOFILE to run under (through prlimit), if set.
     nofile: Option<u64>,
     args: Vec<String>,
@@ -335,6 +337,13 @@ impl ServerBuilder {
     /// execs the server so the pid stays the server's).
     pub fn nofile(mut self, limit: u64) -> Self {
         self.nofile = Some(limit);
+        self
+    }
+
+    /// Serves an existing file (left as it is) rather than a fresh one: for a second server
+    /// on the same file.
+    pub fn serve(mut self, path: &Path) -> Self {
+        self.serve = Some(path.to_path_buf());
         self
     }
 
@@ -365,8 +374,8 @@ impl ServerBuilder {
     #[track_caller]
     pub fn start(self) -> Server {
         let dir = TempDir::new();
-        let file = dir.join("served.log");
-        if let Some(bytes) = &self.contents {
+        let file = self.serve.clone().unwrap_or_else(|| dir.join("served.log"));
+        if let (None, Some(bytes)) = (&self.serve, &self.contents) {
             fs::write(&file, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         }
         let mut cmd = match self.nofile {
@@ -423,6 +432,7 @@ pub struct Server {
 impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
+            serve: None,
             nofile: None,
             args: Vec::new(),
             env: Vec::new(),
