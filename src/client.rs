@@ -3,9 +3,9 @@
 
 use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
 use crate::shard::{ClientSlot, Shard};
+use crate::state::Phase;
 use crate::stats::{Rejection, ShardStats};
 use crate::sys;
-use crate::watcher::Phase;
 use futures_lite::future::{self, poll_fn};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;

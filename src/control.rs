@@ -5,10 +5,10 @@
 
 use crate::admission::{RateLimit, LOG_EVERY};
 use crate::notify::Notifier;
-use crate::stats::{Rejection, ShardStats, LAG_BOUNDS};
-use crate::watcher::Published;
+use crate::state::{Bells, Published};
+use crate::stats::{Rejection, ShardStats, WatcherStats, LAG_BOUNDS};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
-use glommio::channels::shared_channel::{ConnectedReceiver, ConnectedSender};
+use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
 use std::cell::Cell;
@@ -18,23 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
-/// The shards' doorbells, shared by the watcher's tasks.
-pub struct Bells(pub Vec<ConnectedSender<()>>);
-
-impl Bells {
-    /// Rings every shard; never waits. A full channel means that shard has a ring it has
-    /// not answered yet, and answering it will show it this change too; a closed one means
-    /// the shard has stopped.
-    pub fn ring(&self) {
-        for bell in &self.0 {
-            let _ = bell.try_send(());
-        }
-    }
-}
-
 /// What the side jobs read.
 pub struct View {
     pub stats: Vec<Arc<ShardStats>>,
+    pub watcher: Arc<WatcherStats>,
     pub published: Arc<Published>,
     /// "FILE on ADDR", for status lines.
     pub label: String,
@@ -63,7 +50,7 @@ impl View {
         for s in &self.stats {
             s.heartbeat.ask();
         }
-        bells.ring();
+        bells.ring_all();
         let deadline = std::time::Instant::now() + patience;
         loop {
             if self.stats.iter().all(|s| s.heartbeat.answered()) {
@@ -110,7 +97,30 @@ pub fn render(view: &View) -> String {
     family(o, "tailsrv_shards", "gauge", "Shard executors.");
     let _ = writeln!(o, "tailsrv_shards {}", view.stats.len());
 
-    let per_shard: [PerShard; 7] = [
+    family(
+        o,
+        "tailsrv_file_events_total",
+        "counter",
+        "inotify events the watcher read for the file and its directory.",
+    );
+    let _ = writeln!(
+        o,
+        "tailsrv_file_events_total {}",
+        ShardStats::get(&view.watcher.file_events)
+    );
+    family(
+        o,
+        "tailsrv_watcher_wakeups_total",
+        "counter",
+        "Times the watcher woke up for file events (one wake-up may read many).",
+    );
+    let _ = writeln!(
+        o,
+        "tailsrv_watcher_wakeups_total {}",
+        ShardStats::get(&view.watcher.wakeups)
+    );
+
+    let per_shard: [PerShard; 8] = [
         ("tailsrv_clients_connected", "gauge", "Open client connections.", |s| ShardStats::get(&s.connected)),
         ("tailsrv_clients_accepted_total", "counter", "Client connections accepted.", |s| ShardStats::get(&s.accepted)),
         ("tailsrv_clients_blocked", "gauge", "Clients waiting for their full socket to drain.", |s| {
@@ -134,6 +144,12 @@ pub fn render(view: &View) -> String {
             "counter",
             "Times tailsrv ran out of descriptors, counted by the shard that saw it first.",
             |s| ShardStats::get(&s.descriptor_shortages),
+        ),
+        (
+            "tailsrv_shard_wakeups_total",
+            "counter",
+            "Times the watcher woke the shard: for growth only while a client of it waits for the file to grow; also for shutdown, metrics and watchdog requests.",
+            |s| ShardStats::get(&s.doorbells),
         ),
     ];
     for (name, kind, help, get) in per_shard {

@@ -12,7 +12,9 @@
 //!
 //! - [`watcher`]: owns the inotify watch on FILE and its directory, and the signal
 //!   descriptor. It publishes the file's size and the server's phase in [`Published`] and
-//!   rings each shard's doorbell, never waiting on a shard.
+//!   rings the doorbells of the shards that have clients waiting for growth, never waiting on
+//!   a shard.
+//! - [`state`]: what the watcher and the shards share: [`Published`] and the doorbells.
 //! - [`shard`]: one glommio executor per core, each with its own listener on the shared port.
 //!   It answers the doorbell by waking the clients that were waiting for the file to grow.
 //! - [`client`]: one task per connection: reads the header ([`header`]), then moves file
@@ -20,7 +22,7 @@
 //!   up anyone else.
 //! - [`run`] wires it together; `main.rs` only parses options and logs.
 //!
-//! [`Published`]: watcher::Published
+//! [`Published`]: state::Published
 
 pub mod admission;
 pub mod cli;
@@ -30,6 +32,7 @@ pub mod error;
 pub mod header;
 pub mod notify;
 pub mod shard;
+pub mod state;
 pub mod stats;
 pub mod sys;
 pub mod watcher;
@@ -42,6 +45,7 @@ use glommio::channels::shared_channel;
 use glommio::{CpuSet, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement, PoolPlacement};
 use notify::Notifier;
 use shard::ShardSetup;
+use state::Interest;
 use stats::ShardStats;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{mpsc, Arc, Mutex};
@@ -116,7 +120,8 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     for (index, listener) in listeners.into_iter().enumerate() {
         let (bell, doorbell) = shared_channel::new_bounded(1);
         let stats = Arc::new(ShardStats::default());
-        bells.push(bell);
+        let interest = Arc::new(Interest::default());
+        bells.push((bell, interest.clone()));
         all_stats.push(stats.clone());
         let status = notifier.enabled().then(|| {
             let (tx, rx) = shared_channel::new_bounded(1);
@@ -127,6 +132,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
             index,
             listener,
             doorbell,
+            interest,
             status,
             stats,
         });

@@ -3,8 +3,8 @@
 
 use crate::admission::{Admission, Backoff};
 use crate::client;
+use crate::state::{Interest, Phase, Published};
 use crate::stats::ShardStats;
-use crate::watcher::{Phase, Published};
 use futures_lite::future;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
@@ -32,6 +32,8 @@ pub struct ShardSetup {
     pub index: usize,
     pub listener: OwnedFd,
     pub doorbell: SharedReceiver<()>,
+    /// Raised while a client waits for growth, so that the watcher rings for it.
+    pub interest: Arc<Interest>,
     /// Rung when clients come or go, if systemd wants status lines.
     pub status: Option<SharedSender<()>>,
     pub stats: Arc<ShardStats>,
@@ -53,6 +55,11 @@ pub struct Shard {
     pub stats: Arc<ShardStats>,
     pub header_timeout: Duration,
     published: Arc<Published>,
+    interest: Arc<Interest>,
+    /// Whether this shard has raised its interest since the watcher last rang.
+    interested: Cell<bool>,
+    /// Clients waiting for the file to grow (slots with a growth waker).
+    waiting: Cell<usize>,
     size: Cell<u64>,
     file: Cell<Option<RawFd>>,
     phase: Cell<Phase>,
@@ -70,6 +77,7 @@ impl Shard {
         index: usize,
         stats: Arc<ShardStats>,
         published: Arc<Published>,
+        interest: Arc<Interest>,
         header_timeout: Duration,
     ) -> Self {
         Shard {
@@ -77,6 +85,9 @@ impl Shard {
             stats,
             header_timeout,
             published,
+            interest,
+            interested: Cell::new(false),
+            waiting: Cell::new(0),
             size: Cell::new(0),
             file: Cell::new(None),
             phase: Cell::new(Phase::Running),
@@ -144,8 +155,31 @@ impl Shard {
         }
     }
 
-    /// Takes in what the watcher published and wakes the clients it concerns.
+    /// Answers the doorbell: takes in the news, then asks to hear of growth again if
+    /// clients still wait for it.
     fn refresh(&self) {
+        self.take_news();
+        self.raise_interest();
+    }
+
+    /// Asks the watcher to ring when the file grows, if any client waits for that and the
+    /// shard has not asked since the last ring.
+    fn raise_interest(&self) {
+        while !self.interested.get() && self.waiting.get() > 0 {
+            self.interested.set(true);
+            self.interest.raise();
+            // Growth the watcher published before it saw the flag rings nobody: take it in
+            // now. See `Bells::ring_waiting`.
+            if self.published.size() > self.size.get() {
+                self.take_news();
+            }
+        }
+    }
+
+    /// Takes in what the watcher published and wakes the clients it concerns.
+    fn take_news(&self) {
+        // The watcher took the interest flag down if it rang for growth.
+        self.interested.set(false);
         let opened = self.file.get().is_none() && self.published.file().is_some();
         if opened {
             self.file.set(self.published.file().map(AsRawFd::as_raw_fd));
@@ -178,6 +212,8 @@ impl Shard {
 
     fn bump(&self, phase_changed: bool) {
         self.generation.set(self.generation.get() + 1);
+        // Every growth waker is taken below.
+        self.waiting.set(0);
         let wakers: Vec<Waker> = self
             .slots
             .borrow_mut()
@@ -269,10 +305,15 @@ impl ClientSlot {
 
     /// Wake this task when the file grows or the phase changes.
     pub fn wait_growth(&self, waker: &Waker) {
-        let mut slots = self.shard.slots.borrow_mut();
-        let slot = &mut slots[self.index];
-        slot.growth = Some(waker.clone());
-        slot.phase = Some(waker.clone());
+        {
+            let mut slots = self.shard.slots.borrow_mut();
+            let slot = &mut slots[self.index];
+            if slot.growth.replace(waker.clone()).is_none() {
+                self.shard.waiting.set(self.shard.waiting.get() + 1);
+            }
+            slot.phase = Some(waker.clone());
+        }
+        self.shard.raise_interest();
     }
 
     /// Wake this task when the phase changes.
@@ -289,7 +330,10 @@ impl ClientSlot {
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let shard = &self.shard;
-        shard.slots.borrow_mut()[self.index] = Slot::default();
+        let slot = std::mem::take(&mut shard.slots.borrow_mut()[self.index]);
+        if slot.growth.is_some() {
+            shard.waiting.set(shard.waiting.get() - 1);
+        }
         shard.free.borrow_mut().push(self.index);
         if self.id.is_none() {
             return;
@@ -317,6 +361,7 @@ pub async fn run(
         index,
         listener,
         doorbell,
+        interest,
         status,
         stats,
     } = setup;
@@ -329,13 +374,14 @@ pub async fn run(
     };
     let shard = Rc::new(Shard {
         status_bell,
-        ..Shard::new(index, stats, published, header_timeout)
+        ..Shard::new(index, stats, published, interest, header_timeout)
     });
     shard.refresh();
 
     let bell_shard = shard.clone();
     glommio::spawn_local(async move {
         while doorbell.recv().await.is_some() {
+            ShardStats::add(&bell_shard.stats.doorbells, 1);
             bell_shard.refresh();
         }
         // The watcher is gone: nobody will tell us about the file any more. If it left us

@@ -63,6 +63,8 @@ pub struct ShardStats {
     pub accept_no_descriptor: AtomicU64,
     /// Shortages of descriptors that began on this shard (the first shard to fail counts it).
     pub descriptor_shortages: AtomicU64,
+    /// Times the watcher's doorbell woke this shard.
+    pub doorbells: AtomicU64,
     /// Requests from the watcher, answered from the shard's own thread.
     pub heartbeat: Heartbeat,
     /// The lags of this shard's clients when it last answered the heartbeat.
@@ -89,6 +91,15 @@ impl ShardStats {
     pub fn rejected(&self, why: Rejection) -> u64 {
         Self::get(&self.rejected[why as usize])
     }
+}
+
+/// The watcher's counters, written by the watcher only.
+#[derive(Debug, Default)]
+pub struct WatcherStats {
+    /// inotify events read.
+    pub file_events: AtomicU64,
+    /// Times the watcher woke up for file events (one wake-up may bring many events).
+    pub wakeups: AtomicU64,
 }
 
 /// Upper bounds, in bytes, of the client lag histogram's buckets (file size minus offset).

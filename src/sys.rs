@@ -368,26 +368,6 @@ pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
     }
 }
 
-/// Blocks until at least one of `fds` is readable; returns which are.
-pub fn wait_readable(fds: &[RawFd]) -> io::Result<Vec<bool>> {
-    let mut polls: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: `polls` is a valid array of `polls.len()` pollfd structs.
-        match check(unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) }) {
-            Ok(_) => return Ok(polls.iter().map(|p| p.revents != 0).collect()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// The CPUs this process may run on (its affinity mask, as `taskset` or cgroups set it).
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
@@ -422,6 +402,33 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 /// Raises the soft limit on locked memory to the hard limit; returns the new soft limit.
 pub fn raise_memlock_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_MEMLOCK)
+}
+
+/// Resolves once `fd` is readable, or has an error or hang-up to report, waiting through the
+/// current glommio executor's io_uring: no thread sleeps in poll(2) for it.
+///
+/// Why a socket wrapper around a descriptor that is not a socket? glommio 0.9 has no public
+/// way to await an arbitrary descriptor, but a stream it adopts arms an io_uring poll for
+/// POLLIN at once and wakes the task that reads when it fires. Its read then tries `recv`,
+/// which fails at once with ENOTSOCK on an inotify or signal descriptor: any answer at all
+/// means the poll fired. The wrapper owns a duplicate, so closing it leaves `fd` open. The
+/// cost is a dup and a close per wait, no thread and no timer.
+pub async fn readable(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use futures_lite::AsyncRead;
+    use std::os::fd::IntoRawFd;
+    let dup = fd.try_clone_to_owned()?;
+    // SAFETY: `dup` is a descriptor we own; ownership moves to the stream, which closes it
+    // when dropped. The stream is only polled for readability, never read from or written to
+    // as a socket: its recv fails with ENOTSOCK without touching the descriptor's data.
+    let mut stream = unsafe { glommio::net::UnixStream::from_raw_fd(dup.into_raw_fd()) };
+    let mut nothing = [0u8; 1];
+    futures_lite::future::poll_fn(|cx| {
+        std::pin::Pin::new(&mut stream)
+            .poll_read(cx, &mut nothing)
+            .map(|_| ())
+    })
+    .await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,81 +1,25 @@
-//! The watcher executor: follows FILE with inotify and rings every shard when it changes.
-//!
-//! Why a doorbell and not a queue of sizes? Shared channels are bounded and single-producer,
-//! and the watcher must never wait on a slow shard. So the watcher stores the news in
-//! [`Published`] (atomics any shard can read) and then `try_send`s a `()` on a channel of
-//! capacity one per shard. A full channel means that shard has a ring it has not answered
-//! yet; when it does, it reads the atomics and so sees this change too. Every shard always
-//! ends up with the latest size, and the watcher never blocks.
+//! The watcher executor: follows FILE with inotify, publishes its size and the server's
+//! phase ([`crate::state`]), and rings the shards that need to hear about it.
 
-use crate::control::{self, Bells, View};
+use crate::control::{self, View};
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
-use crate::stats::ShardStats;
+use crate::state::{Bell, Bells, Interest, Phase, Published};
+use crate::stats::{ShardStats, WatcherStats};
 use crate::sys;
+use futures_lite::future;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use tracing::{debug, error, info, warn};
-
-/// What the shards need to know about the file and the server's state.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// The file, once it exists. Set once and never closed while any shard runs: the file's
-    /// identity cannot change without tailsrv exiting.
-    file: OnceLock<File>,
-    size: AtomicU64,
-    phase: AtomicU8,
-}
-
-/// Where the server is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    /// Accepting and serving.
-    Running,
-    /// The file is gone: accept nobody, let clients finish the bytes the file had, then close.
-    Draining,
-    /// Close every client now, in order (signal, or the end of the drain).
-    Closing,
-    /// Reset every client now: the file shrank, so bytes still queued in the kernel may no
-    /// longer be the file's (see `client::abort`).
-    Aborting,
-}
-
-impl Published {
-    pub fn file(&self) -> Option<&File> {
-        self.file.get()
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size.load(Ordering::Acquire)
-    }
-
-    pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Running,
-            1 => Phase::Draining,
-            2 => Phase::Closing,
-            _ => Phase::Aborting,
-        }
-    }
-
-    fn set_size(&self, size: u64) {
-        self.size.store(size, Ordering::Release);
-    }
-
-    fn set_phase(&self, phase: Phase) {
-        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
-    }
-}
 
 const DIR_EVENTS: WatchMask = WatchMask::CREATE
     .union(WatchMask::MOVED_TO)
@@ -112,6 +56,16 @@ pub struct Watch {
     inotify: Inotify,
     file_wd: Option<WatchDescriptor>,
     published: Arc<Published>,
+    stats: Arc<WatcherStats>,
+}
+
+/// What a batch of file events means for the shards.
+enum News {
+    Nothing,
+    /// The file grew: shards with clients waiting for growth must hear of it.
+    Grew,
+    /// The file appeared: every shard must pick it up.
+    Opened,
 }
 
 impl Watch {
@@ -145,6 +99,7 @@ impl Watch {
             inotify,
             file_wd: None,
             published: Arc::new(Published::default()),
+            stats: Arc::new(WatcherStats::default()),
         };
         match watch.open() {
             Ok(_) => {}
@@ -172,7 +127,7 @@ impl Watch {
         self.file_wd = Some(self.inotify.watches().add(&self.path, FILE_EVENTS)?);
         let size = sys::fstat(file.as_raw_fd())?.st_size as u64;
         self.published.set_size(size);
-        let _ = self.published.file.set(file);
+        self.published.set_file(file);
         Ok(())
     }
 
@@ -180,16 +135,18 @@ impl Watch {
     pub async fn run(
         mut self,
         signals: OwnedFd,
-        doorbells: Vec<SharedSender<()>>,
+        doorbells: Vec<(SharedSender<()>, Arc<Interest>)>,
         jobs: SideJobs,
     ) -> Result<Outcome, Error> {
         let mut bells = Vec::with_capacity(doorbells.len());
-        for bell in doorbells {
-            bells.push(bell.connect().await);
+        for (sender, interest) in doorbells {
+            let sender = sender.connect().await;
+            bells.push(Bell { sender, interest });
         }
         let bells = Rc::new(Bells(bells));
         let view = Rc::new(View {
             stats: jobs.stats,
+            watcher: self.stats.clone(),
             published: self.published.clone(),
             label: jobs.label,
         });
@@ -213,15 +170,41 @@ impl Watch {
             glommio::spawn_local(watchdog).detach();
         }
 
-        let mut buffer = [0u8; 4096];
-        let inotify_fd = self.inotify.as_raw_fd();
-        let signal_fd = signals.as_raw_fd();
+        // Why wait through glommio's ring rather than in poll(2) on a helper thread? Each
+        // wake through the helper costs a futex, a thread switch and an eventfd write on
+        // every append; an io_uring poll completes straight into this executor's ring.
+        let signal = async {
+            loop {
+                sys::readable(signals.as_fd())
+                    .await
+                    .map_err(|e| Error::io("waiting for signals", e))?;
+                if let Some(signo) = sys::read_signal(signals.as_raw_fd())
+                    .map_err(|e| Error::io("reading signals", e))?
+                {
+                    return Ok::<i32, Error>(signo);
+                }
+            }
+        };
+        futures_lite::pin!(signal);
         let mut known = self.published.size();
-        bells.ring();
+        bells.ring_all();
         let outcome = loop {
-            let signal =
-                sys::read_signal(signal_fd).map_err(|e| Error::io("reading signals", e))?;
-            if let Some(signo) = signal {
+            match self.take_events(&mut known)? {
+                Ok(News::Nothing) => {}
+                Ok(News::Grew) => {
+                    bells.ring_waiting();
+                }
+                Ok(News::Opened) => bells.ring_all(),
+                Err(outcome) => break outcome,
+            }
+            let inotify = async {
+                sys::readable(self.inotify.as_fd())
+                    .await
+                    .map_err(|e| Error::io("waiting for file events", e))?;
+                Ok(None)
+            };
+            let signal = async { (&mut signal).await.map(Some) };
+            if let Some(signo) = future::or(inotify, signal).await? {
                 info!(
                     signal = signo,
                     "signal received; closing all clients and exiting"
@@ -229,78 +212,81 @@ impl Watch {
                 self.published.set_phase(Phase::Closing);
                 break Outcome::Signalled;
             }
-            let mut look_at_path = false;
-            let mut dir_gone = false;
-            let mut any = false;
-            loop {
-                let events = match self.inotify.read_events(&mut buffer) {
-                    Ok(events) => events,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(Error::io("reading inotify events", e)),
-                };
-                for event in events {
-                    any = true;
-                    if event.mask.contains(EventMask::Q_OVERFLOW) {
-                        look_at_path = true;
-                    } else if Some(&event.wd) == self.file_wd.as_ref() {
-                        look_at_path |= !event.mask.contains(EventMask::MODIFY);
-                    } else if event
-                        .mask
-                        .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
-                    {
-                        dir_gone = true;
-                    } else if event.name == Some(self.name.as_os_str()) {
-                        look_at_path = true;
-                    }
-                }
-            }
-            if any {
-                if let Some(outcome) = self.evaluate(look_at_path, dir_gone, &mut known) {
-                    break outcome;
-                }
-                bells.ring();
-            }
-            // Why a blocking poll on glommio's helper thread? glommio 0.9 has no public way
-            // to await a descriptor that is not a socket, and the inotify crate's async
-            // stream is tokio's. One helper thread parked in poll(2) costs nothing while the
-            // file is quiet, and wakes us for inotify events and signals alike.
-            let fds = [inotify_fd, signal_fd];
-            glommio::executor()
-                .spawn_blocking(move || sys::wait_readable(&fds))
-                .await
-                .map_err(|e| Error::io("waiting for file events", e))?;
+            ShardStats::add(&self.stats.wakeups, 1);
         };
         notifier.stopping(&format!("stopping: {outcome:?}"));
-        bells.ring();
+        bells.ring_all();
         Ok(outcome)
     }
 
-    /// Looks at the file after events; returns why to stop, if it is time to.
-    fn evaluate(&mut self, look_at_path: bool, dir_gone: bool, known: &mut u64) -> Option<Outcome> {
+    /// Reads every pending inotify event and looks at the file if any came; says what the
+    /// shards need to hear, or why to stop.
+    fn take_events(&mut self, known: &mut u64) -> Result<Result<News, Outcome>, Error> {
+        let mut buffer = [0u8; 4096];
+        let mut look_at_path = false;
+        let mut dir_gone = false;
+        let mut any = false;
+        loop {
+            let events = match self.inotify.read_events(&mut buffer) {
+                Ok(events) => events,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(Error::io("reading inotify events", e)),
+            };
+            for event in events {
+                any = true;
+                ShardStats::add(&self.stats.file_events, 1);
+                if event.mask.contains(EventMask::Q_OVERFLOW) {
+                    look_at_path = true;
+                } else if Some(&event.wd) == self.file_wd.as_ref() {
+                    look_at_path |= !event.mask.contains(EventMask::MODIFY);
+                } else if event
+                    .mask
+                    .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+                {
+                    dir_gone = true;
+                } else if event.name == Some(self.name.as_os_str()) {
+                    look_at_path = true;
+                }
+            }
+        }
+        if !any {
+            return Ok(Ok(News::Nothing));
+        }
+        Ok(self.evaluate(look_at_path, dir_gone, known))
+    }
+
+    /// Looks at the file after events: what changed, or why to stop.
+    fn evaluate(
+        &mut self,
+        look_at_path: bool,
+        dir_gone: bool,
+        known: &mut u64,
+    ) -> Result<News, Outcome> {
         let Some(file) = self.published.file() else {
             if dir_gone {
                 error!(file = %self.path.display(), "the file's directory was removed; exiting");
                 self.published.set_phase(Phase::Closing);
-                return Some(Outcome::FileGone);
+                return Err(Outcome::FileGone);
             }
             match self.open() {
                 Ok(()) => {
                     *known = self.published.size();
                     info!(file = %self.path.display(), size = *known, "file appeared; serving it");
+                    return Ok(News::Opened);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
                     warn!(file = %self.path.display(), error = %e, "file appeared but cannot be opened")
                 }
             }
-            return None;
+            return Ok(News::Nothing);
         };
         let st = match sys::fstat(file.as_raw_fd()) {
             Ok(st) => st,
             Err(e) => {
                 error!(error = %e, "cannot stat the open file; exiting");
                 self.published.set_phase(Phase::Closing);
-                return Some(Outcome::FileGone);
+                return Err(Outcome::FileGone);
             }
         };
         let size = st.st_size as u64;
@@ -310,9 +296,10 @@ impl Watch {
                 "file shrank (truncated or copytruncate-rotated); resetting all clients and exiting"
             );
             self.published.set_phase(Phase::Aborting);
-            return Some(Outcome::Truncated);
+            return Err(Outcome::Truncated);
         }
-        if size > *known {
+        let grew = size > *known;
+        if grew {
             *known = size;
             self.published.set_size(size);
         }
@@ -332,10 +319,13 @@ impl Watch {
                     "file is gone; clients get what it held, then tailsrv exits"
                 );
                 self.published.set_phase(Phase::Draining);
-                return Some(Outcome::FileGone);
+                return Err(Outcome::FileGone);
             }
         }
+        if !grew {
+            return Ok(News::Nothing);
+        }
         debug!(size, "file grew");
-        None
+        Ok(News::Grew)
     }
 }

@@ -1,0 +1,163 @@
+//! What the watcher and the shards share: the file, its size, the server's phase, and the
+//! doorbells with which the watcher tells a shard that something changed.
+//!
+//! Why a doorbell and not a queue of sizes? Shared channels are bounded and single-producer,
+//! and the watcher must never wait on a slow shard. So the watcher stores the news in
+//! [`Published`] (atomics any shard can read) and then `try_send`s a `()` on a channel of
+//! capacity one per shard. A full channel means that shard has a ring it has not answered
+//! yet; when it does, it reads the atomics and so sees this change too. Every shard always
+//! ends up with the latest size, and the watcher never blocks.
+//!
+//! Why ring only some shards? Waking an executor is most of what an append costs: the wake
+//! itself, then glommio's reactor pass and its memory barrier before it sleeps again. A shard
+//! whose clients are all busy sending, or which has no clients at all, has nothing to do with
+//! a new size, so each shard raises its [`Interest`] flag only while a client of its waits for
+//! the file to grow, and the watcher rings for growth only the shards that raised it.
+
+use glommio::channels::shared_channel::ConnectedSender;
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// What the shards need to know about the file and the server's state.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The file, once it exists. Set once and never closed while any shard runs: the file's
+    /// identity cannot change without tailsrv exiting.
+    file: OnceLock<File>,
+    size: AtomicU64,
+    phase: AtomicU8,
+}
+
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Accepting and serving.
+    Running,
+    /// The file is gone: accept nobody, let clients finish the bytes the file had, then close.
+    Draining,
+    /// Close every client now, in order (signal, or the end of the drain).
+    Closing,
+    /// Reset every client now: the file shrank, so bytes still queued in the kernel may no
+    /// longer be the file's (see `client::abort`).
+    Aborting,
+}
+
+impl Published {
+    pub fn file(&self) -> Option<&File> {
+        self.file.get()
+    }
+
+    /// The file's size as the watcher last saw it.
+    ///
+    /// Why sequentially consistent? It pairs with [`Interest`]: see [`Bells::ring_waiting`].
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::SeqCst)
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Running,
+            1 => Phase::Draining,
+            2 => Phase::Closing,
+            _ => Phase::Aborting,
+        }
+    }
+
+    /// Publishes the file the watcher opened (only the first call counts).
+    pub(crate) fn set_file(&self, file: File) {
+        let _ = self.file.set(file);
+    }
+
+    pub(crate) fn set_size(&self, size: u64) {
+        self.size.store(size, Ordering::SeqCst);
+    }
+
+    /// Moves the phase forward; it never goes back.
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+    }
+}
+
+/// A shard's wish to hear about growth: raised by the shard when a client of its starts
+/// waiting for the file to grow, taken down by the watcher when it rings for growth.
+#[derive(Debug, Default)]
+pub struct Interest(AtomicBool);
+
+impl Interest {
+    /// The shard's side: ring me when the file grows. The shard must look at
+    /// [`Published::size`] again after this, for growth published just before it.
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// The watcher's side: takes the wish down; whether it was up.
+    fn take(&self) -> bool {
+        self.0.load(Ordering::SeqCst) && self.0.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// One shard as the watcher sees it: its doorbell and its interest in growth.
+pub struct Bell {
+    pub sender: ConnectedSender<()>,
+    pub interest: Arc<Interest>,
+}
+
+/// The shards' doorbells, shared by the watcher's tasks.
+pub struct Bells(pub Vec<Bell>);
+
+impl Bells {
+    /// Rings every shard; never waits. For what every shard must hear: a new phase, a file
+    /// that appeared, a question from the metrics or the watchdog. A full channel means that
+    /// shard has a ring it has not answered yet, and answering it will show it this change
+    /// too; a closed one means the shard has stopped.
+    pub fn ring_all(&self) {
+        for bell in &self.0 {
+            let _ = bell.sender.try_send(());
+        }
+    }
+
+    /// Rings the shards that have clients waiting for growth, after a new size was published;
+    /// returns how many it rang.
+    ///
+    /// Why can no growth be missed? The watcher stores the size and then takes the interest
+    /// flag; a shard raises the flag and then loads the size; all four are sequentially
+    /// consistent, so at least one of the two sees the other's store: either the watcher
+    /// sees the flag and rings, or the shard sees the new size itself.
+    pub fn ring_waiting(&self) -> usize {
+        let mut rung = 0;
+        for bell in &self.0 {
+            if bell.interest.take() {
+                let _ = bell.sender.try_send(());
+                rung += 1;
+            }
+        }
+        rung
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interest_is_taken_once() {
+        let interest = Interest::default();
+        assert!(!interest.take());
+        interest.raise();
+        interest.raise();
+        assert!(interest.take());
+        assert!(!interest.take());
+    }
+
+    #[test]
+    fn phase_only_moves_forward() {
+        let published = Published::default();
+        assert_eq!(published.phase(), Phase::Running);
+        published.set_phase(Phase::Closing);
+        published.set_phase(Phase::Draining);
+        assert_eq!(published.phase(), Phase::Closing);
+        published.set_phase(Phase::Aborting);
+        assert_eq!(published.phase(), Phase::Aborting);
+    }
+}
