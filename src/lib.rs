@@ -181,6 +181,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
             .recv_timeout(STARTUP_TIMEOUT)
             .map_err(|_| Error::Runtime("a shard executor failed to start".into()))?;
     }
+    announce(admission.limits(), shards);
     info!(
         addr = %addr, port = addr.port(), shards, pinned, file = %opts.file.display(),
         "listening"
@@ -217,7 +218,7 @@ pub fn run(opts: Options) -> Result<Outcome, Error> {
     Ok(outcome)
 }
 
-/// Resolves the client limits from the options and the descriptor limit, and says what they are.
+/// Resolves the client limits from the options and the descriptor limit.
 fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
     let fits = Limits::default_max_clients(descriptor_limit, shards);
     let max_clients = opts.max_clients.map_or(fits, |n| n as usize);
@@ -226,13 +227,25 @@ fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
         Some(0) => None,
         Some(n) => Some(n as usize),
     };
-    let limits = Limits {
+    Limits {
         allow: opts.allow.clone(),
         max_clients,
         max_per_peer,
         ipv6_prefix: opts.ipv6_prefix,
         descriptor_limit,
-    };
+    }
+}
+
+/// Says what the client limits are, once start-up can no longer fail.
+fn announce(limits: &Limits, shards: usize) {
+    let Limits {
+        max_clients,
+        max_per_peer,
+        ipv6_prefix,
+        descriptor_limit,
+        ..
+    } = *limits;
+    let fits = Limits::default_max_clients(descriptor_limit, shards);
     if max_clients > fits {
         warn!(
             max_clients, descriptor_limit, fits,
@@ -242,13 +255,12 @@ fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
     info!(
         max_clients,
         max_clients_per_ip = max_per_peer.unwrap_or(0),
-        ipv6_prefix = opts.ipv6_prefix,
+        ipv6_prefix,
         descriptor_limit,
         reserve = Limits::reserve(descriptor_limit, shards),
         allow = %limits.allow_text(),
         "client limits"
     );
-    limits
 }
 
 /// Binds one listener per shard. Without `--bind`, listens on every IPv6 and IPv4 address,
