@@ -5,6 +5,7 @@
 mod common;
 
 mod docs;
+mod fuzz;
 mod lifecycle;
 mod limits;
 mod load;
