@@ -1,8 +1,8 @@
 //! Command-line options. Their doc comments are the `--help` text.
 
+use crate::addr::{Host, HostPort};
 use crate::admission::Cidr;
 use clap::Parser;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,9 +22,12 @@ pub struct Options {
     #[arg(short, long)]
     pub port: u16,
 
-    /// Address to listen on [default: every interface, IPv6 and IPv4]
+    /// Address or host name to listen on [default: every interface, IPv6 and IPv4]
+    ///
+    /// A host name is resolved once, at start-up; tailsrv listens on the first of its
+    /// addresses that binds, and logs which.
     #[arg(short, long, value_name = "ADDR")]
-    pub bind: Option<IpAddr>,
+    pub bind: Option<Host>,
 
     /// Shard executors, each on its own thread with its own share of the clients
     /// [default: the number of CPUs tailsrv may run on]. Shards are pinned one per CPU
@@ -67,9 +70,13 @@ pub struct Options {
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
     pub allow: Vec<Cidr>,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100, [::1]:9100 or
+    /// localhost:9100)
+    ///
+    /// A host name is resolved once, at start-up, and the first of its addresses that binds
+    /// is used. Port 0 picks a free port; the log line "serving metrics at" gives it.
     #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<HostPort>,
 
     /// Send logs to the systemd journal, with structured fields, instead of stderr
     #[cfg(feature = "tracing-journald")]
@@ -154,6 +161,28 @@ mod tests {
         );
         let allow: Vec<String> = o.allow.iter().map(ToString::to_string).collect();
         assert_eq!(allow, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
+        let o = Options::try_parse_from([
+            "tailsrv",
+            "-p",
+            "0",
+            "-b",
+            "localhost",
+            "--metrics",
+            "localhost:9100",
+            "log",
+        ])
+        .unwrap();
+        assert_eq!(o.bind, Some(Host::Name("localhost".into())));
+        assert_eq!(
+            o.metrics.map(|m| m.to_string()).as_deref(),
+            Some("localhost:9100")
+        );
+        let o = Options::try_parse_from(["tailsrv", "-p", "0", "--metrics", "[::1]:9100", "log"])
+            .unwrap();
+        assert_eq!(
+            o.metrics.map(|m| m.to_string()).as_deref(),
+            Some("[::1]:9100")
+        );
     }
 
     #[test]
@@ -162,7 +191,9 @@ mod tests {
             &["tailsrv", "log"][..],
             &["tailsrv", "-p", "70000", "log"],
             &["tailsrv", "-p", "1", "--shards", "0", "log"],
-            &["tailsrv", "-p", "1", "--bind", "not-an-ip", "log"],
+            &["tailsrv", "-p", "1", "--bind", "not an ip", "log"],
+            &["tailsrv", "-p", "1", "--metrics", "::1:9100", "log"],
+            &["tailsrv", "-p", "1", "--metrics", "localhost", "log"],
             &["tailsrv", "-p", "1", "--header-timeout", "0", "log"],
             &["tailsrv", "-p", "1", "--header-timeout", "-3", "log"],
             &["tailsrv", "-p", "1"],

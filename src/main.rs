@@ -1,10 +1,13 @@
-//! The tailsrv binary: parse options, set up logging, run the server, turn the result into
-//! an exit status.
+//! The tailsrv binary: parse options, set up logging, signals and limits, run the server,
+//! turn the result into an exit status.
 
 use clap::Parser;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tailsrv::cli::Options;
+use tailsrv::process::{self, Signals};
+use tailsrv::{Error, Outcome, Server};
+use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -13,13 +16,26 @@ fn main() -> ExitCode {
         eprintln!("tailsrv: error: {e}");
         return ExitCode::from(tailsrv::error::EXIT_ERROR);
     }
-    match tailsrv::run(opts) {
+    match run(&opts) {
         Ok(outcome) => outcome.exit_code(),
         Err(e) => {
             eprintln!("tailsrv: error: {e}");
             ExitCode::from(tailsrv::error::EXIT_ERROR)
         }
     }
+}
+
+fn run(opts: &Options) -> Result<Outcome, Error> {
+    // Signals first: every thread started from here on inherits the blocked mask, so SIGINT,
+    // SIGTERM and SIGHUP reach only the signalfd.
+    let signals = Signals::block()?;
+    process::raise_limits()?;
+    let server = Server::bind(opts)?;
+    let stop = signals.recv();
+    server.serve(async {
+        let signal = stop.await;
+        info!(signal, "signal received; closing all clients and exiting");
+    })
 }
 
 fn init_logging(opts: &Options) -> Result<(), String> {

@@ -3,7 +3,7 @@
 use std::io;
 use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// A system call's return value as a result: negative means `errno` says what went wrong.
 pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -368,6 +368,38 @@ pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
     }
 }
 
+/// A non-blocking eventfd: a flag one thread sets to wake another (here, the watcher).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before it is owned.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd's counter, making it readable (and keeping it so: nobody reads it).
+pub fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: u64 = 1;
+    // SAFETY: `one` is 8 readable bytes, the size an eventfd write takes.
+    check_size(unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) }).map(drop)
+}
+
+/// Blocks the calling thread until `fd` is readable.
+pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `poll` is one valid pollfd.
+        match check(unsafe { libc::poll(&mut poll, 1, -1) }) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The CPUs this process may run on (its affinity mask, as `taskset` or cgroups set it).
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
@@ -391,6 +423,15 @@ fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<u64> {
         // SAFETY: `lim` is a valid rlimit.
         check(unsafe { libc::setrlimit(resource, &lim) })?;
     }
+    Ok(lim.rlim_cur)
+}
+
+/// The soft limit on open descriptors (RLIMIT_NOFILE), as it is now.
+pub fn nofile_limit() -> io::Result<u64> {
+    // SAFETY: rlimit is plain data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
     Ok(lim.rlim_cur)
 }
 

@@ -1,12 +1,13 @@
 //! The watcher executor: follows FILE with inotify, publishes its size and the server's
 //! phase ([`crate::state`]), and rings the shards that need to hear about it.
 
-use crate::control::{self, View};
+use crate::control::View;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::state::{Bell, Bells, Interest, Phase, Published};
 use crate::stats::{ShardStats, WatcherStats};
 use crate::sys;
+use crate::{metrics, systemd};
 use futures_lite::future;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
@@ -131,10 +132,11 @@ impl Watch {
         Ok(())
     }
 
-    /// Runs on the watcher executor until a signal arrives or the file is gone or truncated.
+    /// Runs on the watcher executor until `stop` (an eventfd) becomes readable, or the file
+    /// is gone or truncated.
     pub async fn run(
         mut self,
-        signals: OwnedFd,
+        stop: Arc<OwnedFd>,
         doorbells: Vec<(SharedSender<()>, Arc<Interest>)>,
         jobs: SideJobs,
     ) -> Result<Outcome, Error> {
@@ -153,7 +155,7 @@ impl Watch {
         if let Some(listener) = jobs.metrics {
             // SAFETY: a bound, listening TCP socket we own; ownership moves to glommio.
             let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-            let metrics = control::serve_metrics(listener, view.clone(), bells.clone());
+            let metrics = metrics::serve(listener, view.clone(), bells.clone());
             glommio::spawn_local(metrics).detach();
         }
         let notifier = jobs.notifier;
@@ -162,30 +164,24 @@ impl Watch {
             for rx in jobs.status_changes {
                 changes.push(rx.connect().await);
             }
-            glommio::spawn_local(control::keep_status(notifier, view.clone(), changes)).detach();
+            glommio::spawn_local(systemd::keep_status(notifier, view.clone(), changes)).detach();
         }
         if let Some(interval) = notifier.watchdog_interval() {
             info!(?interval, "systemd watchdog enabled");
-            let watchdog = control::keep_watchdog(notifier, interval, view.clone(), bells.clone());
+            let watchdog = systemd::keep_watchdog(notifier, interval, view.clone(), bells.clone());
             glommio::spawn_local(watchdog).detach();
         }
 
         // Why wait through glommio's ring rather than in poll(2) on a helper thread? Each
         // wake through the helper costs a futex, a thread switch and an eventfd write on
         // every append; an io_uring poll completes straight into this executor's ring.
-        let signal = async {
-            loop {
-                sys::readable(signals.as_fd())
-                    .await
-                    .map_err(|e| Error::io("waiting for signals", e))?;
-                if let Some(signo) = sys::read_signal(signals.as_raw_fd())
-                    .map_err(|e| Error::io("reading signals", e))?
-                {
-                    return Ok::<i32, Error>(signo);
-                }
-            }
+        // The stop flag is never read, so once set it stays readable.
+        let stop = async {
+            sys::readable(stop.as_fd())
+                .await
+                .map_err(|e| Error::io("waiting for the stop flag", e))
         };
-        futures_lite::pin!(signal);
+        futures_lite::pin!(stop);
         let mut known = self.published.size();
         bells.ring_all();
         let outcome = loop {
@@ -203,12 +199,9 @@ impl Watch {
                     .map_err(|e| Error::io("waiting for file events", e))?;
                 Ok(None)
             };
-            let signal = async { (&mut signal).await.map(Some) };
-            if let Some(signo) = future::or(inotify, signal).await? {
-                info!(
-                    signal = signo,
-                    "signal received; closing all clients and exiting"
-                );
+            let stop = async { (&mut stop).await.map(Some) };
+            if let Some(()) = future::or(inotify, stop).await? {
+                info!("asked to stop; closing all clients");
                 self.published.set_phase(Phase::Closing);
                 break Outcome::Signalled;
             }

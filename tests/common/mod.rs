@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -619,11 +618,6 @@ impl Client {
         Client { stream }
     }
 
-    /// Closes with a reset (SO_LINGER 0), so the server notices at once that it is gone.
-    pub fn reset(self) {
-        let _ = tailsrv::sys::set_linger_zero(self.stream.as_raw_fd());
-    }
-
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -648,6 +642,14 @@ impl Client {
     /// have closed.
     pub fn try_send(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes);
+    }
+
+    /// Closes the connection with a reset (SO_LINGER 0), as a crashing client's kernel would.
+    #[track_caller]
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        tailsrv::sys::set_linger_zero(self.stream.as_raw_fd()).expect("SO_LINGER");
+        drop(self.stream);
     }
 
     /// Half-closes: the server sees end of input, the client can still read.

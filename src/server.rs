@@ -1,0 +1,474 @@
+//! Starting and stopping a server: [`Server::bind`] sets everything up, [`Server::serve`] runs
+//! it until a shutdown future resolves, and a [`Handle`] reads its state or stops it.
+//!
+//! Why split binding from serving? A caller (the binary, a test, an embedding program) learns
+//! the bound address, or a start-up error, before anything waits; and it decides what "time
+//! to stop" means: the binary waits for a signal, a test for the end of its script.
+//! Process-wide set-up (signal mask, resource limits, logging) is not done here, so several
+//! servers can run in one process.
+
+use crate::admission::{Admission, Limits};
+use crate::cli::Options;
+use crate::error::{Error, Outcome};
+use crate::notify::Notifier;
+use crate::shard::{self, ShardSetup};
+use crate::state::{Interest, Phase, Published};
+use crate::stats::ShardStats;
+use crate::sys;
+use crate::watcher::{SideJobs, Watch};
+use futures_lite::future;
+use glommio::channels::shared_channel;
+use glommio::{
+    CpuSet, ExecutorJoinHandle, LocalExecutorBuilder, LocalExecutorPoolBuilder, Placement,
+    PoolPlacement, PoolThreadHandles,
+};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// io_uring buffer memory per executor.
+///
+/// Why so small? glommio registers this buffer with each of its three rings, and the
+/// registration counts against RLIMIT_MEMLOCK (8 MiB for an unprivileged user). tailsrv
+/// never reads through glommio's buffers (the payload goes by sendfile), so the 64 KiB
+/// minimum is plenty: 8 shards and the watcher lock 9 x 3 x 64 KiB = 1.7 MiB.
+const IO_MEMORY: usize = 64 << 10;
+
+/// Listen backlog per shard: room for a burst of thousands of connects.
+const BACKLOG: i32 = 4096;
+
+/// How long start-up may take before tailsrv gives up on a shard that never became ready.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server whose listeners are bound and whose executors run; [`serve`](Server::serve)
+/// waits for it to end. Dropping it without serving stops it and waits for its threads.
+pub struct Server {
+    handle: Handle,
+    metrics_addr: Option<SocketAddr>,
+    watcher: Option<ExecutorJoinHandle<Result<Outcome, Error>>>,
+    pool: Option<PoolThreadHandles<()>>,
+    /// Set when the watcher's executor has finished (or died).
+    watcher_done: Latch,
+}
+
+/// A cheap, cloneable view of a running server from any thread: what it holds, and a way to
+/// stop it.
+#[derive(Clone)]
+pub struct Handle {
+    addr: SocketAddr,
+    published: Arc<Published>,
+    stats: Vec<Arc<ShardStats>>,
+    /// An eventfd the watcher waits on: once bumped, the server stops.
+    stop: Arc<OwnedFd>,
+}
+
+impl Handle {
+    /// The address the listeners are bound to (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The file's size as the watcher last published it; 0 while the file does not exist.
+    pub fn file_size(&self) -> u64 {
+        self.published.size()
+    }
+
+    /// Whether the file has been opened (it existed at start-up or has appeared since).
+    pub fn file_open(&self) -> bool {
+        self.published.file().is_some()
+    }
+
+    /// Whether the server has stopped accepting (the file is gone, or it is shutting down).
+    pub fn stopping(&self) -> bool {
+        self.published.phase() != Phase::Running
+    }
+
+    /// Clients connected now, whether or not their header has arrived.
+    pub fn clients(&self) -> u64 {
+        self.total(|s| ShardStats::get(&s.connected))
+    }
+
+    /// Connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.total(|s| ShardStats::get(&s.accepted))
+    }
+
+    /// File bytes sent to clients since start.
+    pub fn bytes_sent(&self) -> u64 {
+        self.total(|s| ShardStats::get(&s.bytes_sent))
+    }
+
+    /// Clients waiting for their full socket to drain right now.
+    pub fn blocked(&self) -> u64 {
+        self.total(|s| ShardStats::get(&s.blocked))
+    }
+
+    /// The number of shard executors.
+    pub fn shards(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// Asks the server to close every client and stop, as SIGTERM does the binary. Returns at
+    /// once; [`Server::serve`] returns [`Outcome::Signalled`] once the server has stopped.
+    pub fn shutdown(&self) {
+        if let Err(e) = sys::eventfd_bump(self.stop.as_fd()) {
+            // Cannot happen short of a counter overflow; say so rather than hide it.
+            warn!(error = %e, "cannot signal the server to stop");
+        }
+    }
+
+    fn total(&self, get: fn(&ShardStats) -> u64) -> u64 {
+        self.stats.iter().map(|s| get(s)).sum()
+    }
+}
+
+impl Server {
+    /// Opens and watches the file, binds the listeners (and `--metrics`), and starts the
+    /// watcher and shard executors; returns once every shard accepts connections.
+    ///
+    /// Nothing process-wide is touched: signals and resource limits are the caller's (see
+    /// [`crate::process`]).
+    pub fn bind(opts: &Options) -> Result<Server, Error> {
+        let watch = Watch::new(&opts.file)?;
+        let published = watch.published();
+
+        let cpus =
+            sys::allowed_cpus().map_err(|e| Error::io("reading the CPU affinity mask", e))?;
+        let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
+        let (addr, listeners) =
+            crate::addr::bind_shards(opts.bind.as_ref(), opts.port, shards, BACKLOG)?;
+        let descriptor_limit = sys::nofile_limit().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the descriptor limit; assuming 1024");
+            1024
+        });
+        let admission = Arc::new(Admission::new(limits(opts, descriptor_limit, shards)));
+
+        let metrics = match &opts.metrics {
+            Some(at) => Some(crate::addr::bind_metrics(at)?),
+            None => None,
+        };
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+        let notifier = Notifier::from_env();
+        let stop =
+            Arc::new(sys::eventfd().map_err(|e| Error::io("creating the stop descriptor", e))?);
+
+        let (placement, pinned) = placement(shards, &cpus);
+        let mut bells = Vec::with_capacity(shards);
+        let mut status_changes = Vec::new();
+        let mut setups = Vec::with_capacity(shards);
+        let mut all_stats = Vec::with_capacity(shards);
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let (bell, doorbell) = shared_channel::new_bounded(1);
+            let stats = Arc::new(ShardStats::default());
+            let interest = Arc::new(Interest::default());
+            bells.push((bell, interest.clone()));
+            all_stats.push(stats.clone());
+            let status = notifier.enabled().then(|| {
+                let (tx, rx) = shared_channel::new_bounded(1);
+                status_changes.push(rx);
+                tx
+            });
+            setups.push(ShardSetup {
+                index,
+                listener,
+                doorbell,
+                interest,
+                status,
+                stats,
+            });
+        }
+        // Handed out in reverse by pop(); the index inside each setup is what counts.
+        let setups = Arc::new(Mutex::new(setups));
+        let (ready_tx, ready_rx) = mpsc::channel::<usize>();
+        let header_timeout = opts.header_timeout;
+        let shard_published = published.clone();
+        let shard_admission = admission.clone();
+        let pool = LocalExecutorPoolBuilder::new(placement)
+            .name("tailsrv-shard")
+            .io_memory(IO_MEMORY)
+            .on_all_shards(move || async move {
+                let setup = setups.lock().map(|mut s| s.pop()).ok().flatten();
+                let Some(setup) = setup else { return };
+                let index = setup.index;
+                shard::run(
+                    setup,
+                    shard_published,
+                    header_timeout,
+                    shard_admission,
+                    move || {
+                        let _ = ready_tx.send(index);
+                    },
+                )
+                .await
+            })
+            .map_err(|e| Error::Runtime(format!("starting {shards} shard executors: {e}")))?;
+
+        let handle = Handle {
+            addr,
+            published: published.clone(),
+            stats: all_stats.clone(),
+            stop: stop.clone(),
+        };
+        let jobs = SideJobs {
+            stats: all_stats,
+            label: format!("{} on {addr}", opts.file.display()),
+            metrics,
+            notifier,
+            status_changes,
+        };
+        let watcher_done = Latch::default();
+        let done = watcher_done.clone();
+        let watcher = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("tailsrv-watcher")
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move {
+                // Set when this future ends or unwinds, so `serve` never waits for nothing.
+                let _done = SetOnDrop(done);
+                watch.run(stop, bells, jobs).await
+            });
+        let watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                // The shards are running: stop them before reporting the failure.
+                stop_unserved(&handle, None, Some(pool));
+                return Err(Error::Runtime(format!(
+                    "starting the watcher executor: {e}"
+                )));
+            }
+        };
+        let server = Server {
+            handle,
+            metrics_addr,
+            watcher: Some(watcher),
+            pool: Some(pool),
+            watcher_done,
+        };
+
+        for _ in 0..shards {
+            if ready_rx.recv_timeout(STARTUP_TIMEOUT).is_err() {
+                // Dropping `server` stops what did start.
+                return Err(Error::Runtime("a shard executor failed to start".into()));
+            }
+        }
+        announce(admission.limits(), shards);
+        info!(
+            addr = %addr, port = addr.port(), shards, pinned, file = %opts.file.display(),
+            "listening"
+        );
+        if published.file().is_none() {
+            info!(file = %opts.file.display(), "file does not exist yet; waiting for it");
+        }
+        if let Some(at) = metrics_addr {
+            info!(addr = %at, "serving metrics at http://{at}/metrics");
+        }
+        notifier.ready(&format!(
+            "serving {} on {addr} with {shards} shards",
+            opts.file.display()
+        ));
+        Ok(server)
+    }
+
+    /// The address clients connect to (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.addr
+    }
+
+    /// The address of the metrics endpoint, when `--metrics` was given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// A handle to read the server's state, or stop it, from any thread.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Serves until `shutdown` resolves (then closes every client and returns
+    /// [`Outcome::Signalled`]), or until the file is gone or truncated. Blocks the calling
+    /// thread, which polls `shutdown`.
+    pub fn serve(mut self, shutdown: impl Future<Output = ()>) -> Result<Outcome, Error> {
+        let done = self.watcher_done.clone();
+        let asked = future::block_on(future::or(
+            async {
+                shutdown.await;
+                true
+            },
+            async {
+                done.wait().await;
+                false
+            },
+        ));
+        if asked {
+            self.handle.shutdown();
+        }
+        self.join()
+    }
+
+    /// Serves until the file is gone or truncated, or [`Handle::shutdown`] is called.
+    pub fn wait(self) -> Result<Outcome, Error> {
+        self.serve(future::pending())
+    }
+
+    /// Waits for every executor to finish and gathers the result.
+    fn join(&mut self) -> Result<Outcome, Error> {
+        let outcome = match self.watcher.take() {
+            Some(watcher) => watcher
+                .join()
+                .map_err(|e| Error::Runtime(format!("watcher executor failed: {e}")))
+                .and_then(|r| r),
+            None => Err(Error::Runtime("the watcher executor never started".into())),
+        };
+        let mut failed = None;
+        for result in self.pool.take().map(|p| p.join_all()).unwrap_or_default() {
+            if let Err(e) = result {
+                failed = Some(Error::Runtime(format!("shard executor failed: {e}")));
+            }
+        }
+        let outcome = outcome?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let bytes_sent = self.handle.bytes_sent();
+        let probe_bytes = self.handle.total(|s| ShardStats::get(&s.probe_bytes));
+        info!(?outcome, bytes_sent, probe_bytes, "stopped");
+        Ok(outcome)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.watcher.is_some() || self.pool.is_some() {
+            stop_unserved(&self.handle, self.watcher.take(), self.pool.take());
+        }
+    }
+}
+
+/// Stops a server nobody is serving and waits for its threads; errors are only logged.
+fn stop_unserved(
+    handle: &Handle,
+    watcher: Option<ExecutorJoinHandle<Result<Outcome, Error>>>,
+    pool: Option<PoolThreadHandles<()>>,
+) {
+    // Without a watcher the shards stop by themselves: their doorbells close.
+    handle.shutdown();
+    if let Some(watcher) = watcher {
+        if let Err(e) = watcher.join() {
+            warn!(error = %e, "watcher executor failed while stopping");
+        }
+    }
+    if let Some(pool) = pool {
+        for result in pool.join_all() {
+            if let Err(e) = result {
+                warn!(error = %e, "shard executor failed while stopping");
+            }
+        }
+    }
+}
+
+/// A flag one thread sets and another can await.
+#[derive(Clone, Default)]
+struct Latch(Arc<Mutex<(bool, Option<Waker>)>>);
+
+impl Latch {
+    fn set(&self) {
+        let waker = match self.0.lock() {
+            Ok(mut state) => {
+                state.0 = true;
+                state.1.take()
+            }
+            Err(_) => None,
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        future::poll_fn(|cx| match self.0.lock() {
+            Ok(mut state) if !state.0 => {
+                state.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        })
+        .await
+    }
+}
+
+/// Sets its latch when dropped.
+struct SetOnDrop(Latch);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
+    }
+}
+
+/// Resolves the client limits from the options and the descriptor limit.
+fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
+    let fits = Limits::default_max_clients(descriptor_limit, shards);
+    let max_clients = opts.max_clients.map_or(fits, |n| n as usize);
+    let max_per_peer = match opts.max_clients_per_ip {
+        None => Some(Limits::default_per_peer(max_clients)),
+        Some(0) => None,
+        Some(n) => Some(n as usize),
+    };
+    Limits {
+        allow: opts.allow.clone(),
+        max_clients,
+        max_per_peer,
+        ipv6_prefix: opts.ipv6_prefix,
+        descriptor_limit,
+    }
+}
+
+/// Says what the client limits are, once start-up can no longer fail.
+fn announce(limits: &Limits, shards: usize) {
+    let Limits {
+        max_clients,
+        max_per_peer,
+        ipv6_prefix,
+        descriptor_limit,
+        ..
+    } = *limits;
+    let fits = Limits::default_max_clients(descriptor_limit, shards);
+    if max_clients > fits {
+        warn!(
+            max_clients, descriptor_limit, fits,
+            "--max-clients is more than the descriptor limit leaves room for; accept may run out of descriptors first"
+        );
+    }
+    info!(
+        max_clients,
+        max_clients_per_ip = max_per_peer.unwrap_or(0),
+        ipv6_prefix,
+        descriptor_limit,
+        reserve = Limits::reserve(descriptor_limit, shards),
+        allow = %limits.allow_text(),
+        "client limits"
+    );
+}
+
+/// Shards pinned one per allowed CPU when they fit; otherwise fenced to the allowed CPUs.
+fn placement(shards: usize, cpus: &[usize]) -> (PoolPlacement, bool) {
+    match CpuSet::online() {
+        Ok(set) => {
+            let set = set.filter(|l| cpus.contains(&l.cpu));
+            if set.is_empty() {
+                (PoolPlacement::Unbound(shards), false)
+            } else if shards <= set.len() {
+                (PoolPlacement::MaxSpread(shards, Some(set)), true)
+            } else {
+                (PoolPlacement::Fenced(shards, set), false)
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the CPU topology; shards run unpinned");
+            (PoolPlacement::Unbound(shards), false)
+        }
+    }
+}

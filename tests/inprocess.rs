@@ -1,0 +1,250 @@
+//! A whole server inside the test process, through the library's seam: bind on port 0, serve
+//! on a thread, read the server's state from its `Handle`, stop it with a future or the handle.
+
+use crate::common::*;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::thread::{self, JoinHandle};
+use tailsrv::cli::Options;
+use tailsrv::{Error, Handle, Outcome, Server};
+
+/// A future the test resolves by hand, from any thread.
+#[derive(Clone, Default)]
+struct Trigger(Arc<Mutex<(bool, Option<Waker>)>>);
+
+impl Trigger {
+    fn fire(&self) {
+        let mut state = self.0.lock().unwrap();
+        state.0 = true;
+        if let Some(w) = state.1.take() {
+            w.wake();
+        }
+    }
+
+    fn fired(&self) -> impl Future<Output = ()> + Send + 'static {
+        let me = self.clone();
+        futures_lite::future::poll_fn(move |cx| {
+            let mut state = me.0.lock().unwrap();
+            if state.0 {
+                Poll::Ready(())
+            } else {
+                state.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// A server bound to 127.0.0.1 on port 0 with one shard, serving on its own thread.
+struct InProcess {
+    handle: Handle,
+    serving: Option<JoinHandle<Result<Outcome, Error>>>,
+    stop: Trigger,
+}
+
+impl InProcess {
+    #[track_caller]
+    fn start(file: &std::path::Path, extra: &[&str]) -> InProcess {
+        let mut args = vec!["tailsrv", "-p", "0", "--bind", "127.0.0.1", "--shards", "1"];
+        args.extend_from_slice(extra);
+        let file = file.to_str().expect("a UTF-8 temp path");
+        args.push(file);
+        let opts = Options::try_parse_from_args(&args);
+        let server = Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+        assert_ne!(server.local_addr().port(), 0);
+        assert_eq!(server.handle().local_addr(), server.local_addr());
+        let handle = server.handle();
+        let stop = Trigger::default();
+        let shutdown = stop.fired();
+        let serving = thread::spawn(move || server.serve(shutdown));
+        InProcess {
+            handle,
+            serving: Some(serving),
+            stop,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.handle.local_addr().port()
+    }
+
+    /// Waits for `serve` to return.
+    #[track_caller]
+    fn finish(&mut self) -> Outcome {
+        let serving = self.serving.take().expect("served once");
+        assert!(
+            poll_until(PATIENCE, || serving.is_finished()),
+            "serve did not return within {PATIENCE:?}"
+        );
+        serving
+            .join()
+            .expect("serve panicked")
+            .unwrap_or_else(|e| panic!("serve failed: {e}"))
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            self.handle.shutdown();
+            let _ = serving.join();
+        }
+    }
+}
+
+trait ParseArgs {
+    fn try_parse_from_args(args: &[&str]) -> Self;
+}
+
+impl ParseArgs for Options {
+    #[track_caller]
+    fn try_parse_from_args(args: &[&str]) -> Options {
+        use clap::Parser;
+        Options::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+}
+
+#[test]
+fn in_process_server_streams_and_reports_its_state() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, b"hello");
+    let mut server = InProcess::start(&path, &[]);
+    let handle = server.handle.clone();
+    assert_eq!(handle.shards(), 1);
+    assert_eq!(handle.file_size(), 5);
+    assert!(handle.file_open());
+    assert_eq!(handle.clients(), 0);
+
+    let mut client = Client::connect(server.port());
+    client.send(b"0\n");
+    client.expect_bytes(b"hello", PATIENCE);
+    assert!(
+        poll_until(PATIENCE, || handle.clients() == 1),
+        "clients: {}",
+        handle.clients()
+    );
+    assert_eq!(handle.accepted(), 1);
+
+    append(&path, b", world");
+    client.expect_bytes(b", world", PATIENCE);
+    assert!(
+        poll_until(PATIENCE, || handle.file_size() == 12),
+        "size: {}",
+        handle.file_size()
+    );
+    assert!(
+        poll_until(PATIENCE, || handle.bytes_sent() == 12),
+        "sent: {}",
+        handle.bytes_sent()
+    );
+
+    // A second client that resets: the count goes back down at once. (One that only sends
+    // a FIN is kept: it may be a half-closed client still reading.)
+    let mut other = Client::connect(server.port());
+    other.send(b"-5\n");
+    other.expect_bytes(b"world", PATIENCE);
+    assert!(poll_until(PATIENCE, || handle.clients() == 2));
+    other.reset();
+    assert!(
+        poll_until(PATIENCE, || handle.clients() == 1),
+        "clients: {}",
+        handle.clients()
+    );
+
+    assert!(!handle.stopping());
+    server.stop.fire();
+    client.expect_eof(PATIENCE);
+    assert_eq!(server.finish(), Outcome::Signalled);
+    assert!(handle.stopping());
+    assert_eq!(handle.clients(), 0);
+}
+
+#[test]
+fn handle_shutdown_stops_a_server_that_waits() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, b"x");
+    let opts = Options::try_parse_from_args(&[
+        "tailsrv",
+        "-p",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--shards",
+        "2",
+        path.to_str().unwrap(),
+    ]);
+    let server = Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+    let handle = server.handle();
+    assert_eq!(handle.shards(), 2);
+    let mut client = Client::connect(server.local_addr().port());
+    client.send(b"0\n");
+    let waiting = thread::spawn(move || server.wait());
+    client.expect_bytes(b"x", PATIENCE);
+    handle.shutdown();
+    client.expect_eof(PATIENCE);
+    assert!(
+        poll_until(PATIENCE, || waiting.is_finished()),
+        "wait did not return"
+    );
+    assert_eq!(waiting.join().unwrap().unwrap(), Outcome::Signalled);
+}
+
+#[test]
+fn in_process_server_ends_when_the_file_is_removed() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, b"abc");
+    let mut server = InProcess::start(&path, &[]);
+    let mut client = Client::connect(server.port());
+    client.send(b"0\n");
+    client.expect_bytes(b"abc", PATIENCE);
+    std::fs::remove_file(&path).unwrap();
+    client.expect_eof(PATIENCE);
+    assert_eq!(server.finish(), Outcome::FileGone);
+}
+
+#[test]
+fn dropping_an_unserved_server_stops_it_and_frees_the_port() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    let opts = Options::try_parse_from_args(&[
+        "tailsrv",
+        "-p",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--shards",
+        "1",
+        path.to_str().unwrap(),
+    ]);
+    let server = Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+    let addr = server.local_addr();
+    let handle = server.handle();
+    assert!(!handle.file_open(), "no file yet");
+    drop(server);
+    assert!(handle.stopping());
+    // Nothing listens any more: a new listener can take the exact port. (Not at once: the
+    // kernel lets go of a listener with an io_uring accept pending when it cancels that
+    // accept, which it does in the background as the shard's ring is torn down.)
+    let mut last = None;
+    let rebound = poll_until(PATIENCE, || match std::net::TcpListener::bind(addr) {
+        Ok(_) => true,
+        Err(e) => {
+            last = Some(e);
+            false
+        }
+    });
+    assert!(rebound, "rebinding {addr}: {last:?}");
+}
+
+#[test]
+fn bind_reports_a_missing_directory_as_an_error() {
+    let dir = TempDir::new();
+    let path = dir.join("no-such-dir/served.log");
+    let opts = Options::try_parse_from_args(&["tailsrv", "-p", "0", path.to_str().unwrap()]);
+    let err = Server::bind(&opts).err().expect("binding must fail");
+    assert!(err.to_string().contains("no-such-dir"), "{err}");
+}
