@@ -34,6 +34,10 @@ pub const CHUNK: usize = 1 << 20;
 /// there. Its reset, if it closed, has arrived by then on any sane network.
 const VERIFY_AFTER: Duration = Duration::from_secs(1);
 
+/// How often a half-closed client with nothing to send is checked for a connection that
+/// keepalive has closed.
+const RECHECK_QUIET: Duration = Duration::from_secs(30);
+
 /// TCP keepalive: first probe after this long idle, then every interval, up to count probes.
 const KEEPALIVE: (i32, i32, i32) = (60, 10, 6);
 
@@ -237,8 +241,16 @@ async fn stream_file(
                 if phase == Phase::Draining {
                     return End::Drained;
                 }
-                if unverified && !input_open && verify.is_none() {
-                    verify = Some(Timer::new(VERIFY_AFTER));
+                if !input_open && verify.is_none() {
+                    // Why look when nothing was sent? A client that left before the file
+                    // reached its offset is found gone by keepalive, which closes the
+                    // connection in the kernel but wakes nobody here.
+                    let after = if unverified {
+                        VERIFY_AFTER
+                    } else {
+                        RECHECK_QUIET
+                    };
+                    verify = Some(Timer::new(after));
                 }
                 match wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await {
                     Woke::Changed => {}
