@@ -229,6 +229,8 @@ async fn stream_file(
     // input closed counts too: its reset may be the one still on its way.
     let mut unverified = false;
     let mut verify: Option<Timer> = None;
+    // The armed check is the slow one, for a client sent nothing since the last check.
+    let mut quiet = false;
     loop {
         let phase = shard.phase();
         if phase >= Phase::Closing {
@@ -241,10 +243,12 @@ async fn stream_file(
                 if phase == Phase::Draining {
                     return End::Drained;
                 }
-                if !input_open && verify.is_none() {
+                if !input_open && (verify.is_none() || (unverified && quiet)) {
                     // Why look when nothing was sent? A client that left before the file
                     // reached its offset is found gone by keepalive, which closes the
-                    // connection in the kernel but wakes nobody here.
+                    // connection in the kernel but wakes nobody here. Data sent since
+                    // brings the look forward.
+                    quiet = !unverified;
                     let after = if unverified {
                         VERIFY_AFTER
                     } else {
