@@ -14,5 +14,7 @@ mod limits;
 mod load;
 mod metrics;
 mod ops;
+mod packaging;
 mod protocol;
 mod regressions;
+mod wakeups;

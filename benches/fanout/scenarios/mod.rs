@@ -11,6 +11,7 @@
 //! scenario is a new file here, a [`Scenario`] variant and an arm in [`Bench::run`] and
 //! [`Bench::tables_only`].
 
+mod appendcost;
 mod catchup;
 mod churn;
 mod idle;
@@ -65,6 +66,10 @@ pub struct Settings {
     pub soak_secs: f64,
     /// Soak: client slots, each connecting again as soon as its client leaves.
     pub soak_slots: usize,
+    /// Append cost: (appends per second, clients following) points.
+    pub appendcost: Vec<(f64, usize)>,
+    /// Append cost: seconds of appends per run.
+    pub appendcost_secs: f64,
 }
 
 impl Settings {
@@ -94,6 +99,14 @@ impl Settings {
             prefix: 16 * MIB,
             soak_secs: 60.0,
             soak_slots: 200,
+            appendcost: vec![
+                (100.0, 0),
+                (1000.0, 0),
+                (1000.0, 1),
+                (1000.0, 100),
+                (10_000.0, 10),
+            ],
+            appendcost_secs: 10.0,
         }
     }
 
@@ -119,6 +132,8 @@ impl Settings {
             settle: Duration::from_millis(300),
             prefix: 4 * MIB,
             soak_secs: 20.0,
+            appendcost: vec![(100.0, 0), (1000.0, 2)],
+            appendcost_secs: 0.5,
             ..Settings::full()
         }
     }
@@ -204,6 +219,7 @@ impl Bench {
     pub fn run(&mut self, scenario: Scenario) -> Result<bool, String> {
         let targets = self.targets.clone();
         match scenario {
+            Scenario::Appendcost => appendcost::run(self, &targets),
             Scenario::Catchup => catchup::run(self, &targets),
             Scenario::Live => live::run(self, &targets),
             Scenario::Idle => idle::run(self, &targets),
@@ -218,6 +234,7 @@ impl Bench {
     pub fn tables_only(&self) -> Result<bool, String> {
         let secs = self.s.idle_secs;
         let mut ok = true;
+        ok &= self.rebuild("appendcost", "append cost", appendcost::table)?;
         ok &= self.rebuild("catchup", "catch-up", catchup::table)?;
         ok &= self.rebuild("catchup_discard", "catch-up", catchup::table)?;
         ok &= self.rebuild("live", "live", live::table)?;
