@@ -375,6 +375,7 @@ fn run(opts: Options) -> Result<bool, String> {
     let scenarios = if opts.scenarios.is_empty() {
         if opts.smoke {
             vec![
+                Scenario::Appendcost,
                 Scenario::Catchup,
                 Scenario::Live,
                 Scenario::Idle,
