@@ -1,6 +1,6 @@
-//! Regression tests for faults tailsrv already survives: an append storm, a suspended
-//! server, resume across a restart, SIGTERM mid catch-up, growth through a hole, and a
-//! second server on the same port.
+//! Regression tests for faults tailsrv already survives: an append storm, an inotify queue
+//! overflow, a suspended server, resume across a restart, SIGTERM mid catch-up, growth
+//! through a hole, and a second server on the same port.
 
 use crate::common::*;
 use std::fs::OpenOptions;
@@ -145,6 +145,49 @@ fn a_suspended_server_catches_up_after_sigcont() {
     for c in before.iter_mut().chain(&mut during) {
         c.expect_pattern(size, 100, PATIENCE);
     }
+}
+
+#[test]
+fn an_inotify_queue_overflow_loses_no_growth() {
+    // Why not just many appends? inotify merges an event identical to the one before it in
+    // the queue, so a storm of appends to one file is a handful of events. Distinct names
+    // are not merged: each file made and removed beside FILE is two events, and with the
+    // server stopped nothing drains the queue, so it must overflow.
+    let queue: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16_384);
+    let server = Server::builder()
+        .contents(&pattern_range(0, 1000))
+        .args(["--metrics", "127.0.0.1:0"])
+        .start();
+    let mut client = server.connect(b"0\n");
+    client.expect_pattern(0, 1000, PATIENCE);
+    server.signal(libc::SIGSTOP);
+    let dir = server.path().parent().expect("FILE has a directory");
+    let mut size = 1000;
+    for i in 0..queue {
+        let noise = dir.join(format!("noise-{i}"));
+        std::fs::File::create(&noise).unwrap();
+        std::fs::remove_file(&noise).unwrap();
+        if i % 1024 == 0 {
+            append_pattern(server.path(), size, 100);
+            size += 100;
+        }
+    }
+    server.signal(libc::SIGCONT);
+    client.expect_pattern(1000, size - 1000, PATIENCE);
+    // And the watcher still follows the file afterwards.
+    append_pattern(server.path(), size, 5000);
+    client.expect_pattern(size, 5000, PATIENCE);
+    client.expect_silence(QUIET);
+    // The queue did overflow: the watcher read fewer events than were made.
+    let read = server.metrics().sum("tailsrv_file_events_total");
+    assert!(
+        read < 2 * queue as u64,
+        "{read} events read of {} made",
+        2 * queue
+    );
 }
 
 #[test]
