@@ -36,6 +36,10 @@ pub const CHUNK: usize = 4 << 20;
 /// there. Its reset, if it closed, has arrived by then on any sane network.
 const VERIFY_AFTER: Duration = Duration::from_secs(1);
 
+/// How often a half-closed client with nothing to send is checked for a connection that
+/// keepalive has closed.
+const RECHECK_QUIET: Duration = Duration::from_secs(30);
+
 /// TCP keepalive: first probe after this long idle, then every interval, up to count probes.
 const KEEPALIVE: (i32, i32, i32) = (60, 10, 6);
 
@@ -227,6 +231,8 @@ async fn stream_file(
     // input closed counts too: its reset may be the one still on its way.
     let mut unverified = false;
     let mut verify: Option<Timer> = None;
+    // The armed check is the slow one, for a client sent nothing since the last check.
+    let mut quiet = false;
     loop {
         let phase = shard.phase();
         if phase >= Phase::Closing {
@@ -239,8 +245,18 @@ async fn stream_file(
                 if phase == Phase::Draining {
                     return End::Drained;
                 }
-                if unverified && !input_open && verify.is_none() {
-                    verify = Some(Timer::new(VERIFY_AFTER));
+                if !input_open && (verify.is_none() || (unverified && quiet)) {
+                    // Why look when nothing was sent? A client that left before the file
+                    // reached its offset is found gone by keepalive, which closes the
+                    // connection in the kernel but wakes nobody here. Data sent since
+                    // brings the look forward.
+                    quiet = !unverified;
+                    let after = if unverified {
+                        VERIFY_AFTER
+                    } else {
+                        RECHECK_QUIET
+                    };
+                    verify = Some(Timer::new(after));
                 }
                 let woke = wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await;
                 // The shard may have sent to the socket directly while this task slept.

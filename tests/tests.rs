@@ -7,11 +7,14 @@ mod common;
 
 mod addresses;
 mod docs;
+mod fuzz;
 mod inprocess;
 mod lifecycle;
+mod limits;
 mod load;
 mod metrics;
 mod ops;
 mod packaging;
 mod protocol;
+mod regressions;
 mod wakeups;
