@@ -266,7 +266,12 @@ async fn stream_file(
                     // A client that keeps sending gets its input dropped in turns, like
                     // any other work on the shard.
                     Woke::Input => take_turns().await,
-                    Woke::InputClosed => input_open = false,
+                    Woke::InputClosed => {
+                        input_open = false;
+                        // The shard may have sent to it directly (only open clients get
+                        // that), and the reset those bytes drew may still be on its way.
+                        unverified = true;
+                    }
                     Woke::Verify => {
                         verify = None;
                         unverified = false;
