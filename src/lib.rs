@@ -17,6 +17,9 @@
 //! - [`state`]: what the watcher and the shards share: [`Published`] and the doorbells.
 //! - [`shard`]: one glommio executor per core, each with its own listener on the shared port.
 //!   It answers the doorbell by waking the clients that were waiting for the file to grow.
+//! - [`admission`]: what every shard asks about a connection it accepts, before reading
+//!   from it: `--allow`, `--max-clients`, `--max-clients-per-ip`; and warnings about refused
+//!   connections and failed accepts that cannot flood the log.
 //! - [`client`]: one task per connection: reads the header ([`header`]), then moves file
 //!   bytes to the socket with sendfile ([`sys`]), waiting on a full socket without holding
 //!   up anyone else.
@@ -32,6 +35,7 @@
 //! [`Published`]: state::Published
 
 pub mod addr;
+pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod control;

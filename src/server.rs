@@ -7,12 +7,13 @@
 //! Process-wide set-up (signal mask, resource limits, logging) is not done here, so several
 //! servers can run in one process.
 
+use crate::admission::{Admission, Limits};
 use crate::cli::Options;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::shard::{self, ShardSetup};
 use crate::state::{Interest, Phase, Published};
-use crate::stats::ShardStats;
+use crate::stats::{ShardStats, WatcherStats};
 use crate::sys;
 use crate::watcher::{SideJobs, Watch};
 use futures_lite::future;
@@ -61,6 +62,7 @@ pub struct Handle {
     addr: SocketAddr,
     published: Arc<Published>,
     stats: Vec<Arc<ShardStats>>,
+    watcher: Arc<WatcherStats>,
     /// An eventfd the watcher waits on: once bumped, the server stops.
     stop: Arc<OwnedFd>,
 }
@@ -106,6 +108,27 @@ impl Handle {
         self.total(|s| ShardStats::get(&s.blocked))
     }
 
+    /// Clients connected to each shard now.
+    pub fn shard_clients(&self) -> Vec<u64> {
+        self.stats
+            .iter()
+            .map(|s| ShardStats::get(&s.connected))
+            .collect()
+    }
+
+    /// Times the watcher has woken each shard.
+    pub fn shard_wakeups(&self) -> Vec<u64> {
+        self.stats
+            .iter()
+            .map(|s| ShardStats::get(&s.doorbells))
+            .collect()
+    }
+
+    /// inotify events the watcher has read.
+    pub fn file_events(&self) -> u64 {
+        ShardStats::get(&self.watcher.file_events)
+    }
+
     /// The number of shard executors.
     pub fn shards(&self) -> usize {
         self.stats.len()
@@ -140,6 +163,11 @@ impl Server {
         let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
         let (addr, listeners) =
             crate::addr::bind_shards(opts.bind.as_ref(), opts.port, shards, BACKLOG)?;
+        let descriptor_limit = sys::nofile_limit().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the descriptor limit; assuming 1024");
+            1024
+        });
+        let admission = Arc::new(Admission::new(limits(opts, descriptor_limit, shards)));
 
         let metrics = match &opts.metrics {
             Some(at) => Some(crate::addr::bind_metrics(at)?),
@@ -180,6 +208,7 @@ impl Server {
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
         let header_timeout = opts.header_timeout;
         let shard_published = published.clone();
+        let shard_admission = admission.clone();
         let pool = LocalExecutorPoolBuilder::new(placement)
             .name("tailsrv-shard")
             .io_memory(IO_MEMORY)
@@ -187,9 +216,15 @@ impl Server {
                 let setup = setups.lock().map(|mut s| s.pop()).ok().flatten();
                 let Some(setup) = setup else { return };
                 let index = setup.index;
-                shard::run(setup, shard_published, header_timeout, move || {
-                    let _ = ready_tx.send(index);
-                })
+                shard::run(
+                    setup,
+                    shard_published,
+                    header_timeout,
+                    shard_admission,
+                    move || {
+                        let _ = ready_tx.send(index);
+                    },
+                )
                 .await
             })
             .map_err(|e| Error::Runtime(format!("starting {shards} shard executors: {e}")))?;
@@ -198,6 +233,7 @@ impl Server {
             addr,
             published: published.clone(),
             stats: all_stats.clone(),
+            watcher: watch.stats(),
             stop: stop.clone(),
         };
         let jobs = SideJobs {
@@ -241,6 +277,7 @@ impl Server {
                 return Err(Error::Runtime("a shard executor failed to start".into()));
             }
         }
+        announce(admission.limits(), shards);
         info!(
             addr = %addr, port = addr.port(), shards, pinned, file = %opts.file.display(),
             "listening"
@@ -392,6 +429,51 @@ impl Drop for SetOnDrop {
     fn drop(&mut self) {
         self.0.set();
     }
+}
+
+/// Resolves the client limits from the options and the descriptor limit.
+fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
+    let fits = Limits::default_max_clients(descriptor_limit, shards);
+    let max_clients = opts.max_clients.map_or(fits, |n| n as usize);
+    let max_per_peer = match opts.max_clients_per_ip {
+        None => Some(Limits::default_per_peer(max_clients)),
+        Some(0) => None,
+        Some(n) => Some(n as usize),
+    };
+    Limits {
+        allow: opts.allow.clone(),
+        max_clients,
+        max_per_peer,
+        ipv6_prefix: opts.ipv6_prefix,
+        descriptor_limit,
+    }
+}
+
+/// Says what the client limits are, once start-up can no longer fail.
+fn announce(limits: &Limits, shards: usize) {
+    let Limits {
+        max_clients,
+        max_per_peer,
+        ipv6_prefix,
+        descriptor_limit,
+        ..
+    } = *limits;
+    let fits = Limits::default_max_clients(descriptor_limit, shards);
+    if max_clients > fits {
+        warn!(
+            max_clients, descriptor_limit, fits,
+            "--max-clients is more than the descriptor limit leaves room for; accept may run out of descriptors first"
+        );
+    }
+    info!(
+        max_clients,
+        max_clients_per_ip = max_per_peer.unwrap_or(0),
+        ipv6_prefix,
+        descriptor_limit,
+        reserve = Limits::reserve(descriptor_limit, shards),
+        allow = %limits.allow_text(),
+        "client limits"
+    );
 }
 
 /// Shards pinned one per allowed CPU when they fit; otherwise fenced to the allowed CPUs.

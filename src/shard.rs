@@ -1,6 +1,7 @@
 //! A shard: one executor pinned to a core, its SO_REUSEPORT listener, and the clients it
 //! accepted. Nothing here is shared with other shards except [`Published`] and the stats.
 
+use crate::admission::{Admission, Backoff};
 use crate::client;
 use crate::state::{Interest, Phase, Published};
 use crate::stats::ShardStats;
@@ -11,12 +12,13 @@ use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 /// How long clients may keep reading after the file is gone before they are closed.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -45,6 +47,8 @@ struct Slot {
     phase: Option<Waker>,
     /// Where the client is in the file, once its header is read.
     offset: Option<u64>,
+    /// The socket of a client waiting for growth that the doorbell may send to directly.
+    direct: Option<RawFd>,
 }
 
 /// The shard's view of the world, shared by its tasks (one thread, so `Cell`s suffice).
@@ -208,24 +212,43 @@ impl Shard {
         }
     }
 
+    /// Something changed: sends new bytes straight to the clients that can take them, and
+    /// wakes every other client waiting for growth (and, if the phase changed, every task
+    /// waiting on the phase).
+    ///
+    /// Why send from here rather than wake each client's task? For a caught-up client the
+    /// whole job of an append is one sendfile. Doing it here, back to back for every such
+    /// client, skips a task wake-up and a poll per client per append, and the sockets get
+    /// their bytes in one burst, as a single-thread epoll server would send them. A client
+    /// whose socket takes less than is due, or fails, is left to its task, which knows what
+    /// to do about it.
     fn bump(&self, phase_changed: bool) {
         self.generation.set(self.generation.get() + 1);
-        // Every growth waker is taken below.
-        self.waiting.set(0);
-        let wakers: Vec<Waker> = self
-            .slots
-            .borrow_mut()
-            .iter_mut()
-            .flat_map(|slot| {
-                let growth = slot.growth.take();
-                let phase = if phase_changed {
-                    slot.phase.take()
-                } else {
-                    None
-                };
-                growth.into_iter().chain(phase)
-            })
-            .collect();
+        let (size, file) = (self.size.get(), self.file.get());
+        let mut sent = 0u64;
+        let mut wakers = Vec::new();
+        {
+            let mut slots = self.slots.borrow_mut();
+            for slot in slots.iter_mut() {
+                if slot.growth.is_some()
+                    && !phase_changed
+                    && send_direct(slot, file, size, &mut sent)
+                {
+                    continue;
+                }
+                if let Some(waker) = slot.growth.take() {
+                    self.waiting.set(self.waiting.get() - 1);
+                    slot.direct = None;
+                    wakers.push(waker);
+                }
+                if phase_changed {
+                    wakers.extend(slot.phase.take());
+                }
+            }
+        }
+        if sent > 0 {
+            ShardStats::add(&self.stats.bytes_sent, sent);
+        }
         // Wake outside the borrow: a waker may run code that registers again.
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -287,6 +310,28 @@ impl Shard {
     }
 }
 
+/// Sends a waiting client everything up to `size`, if it has a direct socket and the socket
+/// takes it all; adds what went out to `sent`. `false` means the client's task must run.
+fn send_direct(slot: &mut Slot, file: Option<RawFd>, size: u64, sent: &mut u64) -> bool {
+    let (Some(sock), Some(file), Some(offset)) = (slot.direct, file, slot.offset) else {
+        return false;
+    };
+    if offset >= size {
+        // Nothing new for this one: it keeps waiting.
+        return true;
+    }
+    let due = size - offset;
+    let count = usize::try_from(due).map_or(client::CHUNK, |d| d.min(client::CHUNK));
+    match crate::sys::sendfile(sock, file, offset, count) {
+        Ok(n) => {
+            slot.offset = Some(offset + n as u64);
+            *sent += n as u64;
+            n as u64 == due
+        }
+        Err(_) => false,
+    }
+}
+
 /// A client's place in its shard; dropping it forgets the client.
 pub struct ClientSlot {
     shard: Rc<Shard>,
@@ -301,8 +346,10 @@ impl ClientSlot {
         self.id.unwrap_or(u64::MAX)
     }
 
-    /// Wake this task when the file grows or the phase changes.
-    pub fn wait_growth(&self, waker: &Waker) {
+    /// Wake this task when the file grows or the phase changes. With `direct`, the client's
+    /// socket, the shard may instead send the new bytes itself and leave the task asleep
+    /// (see `Shard::bump`); the task then finds its offset moved on.
+    pub fn wait_growth(&self, waker: &Waker, direct: Option<RawFd>) {
         {
             let mut slots = self.shard.slots.borrow_mut();
             let slot = &mut slots[self.index];
@@ -310,8 +357,24 @@ impl ClientSlot {
                 self.shard.waiting.set(self.shard.waiting.get() + 1);
             }
             slot.phase = Some(waker.clone());
+            slot.direct = direct;
         }
         self.shard.raise_interest();
+    }
+
+    /// Forgets the task's wish to hear about growth, and with it any direct sending.
+    pub fn stop_waiting(&self) {
+        let mut slots = self.shard.slots.borrow_mut();
+        let slot = &mut slots[self.index];
+        if slot.growth.take().is_some() {
+            self.shard.waiting.set(self.shard.waiting.get() - 1);
+        }
+        slot.direct = None;
+    }
+
+    /// Where the client is: what it last set, or where direct sends have taken it since.
+    pub fn offset(&self) -> Option<u64> {
+        self.shard.slots.borrow()[self.index].offset
     }
 
     /// Wake this task when the phase changes.
@@ -352,6 +415,7 @@ pub async fn run(
     setup: ShardSetup,
     published: Arc<Published>,
     header_timeout: Duration,
+    admission: Arc<Admission>,
     ready: impl FnOnce(),
 ) {
     let ShardSetup {
@@ -404,17 +468,36 @@ pub async fn run(
             None => break,
             Some(Ok(stream)) => {
                 ShardStats::add(&shard.stats.accepted, 1);
-                glommio::spawn_local(client::serve(shard.clone(), stream)).detach();
+                // Why decide before reading anything? A peer that may not connect, or that
+                // would go over a limit, then costs one accept and one close, and never a
+                // task or a header timer.
+                let peer = stream.peer_addr().ok();
+                match admission.admit(peer.map(|p| p.ip())) {
+                    Ok(ticket) => {
+                        let client = client::serve(shard.clone(), stream);
+                        glommio::spawn_local(async move {
+                            client.await;
+                            drop(ticket);
+                        })
+                        .detach();
+                    }
+                    Err(why) => {
+                        let peer = peer.map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()));
+                        let peer = peer.map_or("unknown".to_string(), |p| p.to_string());
+                        admission.refused(index, &shard.stats, peer, why);
+                        drop(stream);
+                    }
+                }
             }
             Some(Err(e)) => {
-                let e = io::Error::from(e);
-                warn!(shard = index, error = %e, "accept failed");
                 // Out of descriptors or memory: the connection waits in the backlog; pause
-                // rather than spin on it.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                ) {
+                // rather than spin on it. The admission state logs it without flooding.
+                let e = io::Error::from(e);
+                let backoff = admission.accept_failed(index, &shard.stats, &e);
+                if backoff == Backoff::Start {
+                    glommio::spawn_local(admission.clone().watch_shortage()).detach();
+                }
+                if backoff != Backoff::No {
                     Timer::new(ACCEPT_BACKOFF).await;
                 }
             }

@@ -433,6 +433,15 @@ pub fn try_lock_exclusive(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
 }
 
+/// The soft limit on open descriptors (RLIMIT_NOFILE), as it is now.
+pub fn nofile_limit() -> io::Result<u64> {
+    // SAFETY: rlimit is plain data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok(lim.rlim_cur)
+}
+
 /// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_NOFILE)

@@ -183,7 +183,7 @@ fn low_port() -> u16 {
 /// server that just stopped.
 #[track_caller]
 fn serve_at(path: &Path, port: u16) -> Server {
-    let builder = Server::builder().file(path).port(port);
+    let builder = Server::builder().serve(path).port(port);
     let mut last = String::new();
     for _ in 0..100 {
         match builder.clone().try_start() {
@@ -218,7 +218,7 @@ fn relay_leaves_receive_every_byte_while_the_upstream_grows() {
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     let fetch = Fetch::to_file(upstream.port(), &copy, &[]);
-    let relay = Server::builder().file(&copy).start();
+    let relay = Server::builder().serve(&copy).start();
 
     let mut whole = relay.connect(b"0\n");
     let mut middle = relay.connect(b"123457\n");
@@ -309,7 +309,7 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
     }
     let fetch = Fetch::to_file(port, &copy, &args);
     expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
-    let mut relay = Server::builder().file(&copy).start();
+    let mut relay = Server::builder().serve(&copy).start();
     let mut leaf = relay.connect(b"0\n");
     leaf.expect_pattern(0, OLD, PATIENCE);
 
@@ -337,7 +337,7 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
     leaf.expect_pattern(OLD, TAIL, PATIENCE);
     leaf.expect_eof(PATIENCE);
     relay.expect_exit(3, PATIENCE);
-    let relay = Server::builder().file(&copy).start();
+    let relay = Server::builder().serve(&copy).start();
     let mut leaf = relay.connect(b"0\n");
     leaf.expect_bytes(&new, PATIENCE);
 }

@@ -1,7 +1,6 @@
 //! Operating tailsrv: systemd notifications (sd-notify feature), journald, limits.
 
 use crate::common::*;
-use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,11 +70,19 @@ fn ready_is_sent_once_clients_are_served_and_stopping_on_sigterm() {
     client.expect_bytes(b"hello\n", PATIENCE);
     let status = systemd.expect("STATUS=", PATIENCE);
     assert!(
-        status.iter().any(|m| m.contains("1 clients on 2 shards")),
+        status
+            .iter()
+            .any(|m| m.contains(": 1 client on 2 shards, file at 6 bytes")),
         "{status:?}"
     );
     server.sigterm();
-    systemd.expect("STOPPING=1", PATIENCE);
+    let stopping = systemd.expect("STOPPING=1", PATIENCE);
+    assert!(
+        stopping
+            .iter()
+            .any(|m| m.contains("STATUS=stopping on a signal: closing every client")),
+        "{stopping:?}"
+    );
     server.expect_exit(0, PATIENCE);
 }
 
@@ -150,6 +157,7 @@ fn journald_without_a_journal_is_a_one_line_error() {
         );
         child.kill().unwrap();
         let mut stderr = String::new();
+        use std::io::Read;
         child
             .stderr
             .take()

@@ -5,10 +5,12 @@
 //! a `TcpStream` with deadline-bound reads. Nothing here sleeps to synchronise: conditions
 //! are polled until a deadline, and a missed deadline fails the test with the server's log.
 
+mod metrics;
+
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -316,10 +318,13 @@ pub fn parse_streaming(line: &str) -> Option<Streaming> {
 /// How to start a [`Server`].
 #[derive(Clone)]
 pub struct ServerBuilder {
+    /// Serve this file instead of a fresh one in the server's temp directory.
+    serve: Option<PathBuf>,
+    /// Soft and hard RLIMIT_NOFILE to run under (through prlimit), if set.
+    nofile: Option<u64>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     contents: Option<Vec<u8>>,
-    file: Option<PathBuf>,
     port: u16,
 }
 
@@ -327,6 +332,26 @@ impl ServerBuilder {
     /// An extra command-line argument (before FILE).
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Runs the server under this descriptor limit (soft and hard, through `prlimit`, which
+    /// execs the server so the pid stays the server's).
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Serves an existing file (left as it is) rather than a fresh one: for a second server
+    /// on the same file.
+    pub fn serve(mut self, path: &Path) -> Self {
+        self.serve = Some(path.to_path_buf());
+        self
+    }
+
+    /// Extra command-line arguments (before FILE).
+    pub fn args<'a>(mut self, args: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args.extend(args.into_iter().map(String::from));
         self
     }
 
@@ -343,14 +368,6 @@ impl ServerBuilder {
 
     /// FILE does not exist at start-up (its directory does).
     pub fn no_file(mut self) -> Self {
-        self.contents = None;
-        self
-    }
-
-    /// Serves this path instead of a fresh temp file, leaving it as it is (unless
-    /// [`contents`](Self::contents) is called after this).
-    pub fn file(mut self, path: &Path) -> Self {
-        self.file = Some(path.to_owned());
         self.contents = None;
         self
     }
@@ -375,11 +392,18 @@ impl ServerBuilder {
     #[track_caller]
     pub fn try_start(self) -> Result<Server, String> {
         let dir = TempDir::new();
-        let file = self.file.clone().unwrap_or_else(|| dir.join("served.log"));
-        if let Some(bytes) = &self.contents {
+        let file = self.serve.clone().unwrap_or_else(|| dir.join("served.log"));
+        if let (None, Some(bytes)) = (&self.serve, &self.contents) {
             fs::write(&file, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         }
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(["-p", &self.port.to_string()])
             .args(&self.args)
             .arg(&file)
@@ -435,10 +459,11 @@ pub struct Server {
 impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
+            serve: None,
+            nofile: None,
             args: Vec::new(),
             env: Vec::new(),
             contents: Some(Vec::new()),
-            file: None,
             port: 0,
         }
     }
@@ -614,6 +639,14 @@ impl Client {
         Client { stream }
     }
 
+    /// Connects to `addr` (e.g. `[::1]:port`), for tests that care where a client comes from.
+    #[track_caller]
+    pub fn connect_to(addr: SocketAddr) -> Client {
+        let stream =
+            TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        Client { stream }
+    }
+
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -632,6 +665,12 @@ impl Client {
         self.stream
             .write_all(bytes)
             .unwrap_or_else(|e| panic!("sending {} bytes: {e}", bytes.len()));
+    }
+
+    /// Sends what it can of `bytes`, ignoring errors: for a client the server may already
+    /// have closed.
+    pub fn try_send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
     }
 
     /// Closes the connection with a reset (SO_LINGER 0), as a crashing client's kernel would.

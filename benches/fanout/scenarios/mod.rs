@@ -11,6 +11,7 @@
 //! scenario is a new file here, a [`Scenario`] variant and an arm in [`Bench::run`] and
 //! [`Bench::tables_only`].
 
+mod appendcost;
 mod catchup;
 mod churn;
 mod idle;
@@ -18,6 +19,7 @@ mod live;
 mod relay;
 mod setup;
 mod shards;
+mod soak;
 mod stalled;
 
 use crate::report::{Figures, Results, Sample, Stat, Table};
@@ -61,6 +63,14 @@ pub struct Settings {
     pub settle: Duration,
     /// Bytes in a live file before the first record: what stalled clients fill up on.
     pub prefix: u64,
+    /// Soak: seconds of random clients.
+    pub soak_secs: f64,
+    /// Soak: client slots, each connecting again as soon as its client leaves.
+    pub soak_slots: usize,
+    /// Append cost: (appends per second, clients following) points.
+    pub appendcost: Vec<(f64, usize)>,
+    /// Append cost: seconds of appends per run.
+    pub appendcost_secs: f64,
     /// Live clients on the upstream, and as many on the relay, in the relay scenario.
     pub relay_clients: Vec<usize>,
 }
@@ -91,6 +101,16 @@ impl Settings {
             settle: Duration::from_millis(1000),
             prefix: 16 * MIB,
             relay_clients: vec![1, 100],
+            soak_secs: 60.0,
+            soak_slots: 200,
+            appendcost: vec![
+                (100.0, 0),
+                (1000.0, 0),
+                (1000.0, 1),
+                (1000.0, 100),
+                (10_000.0, 10),
+            ],
+            appendcost_secs: 10.0,
         }
     }
 
@@ -116,6 +136,9 @@ impl Settings {
             settle: Duration::from_millis(300),
             prefix: 4 * MIB,
             relay_clients: vec![4],
+            soak_secs: 20.0,
+            appendcost: vec![(100.0, 0), (1000.0, 2)],
+            appendcost_secs: 0.5,
             ..Settings::full()
         }
     }
@@ -202,12 +225,14 @@ impl Bench {
     pub fn run(&mut self, scenario: Scenario) -> Result<bool, String> {
         let targets = self.targets.clone();
         match scenario {
+            Scenario::Appendcost => appendcost::run(self, &targets),
             Scenario::Catchup => catchup::run(self, &targets),
             Scenario::Live => live::run(self, &targets),
             Scenario::Idle => idle::run(self, &targets),
             Scenario::Stalled => stalled::run(self, &targets),
             Scenario::Churn => churn::run(self, &targets),
             Scenario::Shards => shards::run(self, &self.shard_targets.clone()),
+            Scenario::Soak => soak::run(self, &targets),
             Scenario::Relay => relay::run(self, &targets),
         }
     }
@@ -216,6 +241,7 @@ impl Bench {
     pub fn tables_only(&self) -> Result<bool, String> {
         let secs = self.s.idle_secs;
         let mut ok = true;
+        ok &= self.rebuild("appendcost", "append cost", appendcost::table)?;
         ok &= self.rebuild("catchup", "catch-up", catchup::table)?;
         ok &= self.rebuild("catchup_discard", "catch-up", catchup::table)?;
         ok &= self.rebuild("live", "live", live::table)?;
@@ -227,6 +253,7 @@ impl Bench {
         ok &= self.rebuild("shards_live", "shards: live", live::table)?;
         ok &= self.rebuild("relay_live", "relay: live", relay::live_table)?;
         ok &= self.rebuild("relay_catchup", "relay: catch-up", relay::catchup_table)?;
+        ok &= self.rebuild("soak", "soak", soak::table)?;
         Ok(ok)
     }
 
