@@ -619,3 +619,47 @@ fn a_copy_longer_than_the_servers_file_exits_6_when_rotation_handling_is_off() {
     assert_eq!(read(&copy), other, "FILE is left alone");
     assert!(!dir.join("copy.log.1").exists());
 }
+
+#[test]
+fn relay_md_systemd_units_pass_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("note: skipped: systemd-analyze is not installed here");
+        return;
+    }
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/relay.md")).unwrap();
+    let dir = TempDir::new();
+    let mut names = Vec::new();
+    for block in doc.split("```ini\n").skip(1) {
+        let unit = &block[..block.find("```").expect("the unit block ends")];
+        let name = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("# /etc/systemd/system/"))
+            .expect("each unit names its path");
+        // verify insists that ExecStart's program exists: point the units at this build.
+        let unit = unit
+            .replace("/usr/local/bin/tailsrv-fetch", FETCH)
+            .replace("/usr/local/bin/tailsrv ", &format!("{BIN} "));
+        fs::write(dir.join(name), unit).unwrap();
+        names.push(name.to_owned());
+    }
+    assert_eq!(
+        names.len(),
+        2,
+        "relay.md shows the fetcher's and the relay's units"
+    );
+    for name in &names {
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(dir.join(name))
+            .output()
+            .expect("running systemd-analyze");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("tailsrv")).collect();
+        assert!(ours.is_empty(), "{name}: {ours:#?}");
+    }
+}
