@@ -362,7 +362,7 @@ const TURN: Duration = Duration::from_micros(1);
 /// (A timer that has already expired would not do: glommio's timer completes at once
 /// without yielding. And a 1 ms preemption timer did the same job but made glommio 0.9 lose
 /// wake-ups: a shard fell asleep with a doorbell pending, in one stress run of three.)
-async fn take_turns() {
+pub(crate) async fn take_turns() {
     Timer::new(TURN).await;
 }
 

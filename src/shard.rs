@@ -71,6 +71,10 @@ pub struct Shard {
     clients: Cell<usize>,
     next_id: Cell<u64>,
     idle: RefCell<Option<Waker>>,
+    /// Growth the shard found itself while raising its interest, for the doorbell task.
+    found_news: Cell<bool>,
+    /// The doorbell task, while it waits.
+    bell_task: RefCell<Option<Waker>>,
     status_bell: Option<ConnectedSender<()>>,
 }
 
@@ -99,6 +103,8 @@ impl Shard {
             clients: Cell::new(0),
             next_id: Cell::new(0),
             idle: RefCell::default(),
+            found_news: Cell::new(false),
+            bell_task: RefCell::default(),
             status_bell: None,
         }
     }
@@ -167,15 +173,41 @@ impl Shard {
     /// Asks the watcher to ring when the file grows, if any client waits for that and the
     /// shard has not asked since the last ring.
     fn raise_interest(&self) {
-        while !self.interested.get() && self.waiting.get() > 0 {
-            self.interested.set(true);
-            self.interest.raise();
-            // Growth the watcher published before it saw the flag rings nobody: take it in
-            // now. See `Bells::ring_waiting`.
-            if self.published.size() > self.size.get() {
-                self.take_news();
-            }
+        if self.interested.get() || self.waiting.get() == 0 {
+            return;
         }
+        self.interested.set(true);
+        self.interest.raise();
+        // Growth the watcher published before it saw the flag rings nobody: the shard must
+        // take it in itself. See `Bells::ring_waiting`.
+        if self.published.size() > self.size.get() {
+            self.found_news();
+        }
+    }
+
+    /// Hands growth the shard found itself to the doorbell task, as if the watcher had rung.
+    ///
+    /// Why not take it in here and now? This runs when a client starts waiting, and right
+    /// after the shard has sent an append to its clients. While the file grows faster than
+    /// the shard can send it around, there is always new growth by then: taking it in at
+    /// once, in a loop, would keep the shard from ever looking at its reactor again (new
+    /// connections, headers, drained sockets). The doorbell task takes a turn first.
+    fn found_news(&self) {
+        self.found_news.set(true);
+        if let Some(waker) = self.bell_task.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves when the shard has found growth by itself (see [`Shard::found_news`]).
+    fn until_found_news(&self) -> impl Future<Output = ()> + '_ {
+        future::poll_fn(move |cx| {
+            if self.found_news.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.bell_task.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
     }
 
     /// Takes in what the watcher published and wakes the clients it concerns.
@@ -441,8 +473,18 @@ pub async fn run(
 
     let bell_shard = shard.clone();
     glommio::spawn_local(async move {
-        while doorbell.recv().await.is_some() {
-            ShardStats::add(&bell_shard.stats.doorbells, 1);
+        loop {
+            let rang = future::or(async { doorbell.recv().await.map(|()| true) }, async {
+                bell_shard.until_found_news().await;
+                Some(false)
+            })
+            .await;
+            match rang {
+                None => break,
+                Some(true) => ShardStats::add(&bell_shard.stats.doorbells, 1),
+                // Found by the shard itself: let the reactor have a turn first.
+                Some(false) => client::take_turns().await,
+            }
             bell_shard.refresh();
         }
         // The watcher is gone: nobody will tell us about the file any more. If it left us
