@@ -1,4 +1,8 @@
 //! The unsafe edge: the Linux system calls tailsrv makes itself, each wrapped in a safe function.
+//!
+//! The `pub` items are also the bench's toolkit (benches/fanout builds its reference server
+//! and its clients from them): checking a return value, socket options, binding a
+//! SO_REUSEPORT group, sendfile and non-blocking receives. The rest is for tailsrv alone.
 
 use std::io;
 use std::mem::{size_of, zeroed, MaybeUninit};
@@ -36,7 +40,7 @@ pub fn sendfile(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Re
 }
 
 /// Reads the one byte of `file` at `offset`, or `None` at or past its end.
-pub fn read_byte(file: RawFd, offset: u64) -> io::Result<Option<u8>> {
+pub(crate) fn read_byte(file: RawFd, offset: u64) -> io::Result<Option<u8>> {
     let mut byte = 0u8;
     // SAFETY: the buffer is one valid, writable byte.
     let n = check_size(unsafe {
@@ -51,7 +55,7 @@ pub fn read_byte(file: RawFd, offset: u64) -> io::Result<Option<u8>> {
 }
 
 /// The size of the file behind `fd`, and its link count.
-pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+pub(crate) fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` is valid for writes of a `stat`, which fstat fills on success.
     check(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
@@ -122,7 +126,7 @@ pub fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T)
 /// while data was in flight would otherwise hold its connection for the kernel's full
 /// retransmission schedule (about 15 minutes). A live client that merely stops reading is
 /// not affected: it keeps answering the zero-window probes.
-pub fn set_keepalive(
+pub(crate) fn set_keepalive(
     socket: RawFd,
     idle_secs: i32,
     interval_secs: i32,
@@ -147,7 +151,7 @@ pub fn set_keepalive(
 }
 
 /// Whether the kernel has closed this TCP connection (it received a reset, or timed out).
-pub fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
+pub(crate) fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
     // SAFETY: tcp_info is plain data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { zeroed() };
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -175,7 +179,7 @@ pub fn set_linger_zero(socket: RawFd) -> io::Result<()> {
 }
 
 /// Shuts down the sending side: the peer gets a FIN once everything queued has gone out.
-pub fn shutdown_write(socket: RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(socket: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller owns.
     check(unsafe { libc::shutdown(socket, libc::SHUT_WR) }).map(drop)
 }
@@ -217,7 +221,7 @@ pub fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) 
 }
 
 /// The address a socket is bound to.
-pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+pub(crate) fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -331,7 +335,7 @@ pub fn bind_listeners(
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and every thread it starts from now on) and
 /// returns a signalfd that becomes readable when one arrives.
-pub fn signal_fd() -> io::Result<OwnedFd> {
+pub(crate) fn signal_fd() -> io::Result<OwnedFd> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { zeroed() };
     // SAFETY: `set` is a valid sigset_t for these calls.
@@ -353,7 +357,7 @@ pub fn signal_fd() -> io::Result<OwnedFd> {
 }
 
 /// Takes one pending signal from a signalfd, if any.
-pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
+pub(crate) fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain data; all zeroes is a valid value.
     let mut info: libc::signalfd_siginfo = unsafe { zeroed() };
     let size = size_of::<libc::signalfd_siginfo>();
@@ -369,7 +373,7 @@ pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
 }
 
 /// A non-blocking eventfd: a flag one thread sets to wake another (here, the watcher).
-pub fn eventfd() -> io::Result<OwnedFd> {
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked before it is owned.
     let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
     // SAFETY: a fresh descriptor that nothing else owns.
@@ -377,14 +381,14 @@ pub fn eventfd() -> io::Result<OwnedFd> {
 }
 
 /// Adds one to an eventfd's counter, making it readable (and keeping it so: nobody reads it).
-pub fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
     let one: u64 = 1;
     // SAFETY: `one` is 8 readable bytes, the size an eventfd write takes.
     check_size(unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) }).map(drop)
 }
 
 /// Blocks the calling thread until `fd` is readable.
-pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut poll = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -401,7 +405,7 @@ pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// The CPUs this process may run on (its affinity mask, as `taskset` or cgroups set it).
-pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { zeroed() };
     // SAFETY: `set` is writable for its own size.
@@ -427,12 +431,12 @@ fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<u64> {
 }
 
 /// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_NOFILE)
 }
 
 /// Raises the soft limit on locked memory to the hard limit; returns the new soft limit.
-pub fn raise_memlock_limit() -> io::Result<u64> {
+pub(crate) fn raise_memlock_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_MEMLOCK)
 }
 
@@ -445,7 +449,7 @@ pub fn raise_memlock_limit() -> io::Result<u64> {
 /// which fails at once with ENOTSOCK on an inotify or signal descriptor: any answer at all
 /// means the poll fired. The wrapper owns a duplicate, so closing it leaves `fd` open. The
 /// cost is a dup and a close per wait, no thread and no timer.
-pub async fn readable(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) async fn readable(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use futures_lite::AsyncRead;
     use std::os::fd::IntoRawFd;
     let dup = fd.try_clone_to_owned()?;

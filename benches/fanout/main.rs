@@ -141,7 +141,7 @@ struct Options {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scenario {
+enum Scenario {
     Catchup,
     Live,
     Idle,
