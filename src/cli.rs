@@ -1,7 +1,7 @@
 //! Command-line options. Their doc comments are the `--help` text.
 
+use crate::addr::{Host, HostPort};
 use clap::Parser;
-use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,9 +21,12 @@ pub struct Options {
     #[arg(short, long)]
     pub port: u16,
 
-    /// Address to listen on [default: every interface, IPv6 and IPv4]
+    /// Address or host name to listen on [default: every interface, IPv6 and IPv4]
+    ///
+    /// A host name is resolved once, at start-up; tailsrv listens on the first of its
+    /// addresses that binds, and logs which.
     #[arg(short, long, value_name = "ADDR")]
-    pub bind: Option<IpAddr>,
+    pub bind: Option<Host>,
 
     /// Shard executors, each on its own thread with its own share of the clients
     /// [default: the number of CPUs tailsrv may run on]. Shards are pinned one per CPU
@@ -35,9 +38,13 @@ pub struct Options {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub header_timeout: Duration,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100)
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100, [::1]:9100 or
+    /// localhost:9100)
+    ///
+    /// A host name is resolved once, at start-up, and the first of its addresses that binds
+    /// is used. Port 0 picks a free port; the log line "serving metrics at" gives it.
     #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<HostPort>,
 
     /// Send logs to the systemd journal, with structured fields, instead of stderr
     #[cfg(feature = "tracing-journald")]
@@ -90,6 +97,28 @@ mod tests {
         assert_eq!(o.bind, Some("::1".parse().unwrap()));
         assert_eq!(o.shards, Some(3));
         assert_eq!(o.header_timeout, Duration::from_millis(500));
+        let o = Options::try_parse_from([
+            "tailsrv",
+            "-p",
+            "0",
+            "-b",
+            "localhost",
+            "--metrics",
+            "localhost:9100",
+            "log",
+        ])
+        .unwrap();
+        assert_eq!(o.bind, Some(Host::Name("localhost".into())));
+        assert_eq!(
+            o.metrics.map(|m| m.to_string()).as_deref(),
+            Some("localhost:9100")
+        );
+        let o = Options::try_parse_from(["tailsrv", "-p", "0", "--metrics", "[::1]:9100", "log"])
+            .unwrap();
+        assert_eq!(
+            o.metrics.map(|m| m.to_string()).as_deref(),
+            Some("[::1]:9100")
+        );
     }
 
     #[test]
@@ -98,7 +127,9 @@ mod tests {
             &["tailsrv", "log"][..],
             &["tailsrv", "-p", "70000", "log"],
             &["tailsrv", "-p", "1", "--shards", "0", "log"],
-            &["tailsrv", "-p", "1", "--bind", "not-an-ip", "log"],
+            &["tailsrv", "-p", "1", "--bind", "not an ip", "log"],
+            &["tailsrv", "-p", "1", "--metrics", "::1:9100", "log"],
+            &["tailsrv", "-p", "1", "--metrics", "localhost", "log"],
             &["tailsrv", "-p", "1", "--header-timeout", "0", "log"],
             &["tailsrv", "-p", "1", "--header-timeout", "-3", "log"],
             &["tailsrv", "-p", "1"],

@@ -24,9 +24,11 @@ use tracing::{debug, warn};
 ///
 /// Why bound it? A client catching up on a large file would otherwise keep its shard busy
 /// for as long as its socket keeps draining, while caught-up clients wait for a 64-byte
-/// append. 256 KiB is a few tens of microseconds of copying: small enough to interleave,
-/// large enough that the per-call overhead is noise.
-pub const CHUNK: usize = 256 << 10;
+/// append. Most calls stop well short of it anyway, when the socket's buffer is full; the
+/// bound matters for a reader that drains as fast as the shard sends. 1 MiB is a few
+/// hundred microseconds of work at most, and few enough calls per GiB that their fixed cost
+/// is noise.
+pub const CHUNK: usize = 1 << 20;
 
 /// After sending to a client that has half-closed, check this long after that it is still
 /// there. Its reset, if it closed, has arrived by then on any sane network.
@@ -270,23 +272,22 @@ async fn stream_file(
                 slot.set_offset(offset);
                 ShardStats::add(&shard.stats.bytes_sent, n as u64);
                 unverified |= !input_open;
-                // Caught up, the client waits for news anyway; only one with more to send
-                // must step aside for the others.
-                if offset < shard.size() {
+                if n < count {
+                    // Why wait for room at once? The socket took less than it was offered,
+                    // so its buffer is full: another sendfile would only say so again.
+                    match wait_for_room(shard, slot, stream, file, offset).await {
+                        Ok(n) => offset += n as u64,
+                        Err(e) => return End::Gone(e),
+                    }
+                } else if offset < shard.size() {
+                    // Caught up, the client waits for news anyway; only one with more to
+                    // send must step aside for the others.
                     take_turns().await;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ShardStats::add(&shard.stats.blocked, 1);
-                let probed = wait_writable(shard, slot, stream, file, offset).await;
-                ShardStats::sub(&shard.stats.blocked, 1);
-                match probed {
-                    Ok(n) => {
-                        offset += n as u64;
-                        slot.set_offset(offset);
-                        ShardStats::add(&shard.stats.bytes_sent, n as u64);
-                        ShardStats::add(&shard.stats.probe_bytes, n as u64);
-                    }
+                match wait_for_room(shard, slot, stream, file, offset).await {
+                    Ok(n) => offset += n as u64,
                     Err(e) => return End::Gone(e),
                 }
             }
@@ -294,6 +295,27 @@ async fn stream_file(
             Err(e) => return End::Gone(e),
         }
     }
+}
+
+/// Waits for a full socket to take more, counting the client as blocked meanwhile; returns
+/// how many file bytes the probe itself sent (0 or 1), already accounted for.
+async fn wait_for_room(
+    shard: &Shard,
+    slot: &ClientSlot,
+    stream: &mut TcpStream,
+    file: RawFd,
+    offset: u64,
+) -> io::Result<usize> {
+    ShardStats::add(&shard.stats.blocked, 1);
+    let probed = wait_writable(shard, slot, stream, file, offset).await;
+    ShardStats::sub(&shard.stats.blocked, 1);
+    let n = probed?;
+    if n > 0 {
+        slot.set_offset(offset + n as u64);
+        ShardStats::add(&shard.stats.bytes_sent, n as u64);
+        ShardStats::add(&shard.stats.probe_bytes, n as u64);
+    }
+    Ok(n)
 }
 
 /// How long a client that just sent a chunk sleeps before its next one: long enough that

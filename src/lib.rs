@@ -31,11 +31,13 @@
 //! [`sys`], whose safe system-call wrappers the bench builds its reference server from.
 //! Everything else is `pub(crate)` and may change freely.
 
+pub mod addr;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod control;
 pub mod error;
 pub(crate) mod header;
+pub(crate) mod metrics;
 pub(crate) mod notify;
 pub mod process;
 mod server;
@@ -43,6 +45,7 @@ pub(crate) mod shard;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub mod sys;
+pub(crate) mod systemd;
 pub(crate) mod watcher;
 
 pub use error::{Error, Outcome};

@@ -7,6 +7,7 @@
 //! Process-wide set-up (signal mask, resource limits, logging) is not done here, so several
 //! servers can run in one process.
 
+use crate::addr;
 use crate::cli::Options;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
@@ -22,7 +23,7 @@ use glommio::{
     PoolPlacement, PoolThreadHandles,
 };
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Poll, Waker};
@@ -138,13 +139,10 @@ impl Server {
         let cpus =
             sys::allowed_cpus().map_err(|e| Error::io("reading the CPU affinity mask", e))?;
         let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
-        let (addr, listeners) = bind_listeners(opts.bind, opts.port, shards)?;
+        let (addr, listeners) = addr::bind_shards(opts.bind.as_ref(), opts.port, shards, BACKLOG)?;
 
-        let metrics = match opts.metrics {
-            Some(at) => Some(
-                std::net::TcpListener::bind(at)
-                    .map_err(|e| Error::io(format!("binding metrics on {at}"), e))?,
-            ),
+        let metrics = match &opts.metrics {
+            Some(at) => Some(addr::bind_metrics(at)?),
             None => None,
         };
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
@@ -393,30 +391,6 @@ struct SetOnDrop(Latch);
 impl Drop for SetOnDrop {
     fn drop(&mut self) {
         self.0.set();
-    }
-}
-
-/// Binds one listener per shard. Without `--bind`, listens on every IPv6 and IPv4 address,
-/// or on every IPv4 address where the system has no IPv6.
-fn bind_listeners(
-    ip: Option<IpAddr>,
-    port: u16,
-    shards: usize,
-) -> Result<(SocketAddr, Vec<OwnedFd>), Error> {
-    let addr = SocketAddr::new(ip.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
-    match sys::bind_listeners(addr, shards, BACKLOG) {
-        Err(e)
-            if ip.is_none()
-                && matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-                ) =>
-        {
-            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-            sys::bind_listeners(v4, shards, BACKLOG)
-                .map_err(|e| Error::io(format!("binding {v4}"), e))
-        }
-        result => result.map_err(|e| Error::io(format!("binding {addr}"), e)),
     }
 }
 

@@ -1,12 +1,13 @@
 //! The watcher executor: follows FILE with inotify, publishes its size and the server's
 //! phase ([`crate::state`]), and rings the shards that need to hear about it.
 
-use crate::control::{self, View};
+use crate::control::View;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::state::{Bell, Bells, Interest, Phase, Published};
 use crate::stats::{ShardStats, WatcherStats};
 use crate::sys;
+use crate::{metrics, systemd};
 use futures_lite::future;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::TcpListener;
@@ -154,7 +155,7 @@ impl Watch {
         if let Some(listener) = jobs.metrics {
             // SAFETY: a bound, listening TCP socket we own; ownership moves to glommio.
             let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-            let metrics = control::serve_metrics(listener, view.clone(), bells.clone());
+            let metrics = metrics::serve(listener, view.clone(), bells.clone());
             glommio::spawn_local(metrics).detach();
         }
         let notifier = jobs.notifier;
@@ -163,11 +164,11 @@ impl Watch {
             for rx in jobs.status_changes {
                 changes.push(rx.connect().await);
             }
-            glommio::spawn_local(control::keep_status(notifier, view.clone(), changes)).detach();
+            glommio::spawn_local(systemd::keep_status(notifier, view.clone(), changes)).detach();
         }
         if let Some(interval) = notifier.watchdog_interval() {
             info!(?interval, "systemd watchdog enabled");
-            let watchdog = control::keep_watchdog(notifier, interval, view.clone(), bells.clone());
+            let watchdog = systemd::keep_watchdog(notifier, interval, view.clone(), bells.clone());
             glommio::spawn_local(watchdog).detach();
         }
 

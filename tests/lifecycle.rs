@@ -332,7 +332,7 @@ fn bad_command_lines_exit_2() {
         &["-p", "70000", file],
         &["-p", "0", "--header-timeout", "0", file],
         &["-p", "0", "--header-timeout", "soon", file],
-        &["-p", "0", "--bind", "not-an-ip", file],
+        &["-p", "0", "--bind", "not/a/host", file],
         &["-p", "0"],
         &["-p", "0", "--no-such-option", file],
         &[],

@@ -5,9 +5,11 @@
 
 mod common;
 
+mod addresses;
 mod docs;
 mod inprocess;
 mod lifecycle;
 mod load;
+mod metrics;
 mod ops;
 mod protocol;

@@ -1,13 +1,61 @@
-//! Results: one [`Sample`] per run, summarised per point as median and spread, printed as
-//! Markdown tables and written as CSV.
+//! Results: one [`Sample`] per run, its figures a typed struct declared with [`figures!`],
+//! summarised per point as median and spread, printed as Markdown tables and written as CSV.
 
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
+/// What a scenario's figures struct offers the report: its columns, in CSV order, and a way
+/// back from them. [`figures!`] writes both from one list of field names.
+pub trait Figures: Default {
+    /// `(column, value)` for every figure this run has, in CSV order.
+    fn columns(&self) -> Vec<(&'static str, f64)>;
+    /// Sets the figure named `column`; false when there is none by that name.
+    fn set(&mut self, column: &str, value: f64) -> bool;
+    /// The figure named `column`, for code that only knows the name (the CSV summary).
+    fn get(&self, column: &str) -> Option<f64> {
+        self.columns()
+            .into_iter()
+            .find(|(c, _)| *c == column)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Declares a scenario's figures: a struct of `Option<f64>` fields (absent when a run could
+/// not measure it, such as an external server's CPU without `--pid`) whose names are the
+/// CSV columns, in the order given.
+macro_rules! figures {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Default)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: Option<f64>,)*
+        }
+
+        impl $crate::report::Figures for $name {
+            fn columns(&self) -> Vec<(&'static str, f64)> {
+                let mut out = Vec::new();
+                $(if let Some(v) = self.$field {
+                    out.push((stringify!($field), v));
+                })*
+                out
+            }
+
+            fn set(&mut self, column: &str, value: f64) -> bool {
+                match column {
+                    $(stringify!($field) => self.$field = Some(value),)*
+                    _ => return false,
+                }
+                true
+            }
+        }
+    };
+}
+pub(crate) use figures;
+
 /// One run of one scenario point against one target.
 #[derive(Debug, Clone)]
-pub struct Sample {
+pub struct Sample<F> {
     pub target: String,
     pub clients: usize,
     /// What else distinguishes the point (`stalled=100`, `close=fin`), or empty.
@@ -15,17 +63,8 @@ pub struct Sample {
     /// `verify` (every byte compared with the file) or `discard` (MSG_TRUNC, counted only).
     pub mode: &'static str,
     pub rep: usize,
-    pub metrics: Vec<(&'static str, f64)>,
+    pub figures: F,
     pub failures: Vec<String>,
-}
-
-impl Sample {
-    pub fn get(&self, metric: &str) -> Option<f64> {
-        self.metrics
-            .iter()
-            .find(|(m, _)| *m == metric)
-            .map(|&(_, v)| v)
-    }
 }
 
 /// Median, minimum and maximum of one metric over the runs of a point.
@@ -58,12 +97,19 @@ pub fn stat(values: &[f64]) -> Option<Stat> {
 }
 
 /// Every run of one scenario, in the order they ran.
-#[derive(Default)]
-pub struct Results {
-    pub samples: Vec<Sample>,
+pub struct Results<F> {
+    pub samples: Vec<Sample<F>>,
 }
 
-impl Results {
+impl<F> Default for Results<F> {
+    fn default() -> Self {
+        Results {
+            samples: Vec::new(),
+        }
+    }
+}
+
+impl<F: Figures> Results<F> {
     /// The points, in first-run order: (clients, variant).
     pub fn points(&self) -> Vec<(usize, String)> {
         let mut out: Vec<(usize, String)> = Vec::new();
@@ -86,21 +132,58 @@ impl Results {
         out
     }
 
-    pub fn stat(&self, target: &str, clients: usize, variant: &str, metric: &str) -> Option<Stat> {
-        let values: Vec<f64> = self
-            .samples
+    /// The runs of `target` at one point.
+    pub fn runs<'a>(
+        &'a self,
+        target: &'a str,
+        clients: usize,
+        variant: &'a str,
+    ) -> impl Iterator<Item = &'a Sample<F>> + 'a {
+        self.samples
             .iter()
-            .filter(|s| s.target == target && s.clients == clients && s.variant == variant)
-            .filter_map(|s| s.get(metric))
+            .filter(move |s| s.target == target && s.clients == clients && s.variant == variant)
+    }
+
+    /// One figure over the runs of `target` at one point.
+    pub fn stat(
+        &self,
+        target: &str,
+        clients: usize,
+        variant: &str,
+        figure: impl Fn(&F) -> Option<f64>,
+    ) -> Option<Stat> {
+        let values: Vec<f64> = self
+            .runs(target, clients, variant)
+            .filter_map(|s| figure(&s.figures))
             .collect();
         stat(&values)
     }
 
     /// The median of `target` divided by the reference's median at the same point.
-    pub fn ratio(&self, target: &str, clients: usize, variant: &str, metric: &str) -> Option<f64> {
-        let t = self.stat(target, clients, variant, metric)?;
-        let r = self.stat("reference", clients, variant, metric)?;
+    pub fn ratio(
+        &self,
+        target: &str,
+        clients: usize,
+        variant: &str,
+        figure: impl Fn(&F) -> Option<f64>,
+    ) -> Option<f64> {
+        let t = self.stat(target, clients, variant, &figure)?;
+        let r = self.stat("reference", clients, variant, &figure)?;
         (r.median != 0.0).then(|| t.median / r.median)
+    }
+
+    /// `failed / runs` at a point, or empty when none failed.
+    pub fn failed(&self, target: &str, clients: usize, variant: &str) -> String {
+        let runs = self.runs(target, clients, variant).count();
+        let bad = self
+            .runs(target, clients, variant)
+            .filter(|s| !s.failures.is_empty())
+            .count();
+        if bad == 0 {
+            String::new()
+        } else {
+            format!("{bad} of {runs}")
+        }
     }
 
     pub fn failures(&self) -> Vec<String> {
@@ -118,7 +201,7 @@ impl Results {
     }
 
     /// Reads back the runs a previous [`Results::write_csv`] wrote to `NAME.csv`.
-    pub fn read_csv(dir: &Path, name: &str) -> io::Result<Results> {
+    pub fn read_csv(dir: &Path, name: &str) -> io::Result<Results<F>> {
         let text = std::fs::read_to_string(dir.join(format!("{name}.csv")))?;
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
@@ -140,14 +223,14 @@ impl Results {
                     "verify"
                 },
                 rep: cells[5].parse().map_err(|_| bad("rep"))?,
-                metrics: Vec::new(),
+                figures: F::default(),
                 failures: Vec::new(),
             };
             for (i, h) in header.iter().enumerate().take(header.len() - 1).skip(7) {
                 if let Ok(v) = cells[i].parse::<f64>() {
-                    // Metric names are few and live as long as the program.
-                    let name: &'static str = Box::leak(h.to_string().into_boxed_str());
-                    s.metrics.push((name, v));
+                    if !s.figures.set(h, v) {
+                        return Err(bad(&format!("unknown column `{h}`")));
+                    }
                 }
             }
             let why = cells[header.len() - 1].trim();
@@ -167,8 +250,8 @@ impl Results {
         std::fs::create_dir_all(dir)?;
         let mut metrics: Vec<&'static str> = Vec::new();
         for s in &self.samples {
-            for (m, _) in &s.metrics {
-                if !metrics.contains(m) {
+            for (m, _) in s.figures.columns() {
+                if !metrics.contains(&m) {
                     metrics.push(m);
                 }
             }
@@ -190,7 +273,7 @@ impl Results {
                 s.failures.is_empty()
             );
             for m in &metrics {
-                match s.get(m) {
+                match s.figures.get(m) {
                     Some(v) => {
                         let _ = write!(runs, ",{}", num(v));
                     }
@@ -213,11 +296,11 @@ impl Results {
                     .find(|s| s.target == target && s.clients == clients && s.variant == variant)
                     .map_or("", |s| s.mode);
                 for m in &metrics {
-                    let Some(st) = self.stat(&target, clients, &variant, m) else {
+                    let Some(st) = self.stat(&target, clients, &variant, |f| f.get(m)) else {
                         continue;
                     };
                     let ratio = self
-                        .ratio(&target, clients, &variant, m)
+                        .ratio(&target, clients, &variant, |f| f.get(m))
                         .map(num)
                         .unwrap_or_default();
                     let _ = writeln!(
