@@ -13,7 +13,7 @@ use glommio::timer::Timer;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -303,7 +303,7 @@ async fn wait_for_room(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
-    file: RawFd,
+    file: BorrowedFd<'_>,
     offset: u64,
 ) -> io::Result<usize> {
     ShardStats::add(&shard.stats.blocked, 1);
@@ -404,7 +404,7 @@ async fn wait_writable(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
-    file: RawFd,
+    file: BorrowedFd<'_>,
     offset: u64,
 ) -> io::Result<usize> {
     let mut armed = false;

@@ -31,6 +31,10 @@
 //! [`sys`], whose safe system-call wrappers the bench builds its reference server from.
 //! Everything else is `pub(crate)` and may change freely.
 
+// Why deny and not forbid? src/sys.rs, and only it, allows unsafe code: every unsafe block
+// lives there, each with a SAFETY note (clippy's undocumented_unsafe_blocks checks those).
+#![deny(unsafe_code)]
+
 pub mod addr;
 pub mod cli;
 pub(crate) mod client;

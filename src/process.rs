@@ -7,7 +7,7 @@
 use crate::error::Error;
 use crate::sys;
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use tracing::{debug, warn};
@@ -38,7 +38,7 @@ impl Signals {
             .name("tailsrv-signals".into())
             .spawn(move || {
                 let signo = loop {
-                    match sys::read_signal(self.fd.as_raw_fd()) {
+                    match sys::read_signal(self.fd.as_fd()) {
                         Ok(Some(signo)) => break signo,
                         Ok(None) => {}
                         Err(e) => {

@@ -4,14 +4,14 @@
 use crate::client;
 use crate::state::{Interest, Phase, Published};
 use crate::stats::ShardStats;
+use crate::sys;
 use futures_lite::future;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
-use glommio::net::TcpListener;
 use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -59,7 +59,8 @@ pub struct Shard {
     /// Clients waiting for the file to grow (slots with a growth waker).
     waiting: Cell<usize>,
     size: Cell<u64>,
-    file: Cell<Option<RawFd>>,
+    /// Whether this shard has taken in that the file is open.
+    opened: Cell<bool>,
     phase: Cell<Phase>,
     generation: Cell<u64>,
     slots: RefCell<Vec<Slot>>,
@@ -87,7 +88,7 @@ impl Shard {
             interested: Cell::new(false),
             waiting: Cell::new(0),
             size: Cell::new(0),
-            file: Cell::new(None),
+            opened: Cell::new(false),
             phase: Cell::new(Phase::Running),
             generation: Cell::new(0),
             slots: RefCell::default(),
@@ -112,8 +113,13 @@ impl Shard {
         self.size.get()
     }
 
-    pub fn file(&self) -> Option<RawFd> {
-        self.file.get()
+    /// The file, once this shard knows it is open. Borrowed from [`Published`], which never
+    /// closes it while a shard holds it.
+    pub fn file(&self) -> Option<BorrowedFd<'_>> {
+        if !self.opened.get() {
+            return None;
+        }
+        self.published.file().map(AsFd::as_fd)
     }
 
     pub fn phase(&self) -> Phase {
@@ -138,7 +144,7 @@ impl Shard {
         let Some(fd) = self.file() else {
             return self.size();
         };
-        match crate::sys::fstat(fd) {
+        match sys::fstat(fd) {
             Ok(st) => {
                 let size = st.st_size as u64;
                 if size > self.size() {
@@ -178,9 +184,9 @@ impl Shard {
     fn take_news(&self) {
         // The watcher took the interest flag down if it rang for growth.
         self.interested.set(false);
-        let opened = self.file.get().is_none() && self.published.file().is_some();
+        let opened = !self.opened.get() && self.published.file().is_some();
         if opened {
-            self.file.set(self.published.file().map(AsRawFd::as_raw_fd));
+            self.opened.set(true);
         }
         let size = self.published.size().max(self.size.get());
         let grew = size > self.size.get();
@@ -362,8 +368,7 @@ pub async fn run(
         status,
         stats,
     } = setup;
-    // SAFETY: `listener` is a listening TCP socket we own; ownership moves to glommio.
-    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    let listener = sys::adopt_listener(listener);
     let doorbell = doorbell.connect().await;
     let status_bell = match status {
         Some(status) => Some(status.connect().await),

@@ -10,12 +10,11 @@ use crate::sys;
 use crate::{metrics, systemd};
 use futures_lite::future;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
-use glommio::net::TcpListener;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -126,7 +125,7 @@ impl Watch {
         }
         // Watch first, size second: an append between the two is then never missed.
         self.file_wd = Some(self.inotify.watches().add(&self.path, FILE_EVENTS)?);
-        let size = sys::fstat(file.as_raw_fd())?.st_size as u64;
+        let size = sys::fstat(file.as_fd())?.st_size as u64;
         self.published.set_size(size);
         self.published.set_file(file);
         Ok(())
@@ -153,8 +152,7 @@ impl Watch {
             label: jobs.label,
         });
         if let Some(listener) = jobs.metrics {
-            // SAFETY: a bound, listening TCP socket we own; ownership moves to glommio.
-            let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+            let listener = sys::adopt_listener(listener.into());
             let metrics = metrics::serve(listener, view.clone(), bells.clone());
             glommio::spawn_local(metrics).detach();
         }
@@ -274,7 +272,7 @@ impl Watch {
             }
             return Ok(News::Nothing);
         };
-        let st = match sys::fstat(file.as_raw_fd()) {
+        let st = match sys::fstat(file.as_fd()) {
             Ok(st) => st,
             Err(e) => {
                 error!(error = %e, "cannot stat the open file; exiting");
