@@ -220,7 +220,9 @@ async fn stream_file(
 ) -> End {
     let sock = stream.as_raw_fd();
     slot.set_offset(offset);
-    // Sent data to a half-closed client and not yet checked that it is still there.
+    // Sent data and not yet checked that the client is still there. Only a half-closed client
+    // needs the check (an open input shows its reset at once), but data sent just before its
+    // input closed counts too: its reset may be the one still on its way.
     let mut unverified = false;
     let mut verify: Option<Timer> = None;
     loop {
@@ -271,7 +273,7 @@ async fn stream_file(
                 offset += n as u64;
                 slot.set_offset(offset);
                 ShardStats::add(&shard.stats.bytes_sent, n as u64);
-                unverified |= !input_open;
+                unverified = true;
                 if n < count {
                     // Why wait for room at once? The socket took less than it was offered,
                     // so its buffer is full: another sendfile would only say so again.
