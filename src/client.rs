@@ -249,6 +249,7 @@ async fn stream_file(
                     Woke::Verify => {
                         verify = None;
                         unverified = false;
+                        ShardStats::add(&shard.stats.liveness_checks, 1);
                         if sys::tcp_is_closed(sock).unwrap_or(true) {
                             return End::Gone(io::ErrorKind::ConnectionReset.into());
                         }

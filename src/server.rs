@@ -107,6 +107,11 @@ impl Handle {
         self.total(|s| ShardStats::get(&s.blocked))
     }
 
+    /// How many times a half-closed client, sent data, was checked for a reset since start.
+    pub fn liveness_checks(&self) -> u64 {
+        self.total(|s| ShardStats::get(&s.liveness_checks))
+    }
+
     /// The number of shard executors.
     pub fn shards(&self) -> usize {
         self.stats.len()

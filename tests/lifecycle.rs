@@ -4,7 +4,7 @@
 use crate::common::*;
 use std::fs::{self, OpenOptions};
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TEXT: &[u8] = b"The quick brown fox jumps over the lazy dog\n";
 
@@ -156,8 +156,16 @@ fn a_truncated_file_stops_the_server_with_4_and_resets_clients() {
 
 /// Clients in each state a signal can find them in: caught up, waiting for growth, waiting
 /// past the end, and not yet through their header.
+///
+/// Why a 60 s header timeout? The client without a header must be closed because of the
+/// signal, not because its timeout ran out; with the timeout far beyond PATIENCE, the test
+/// can give the close all the slack a loaded machine needs and still tell the two apart.
 fn assert_signal_closes_everyone(signal: i32) {
-    let mut server = Server::start(TEXT);
+    let mut server = Server::builder()
+        .contents(TEXT)
+        .arg("--header-timeout")
+        .arg("60")
+        .start();
     let mut caught_up = server.connect(b"0\n");
     caught_up.expect_bytes(TEXT, PATIENCE);
     let mut new_only = server.connect(b"-0\n");
@@ -166,16 +174,12 @@ fn assert_signal_closes_everyone(signal: i32) {
     assert_eq!(server.offset_of(&past_end), 1000);
     let mut no_header = server.connect(b"12");
 
-    let signalled = Instant::now();
     server.signal(signal);
-    let limit = Duration::from_secs(3);
-    caught_up.expect_eof(limit);
-    new_only.expect_eof(limit);
-    past_end.expect_eof(limit);
-    no_header.expect_closed_without_data(limit);
-    server.expect_exit(0, limit);
-    let took = signalled.elapsed();
-    assert!(took < limit, "exit took {took:?} after the signal");
+    caught_up.expect_eof(PATIENCE);
+    new_only.expect_eof(PATIENCE);
+    past_end.expect_eof(PATIENCE);
+    no_header.expect_closed_without_data(PATIENCE);
+    server.expect_exit(0, PATIENCE);
 }
 
 #[test]

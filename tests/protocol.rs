@@ -167,18 +167,50 @@ fn a_start_past_the_end_waits_then_gets_bytes_from_its_offset() {
 
 #[test]
 fn a_half_closed_client_keeps_receiving() {
-    let server = Server::start(TEXT);
-    let mut client = server.connect(b"0\n");
+    // In-process, so the test can wait for the server's liveness check of the half-closed
+    // client (about a second after data is sent to it) instead of sleeping and hoping it
+    // has happened: the client must survive that check.
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, TEXT);
+    let server = InProcess::start(&path, &[]);
+    let mut client = Client::connect(server.port());
+    client.send(b"0\n");
     client.shutdown_write();
     client.expect_bytes(TEXT, PATIENCE);
-    server.append(b"first append\n");
+    append(&path, b"first append\n");
     client.expect_bytes(b"first append\n", PATIENCE);
-    // Why a sleep? The server re-checks a half-closed client's connection about a second
-    // after sending to it; the client must survive that check. This waits out the behaviour
-    // under test, it does not synchronise with the server.
-    std::thread::sleep(Duration::from_millis(1500));
-    server.append(b"second append\n");
+    let checked = poll_until(PATIENCE, || server.handle.liveness_checks() >= 1);
+    assert!(checked, "no liveness check within {PATIENCE:?}");
+    assert_eq!(
+        server.handle.clients(),
+        1,
+        "the half-closed client was dropped"
+    );
+    append(&path, b"second append\n");
     client.expect_bytes(b"second append\n", PATIENCE);
+}
+
+#[test]
+fn a_closed_client_is_dropped_by_the_liveness_check() {
+    // The counterpart of the test above: the check does drop a client that is gone.
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, TEXT);
+    let server = InProcess::start(&path, &[]);
+    let mut client = Client::connect(server.port());
+    client.send(b"0\n");
+    client.expect_bytes(TEXT, PATIENCE);
+    assert!(poll_until(PATIENCE, || server.handle.clients() == 1));
+    drop(client);
+    // The server cannot tell a closed client from a half-closed one until it sends to it.
+    append(&path, b"to nobody\n");
+    let dropped = poll_until(PATIENCE, || server.handle.clients() == 0);
+    assert!(
+        dropped,
+        "closed client still counted ({} checks)",
+        server.handle.liveness_checks()
+    );
 }
 
 #[test]
