@@ -4,7 +4,8 @@
 use crate::common::*;
 use std::fs::{self, OpenOptions};
 use std::net::TcpListener;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tailsrv::Outcome;
 
 const TEXT: &[u8] = b"The quick brown fox jumps over the lazy dog\n";
 
@@ -360,4 +361,148 @@ fn bad_command_lines_exit_2() {
 #[test]
 fn sighup_closes_clients_with_fin_and_exits_0() {
     assert_signal_closes_everyone(libc::SIGHUP);
+}
+
+/// Pattern bytes large enough that a client that never reads cannot take them all: its
+/// receive buffer and the server's send buffer fill long before (a few MiB on loopback).
+const FLOOD: u64 = 32 << 20;
+
+#[test]
+fn the_drain_gives_a_client_that_stopped_reading_2_s_then_closes_it() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append_pattern(&path, 0, FLOOD);
+    let mut server = InProcess::start(&path, &[]);
+    let mut reader = Client::connect(server.port());
+    reader.send(b"0\n");
+    reader.expect_pattern(0, FLOOD, Duration::from_secs(60));
+    // Never reads (until the end of the test): the server is stuck mid-file on it.
+    let mut stalled = Client::connect(server.port());
+    stalled.send(b"0\n");
+    assert!(
+        poll_until(PATIENCE, || server.handle.blocked() == 1),
+        "the stalled client's socket never filled"
+    );
+
+    let removed = Instant::now();
+    fs::remove_file(&path).unwrap();
+    reader.expect_eof(PATIENCE);
+    assert_eq!(server.finish(), Outcome::FileGone);
+    let drained = removed.elapsed();
+    // The drain waits 2 s for the stalled client (the lower bound cannot be broken by a slow
+    // machine), then closes it instead of waiting for ever (finish has a deadline).
+    assert!(
+        drained >= Duration::from_millis(1900),
+        "the server stopped {drained:?} after the file went, before the 2 s drain limit"
+    );
+    // What the stalled client got is a true prefix of the file, cut short, then an orderly
+    // end.
+    let (got, ending) = stalled.read_to_end(PATIENCE);
+    assert!(
+        (got.len() as u64) < FLOOD,
+        "the stalled client got the whole file"
+    );
+    assert_bytes(
+        &got,
+        &pattern_range(0, got.len()),
+        "the stalled client's bytes",
+    );
+    assert_eq!(ending, Ending::Eof);
+}
+
+#[test]
+fn sigterm_while_a_clients_socket_is_full_closes_it_and_exits_0() {
+    let mut server = Server::start(&pattern_range(0, FLOOD as usize));
+    let mut stalled = server.connect(b"0\n");
+    let mut caught_up = server.connect(b"-0\n");
+    assert_eq!(server.offset_of(&caught_up), FLOOD);
+    assert_eq!(server.offset_of(&stalled), 0);
+    server.sigterm();
+    caught_up.expect_eof(PATIENCE);
+    // The full socket does not hold the server up: it exits, after a grace of 0.5 s at most.
+    server.expect_exit(0, PATIENCE);
+    let (got, ending) = stalled.read_to_end(PATIENCE);
+    assert!(
+        (got.len() as u64) < FLOOD,
+        "the stalled client got the whole file"
+    );
+    assert_bytes(
+        &got,
+        &pattern_range(0, got.len()),
+        "the stalled client's bytes",
+    );
+    assert_eq!(ending, Ending::Eof);
+}
+
+#[test]
+fn appends_to_a_file_renamed_away_are_not_sent() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, TEXT);
+    let mut server = InProcess::start(&path, &[]);
+    let mut client = Client::connect(server.port());
+    client.send(b"0\n");
+    client.expect_bytes(TEXT, PATIENCE);
+    let rotated = dir.join("rotated.log");
+    fs::rename(&path, &rotated).unwrap();
+    assert!(
+        poll_until(PATIENCE, || server.handle.stopping()),
+        "the server did not notice the rename"
+    );
+    // The writer still has the old file open and carries on: none of it may be sent.
+    append(&rotated, b"written after the rename\n");
+    let (rest, ending) = client.read_to_end(PATIENCE);
+    assert_bytes(&rest, b"", "bytes after the rename");
+    assert_eq!(ending, Ending::Eof);
+    assert_eq!(server.finish(), Outcome::FileGone);
+    assert_eq!(server.handle.file_size(), TEXT.len() as u64);
+}
+
+#[test]
+fn a_directory_removed_before_the_file_exists_stops_the_server_with_3() {
+    let mut server = Server::builder().no_file().start();
+    let mut waiting = server.connect(b"0\n");
+    assert_eq!(server.offset_of(&waiting), 0);
+    fs::remove_dir(server.dir().path()).unwrap();
+    waiting.expect_eof(PATIENCE);
+    server.expect_exit(3, PATIENCE);
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_and_serving_resumes_once_they_free_up() {
+    // 64 descriptors: about half go to glommio's rings and the server's own files, the
+    // rest to clients, so the 80 below are more than it can take.
+    const LIMIT: u64 = 64;
+    let server = Server::builder()
+        .contents(TEXT)
+        .arg("--shards")
+        .arg("1")
+        .nofile_limit(LIMIT)
+        .start();
+    let clients: Vec<Client> = (0..80).map(|_| server.connect(b"0\n")).collect();
+    let mut full = 0;
+    let exhausted = poll_until(PATIENCE, || {
+        full = server.fd_count();
+        full as u64 >= LIMIT - 1
+    });
+    assert!(
+        exhausted,
+        "the server holds {full} descriptors, never near {LIMIT}"
+    );
+    // Some clients are waiting in the listen backlog, unserved.
+    let has_data = |c: &Client| {
+        let mut byte = [0u8; 1];
+        c.stream().set_nonblocking(true).expect("non-blocking");
+        matches!(c.stream().peek(&mut byte), Ok(n) if n > 0)
+    };
+    let served = clients.iter().filter(|c| has_data(c)).count();
+    // Reset, not closed: a client that only closes is kept until the file next grows.
+    clients.into_iter().for_each(Client::reset);
+    assert!(
+        served < 80,
+        "every client was served: descriptors never ran out"
+    );
+    // Once the clients are gone, a new one is served.
+    let mut late = server.connect(b"-4\n");
+    late.expect_bytes(&TEXT[TEXT.len() - 4..], PATIENCE);
 }

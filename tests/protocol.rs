@@ -394,3 +394,67 @@ fn offsets_beyond_4_gib_are_served() {
         client.expect_bytes(b"end\n", PATIENCE);
     }
 }
+
+#[test]
+fn the_header_timeout_is_a_deadline_not_an_idle_timer() {
+    let server = Server::builder()
+        .contents(TEXT)
+        .arg("--header-timeout")
+        .arg("1")
+        .start();
+    let mut trickler = server.connect(b"");
+    let port = trickler.local_port();
+    // A byte of padding every 200 ms: never idle for the 1 s timeout, never a whole header,
+    // and for 8 s in all (40 bytes, within the 64-byte header limit).
+    const TRICKLE: Duration = Duration::from_secs(8);
+    let mut writer = trickler.stream().try_clone().expect("cloning the socket");
+    let trickling = std::thread::spawn(move || {
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(200));
+            if std::io::Write::write_all(&mut writer, b" ").is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    trickler.expect_closed_without_data(PATIENCE);
+    let closed = started.elapsed();
+    // An idle timer would close only after the trickle stops, at 9 s.
+    assert!(
+        closed < TRICKLE,
+        "closed after {closed:?}: the timeout was reset by each byte"
+    );
+    server.expect_bad_header_warning(port);
+    trickling.join().unwrap();
+}
+
+#[test]
+fn a_client_that_resets_is_dropped_at_once() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, TEXT);
+    let server = InProcess::start(&path, &[]);
+    // One caught up, one waiting past the end, one mid-header: nothing will be sent to any
+    // of them, so only their resets can tell the server they are gone.
+    let mut caught_up = Client::connect(server.port());
+    caught_up.send(b"0\n");
+    caught_up.expect_bytes(TEXT, PATIENCE);
+    let mut past_end = Client::connect(server.port());
+    past_end.send(b"100000\n");
+    let mut mid_header = Client::connect(server.port());
+    mid_header.send(b"12");
+    let mut stays = Client::connect(server.port());
+    stays.send(b"-0\n");
+    assert!(poll_until(PATIENCE, || server.handle.clients() == 4));
+    for client in [caught_up, past_end, mid_header] {
+        client.reset();
+    }
+    let dropped = poll_until(PATIENCE, || server.handle.clients() == 1);
+    assert!(
+        dropped,
+        "{} clients still counted after three reset",
+        server.handle.clients()
+    );
+    append(&path, b"still serving\n");
+    stays.expect_bytes(b"still serving\n", PATIENCE);
+}

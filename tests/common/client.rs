@@ -27,6 +27,14 @@ impl Client {
         Client { stream }
     }
 
+    /// Connects to `addr` (any address family).
+    #[track_caller]
+    pub fn connect_to(addr: std::net::SocketAddr) -> Client {
+        let stream =
+            TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        Client { stream }
+    }
+
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }

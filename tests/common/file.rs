@@ -121,6 +121,11 @@ impl TempDir {
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 impl Drop for TempDir {

@@ -20,6 +20,7 @@ use tailsrv::{Error, Handle, Outcome};
 /// How to start a [`Server`].
 pub struct ServerBuilder {
     args: Vec<String>,
+    nofile: Option<u64>,
     env: Vec<(String, String)>,
     contents: Option<Vec<u8>>,
 }
@@ -36,6 +37,12 @@ impl ServerBuilder {
     #[cfg_attr(not(feature = "sd-notify"), allow(dead_code))]
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the server with this many descriptors at most (soft and hard RLIMIT_NOFILE).
+    pub fn nofile_limit(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
         self
     }
 
@@ -74,6 +81,24 @@ impl ServerBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+            // calls are allowed: setrlimit is one, and `lim` is plain data copied in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("starting tailsrv");
         let logs = Logs::collect(child.stderr.take().expect("piped stderr"));
         let mut server = Server {
@@ -112,6 +137,7 @@ impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             args: Vec::new(),
+            nofile: None,
             env: Vec::new(),
             contents: Some(Vec::new()),
         }
