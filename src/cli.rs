@@ -61,7 +61,9 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!("`{text}` is not between 0 and 86400 seconds"));
+        return Err(format!(
+            "`{text}`: the header timeout must be more than 0 and at most 86400 seconds (a day)"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -118,6 +120,20 @@ mod tests {
         assert_eq!(
             o.metrics.map(|m| m.to_string()).as_deref(),
             Some("[::1]:9100")
+        );
+    }
+
+    #[test]
+    fn a_zero_header_timeout_says_what_is_allowed() {
+        let e = parse_seconds("0").unwrap_err();
+        assert_eq!(
+            e,
+            "`0`: the header timeout must be more than 0 and at most 86400 seconds (a day)"
+        );
+        assert!(parse_seconds("86400").is_ok() && parse_seconds("86401").is_err());
+        assert_eq!(
+            parse_seconds("x").unwrap_err(),
+            "`x` is not a number of seconds"
         );
     }
 

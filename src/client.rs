@@ -240,7 +240,10 @@ async fn stream_file(
                 if unverified && !input_open && verify.is_none() {
                     verify = Some(Timer::new(VERIFY_AFTER));
                 }
-                match wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await {
+                let woke = wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await;
+                // The shard may have sent to the socket directly while this task slept.
+                offset = slot.offset().unwrap_or(offset);
+                match woke {
                     Woke::Changed => {}
                     // A client that keeps sending gets its input dropped in turns, like
                     // any other work on the shard.
@@ -353,11 +356,14 @@ async fn wait_for_news(
     let seen = shard.generation();
     let sock = stream.as_raw_fd();
     let mut junk = [0u8; 64];
-    poll_fn(|cx| {
+    // Why only with input open? A half-closed client's reset shows only in the check that
+    // follows a send, which its task must arm; the shard cannot do that for it.
+    let direct = input_open.then_some(sock);
+    let woke = poll_fn(|cx| {
         if shard.generation() != seen {
             return Poll::Ready(Woke::Changed);
         }
-        slot.wait_growth(cx.waker());
+        slot.wait_growth(cx.waker(), direct);
         if input_open {
             match Pin::new(&mut *stream).poll_read(cx, &mut junk) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Woke::InputClosed),
@@ -379,7 +385,10 @@ async fn wait_for_news(
         }
         Poll::Pending
     })
-    .await
+    .await;
+    // From here on the task sends for itself: the shard must not send behind its back.
+    slot.stop_waiting();
+    woke
 }
 
 /// Discards pending input; `Ok(false)` if the client has closed its sending side.

@@ -30,11 +30,12 @@ impl View {
     }
 
     pub fn status(&self) -> String {
+        let (clients, shards) = (self.connected(), self.stats.len());
         format!(
-            "serving {}: {} clients on {} shards, file at {} bytes",
+            "serving {}: {clients} {} on {shards} {}, file at {} bytes",
             self.label,
-            self.connected(),
-            self.stats.len(),
+            if clients == 1 { "client" } else { "clients" },
+            if shards == 1 { "shard" } else { "shards" },
             self.published.size()
         )
     }
@@ -55,5 +56,34 @@ impl View {
             }
             Timer::new(Duration::from_millis(1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_line_is_written_for_people() {
+        let view = |clients: u64, shards: usize| {
+            let stats: Vec<Arc<ShardStats>> = (0..shards)
+                .map(|_| Arc::new(ShardStats::default()))
+                .collect();
+            ShardStats::add(&stats[0].connected, clients);
+            View {
+                stats,
+                watcher: Arc::new(WatcherStats::default()),
+                published: Arc::new(Published::default()),
+                label: "app.log on [::]:4321".into(),
+            }
+        };
+        assert_eq!(
+            view(1, 1).status(),
+            "serving app.log on [::]:4321: 1 client on 1 shard, file at 0 bytes"
+        );
+        assert_eq!(
+            view(0, 2).status(),
+            "serving app.log on [::]:4321: 0 clients on 2 shards, file at 0 bytes"
+        );
     }
 }

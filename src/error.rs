@@ -71,6 +71,18 @@ pub const EXIT_FILE_GONE: u8 = 3;
 pub const EXIT_TRUNCATED: u8 = 4;
 
 impl Outcome {
+    /// What tailsrv is doing about it, for systemd's STATUS= line while it stops.
+    pub fn status(self) -> &'static str {
+        match self {
+            Outcome::Signalled => "stopping on a signal: closing every client",
+            Outcome::FileGone => {
+                "stopping: the file was deleted, renamed away or replaced; clients get what \
+                 it held"
+            }
+            Outcome::Truncated => "stopping: the file shrank; resetting every client",
+        }
+    }
+
     /// The exit status the binary ends with after this outcome.
     pub fn exit_code(self) -> ExitCode {
         ExitCode::from(match self {

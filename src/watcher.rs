@@ -205,7 +205,7 @@ impl Watch {
             }
             ShardStats::add(&self.stats.wakeups, 1);
         };
-        notifier.stopping(&format!("stopping: {outcome:?}"));
+        notifier.stopping(outcome.status());
         bells.ring_all();
         Ok(outcome)
     }
@@ -295,14 +295,13 @@ impl Watch {
             self.published.set_size(size);
         }
         if look_at_path || dir_gone || st.st_nlink == 0 {
-            let why = if st.st_nlink == 0 {
-                Some("deleted")
-            } else {
-                match std::fs::metadata(&self.path) {
-                    Ok(m) if m.dev() == st.st_dev && m.ino() == st.st_ino => None,
-                    Ok(_) => Some("replaced by another file"),
-                    Err(_) => Some("renamed away"),
-                }
+            // Why look at the path even when the link count is 0? `mv other FILE` unlinks
+            // the file we hold just as `rm` does; what is at the path now tells them apart.
+            let why = match std::fs::metadata(&self.path) {
+                Ok(m) if m.dev() == st.st_dev && m.ino() == st.st_ino && st.st_nlink > 0 => None,
+                Ok(_) => Some("replaced by another file"),
+                Err(_) if st.st_nlink == 0 => Some("deleted"),
+                Err(_) => Some("renamed away"),
             };
             if let Some(why) = why {
                 error!(

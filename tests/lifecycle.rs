@@ -73,12 +73,27 @@ fn assert_drained(mut a: Audience) {
     a.waiting.expect_eof(PATIENCE);
 }
 
+/// Waits for the error line that says the file is gone and asserts the reason it gives.
+#[track_caller]
+fn assert_gone_because(server: &Server, why: &str) {
+    let line = server
+        .logs()
+        .wait_for("saying the file is gone", PATIENCE, |l| {
+            l.contains("file is gone")
+        });
+    assert!(
+        line.contains(&format!("why=\"{why}\"")),
+        "want why={why:?}: {line}"
+    );
+}
+
 #[test]
 fn a_deleted_file_is_drained_to_clients_then_the_server_exits_3() {
     let mut server = Server::start(&pattern_range(0, BODY as usize));
     let clients = audience(&server);
     append_pattern(server.path(), BODY, TAIL);
     fs::remove_file(server.path()).unwrap();
+    assert_gone_because(&server, "deleted");
     assert_drained(clients);
     server.expect_exit(3, EXIT_WITHIN);
 }
@@ -89,6 +104,7 @@ fn a_file_renamed_away_is_drained_to_clients_then_the_server_exits_3() {
     let clients = audience(&server);
     append_pattern(server.path(), BODY, TAIL);
     fs::rename(server.path(), server.dir().join("rotated.log")).unwrap();
+    assert_gone_because(&server, "renamed away");
     assert_drained(clients);
     server.expect_exit(3, EXIT_WITHIN);
 }
@@ -101,7 +117,9 @@ fn a_file_replaced_by_another_is_drained_then_the_server_exits_3() {
     // The replacement's bytes must never reach anyone: it is a different file.
     let next = server.dir().join("next.log");
     fs::write(&next, vec![b'N'; 2 * (BODY + TAIL) as usize]).unwrap();
+    // `mv next FILE` unlinks the served file as `rm` would; it is still "replaced".
     fs::rename(&next, server.path()).unwrap();
+    assert_gone_because(&server, "replaced by another file");
     assert_drained(clients);
     server.expect_exit(3, EXIT_WITHIN);
 }

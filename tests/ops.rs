@@ -75,11 +75,19 @@ fn ready_is_sent_once_clients_are_served_and_stopping_on_sigterm() {
     client.expect_bytes(b"hello\n", PATIENCE);
     let status = systemd.expect("STATUS=", PATIENCE);
     assert!(
-        status.iter().any(|m| m.contains("1 clients on 2 shards")),
+        status
+            .iter()
+            .any(|m| m.contains(": 1 client on 2 shards, file at 6 bytes")),
         "{status:?}"
     );
     server.sigterm();
-    systemd.expect("STOPPING=1", PATIENCE);
+    let stopping = systemd.expect("STOPPING=1", PATIENCE);
+    assert!(
+        stopping
+            .iter()
+            .any(|m| m.contains("STATUS=stopping on a signal: closing every client")),
+        "{stopping:?}"
+    );
     server.expect_exit(0, PATIENCE);
 }
 

@@ -15,4 +15,5 @@ mod lifecycle;
 mod load;
 mod metrics;
 mod ops;
+mod packaging;
 mod protocol;

@@ -60,6 +60,29 @@ struct Options {
     #[arg(long, value_name = "N")]
     shards: Option<u16>,
 
+    /// Also measure this tailsrv binary (e.g. the previous commit's), as target `baseline`,
+    /// for a before and after in one run
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
+
+    /// Pinned mode: confine every server to these CPUs (a `taskset -c` list, e.g. `0`)
+    #[arg(long, value_name = "LIST", requires = "client_cpus")]
+    server_cpus: Option<String>,
+
+    /// Pinned mode: confine the clients and the writer (this process) to these CPUs
+    /// (e.g. `1`)
+    #[arg(long, value_name = "LIST", requires = "server_cpus", value_parser = parse_cpus)]
+    client_cpus: Option<CpuList>,
+
+    /// Append cost: the points to measure, as APPENDS_PER_SEC:CLIENTS pairs
+    /// [default: 100:0,1000:0,1000:1,1000:100,10000:10]
+    #[arg(long, value_delimiter = ',', value_name = "RATE:N,...", value_parser = parse_append_point)]
+    append_points: Option<Vec<(f64, usize)>>,
+
+    /// Append cost: seconds of appends per run [default: 10]
+    #[arg(long, value_name = "SECS")]
+    append_secs: Option<f64>,
+
     /// Do not measure the reference server
     #[arg(long)]
     no_reference: bool,
@@ -142,12 +165,46 @@ struct Options {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
+    Appendcost,
     Catchup,
     Live,
     Idle,
     Stalled,
     Churn,
     Shards,
+}
+
+/// CPUs by number.
+#[derive(Debug, Clone)]
+struct CpuList(Vec<usize>);
+
+/// A CPU list as `taskset -c` takes it: `0`, `0,2`, `1-3`.
+fn parse_cpus(text: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let bad = || format!("`{text}` is not a CPU list (e.g. 0 or 1-3)");
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+        let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+        if lo > hi {
+            return Err(bad());
+        }
+        cpus.extend(lo..=hi);
+    }
+    Ok(CpuList(cpus))
+}
+
+/// An append-cost point: `RATE:CLIENTS`.
+fn parse_append_point(text: &str) -> Result<(f64, usize), String> {
+    let bad = || format!("`{text}` is not APPENDS_PER_SEC:CLIENTS (e.g. 1000:100)");
+    let (rate, clients) = text.split_once(':').ok_or_else(bad)?;
+    let rate: f64 = rate.trim().parse().map_err(|_| bad())?;
+    let clients: usize = clients.trim().parse().map_err(|_| bad())?;
+    // Written this way so that NaN is refused too.
+    if rate.is_nan() || rate <= 0.0 {
+        return Err(bad());
+    }
+    Ok((rate, clients))
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -235,6 +292,17 @@ fn run(opts: Options) -> Result<bool, String> {
     if let Some(v) = opts.churn_clients {
         settings.churn_clients = v;
     }
+    if let Some(v) = &opts.append_points {
+        settings.appendcost = v.clone();
+    }
+    if let Some(v) = opts.append_secs {
+        settings.appendcost_secs = v;
+    }
+    if let (Some(server), Some(CpuList(clients))) = (&opts.server_cpus, &opts.client_cpus) {
+        // Threads started from here on (client engine, appender) inherit the mask.
+        sys::set_affinity(clients).map_err(|e| format!("pinning to CPUs {clients:?}: {e}"))?;
+        let _ = server::SERVER_CPUS.set(server.clone());
+    }
 
     let bin = opts
         .server_bin
@@ -256,6 +324,12 @@ fn run(opts: Options) -> Result<bool, String> {
         targets.push(Target::Reference);
     }
     targets.push(main_target);
+    if let Some(bin) = &opts.baseline_bin {
+        targets.push(Target::Baseline {
+            bin: bin.clone(),
+            shards: opts.shards,
+        });
+    }
     // The shards scenario compares tailsrv with one and with two shards.
     let shard_targets = if matches!(targets.last(), Some(Target::External { .. })) {
         targets.clone()

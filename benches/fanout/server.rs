@@ -18,6 +18,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Log lines kept to explain a failure.
 const LOG_TAIL: usize = 40;
 
+/// The CPUs (a `taskset -c` list) every server the harness starts is confined to, when the
+/// run is pinned (`--server-cpus`).
+pub static SERVER_CPUS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A server the harness measures.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
@@ -25,6 +29,9 @@ pub enum Target {
     Reference,
     /// This tree's release binary, with `--shards` if given.
     Tailsrv { bin: PathBuf, shards: Option<u16> },
+    /// Another tailsrv binary (`--baseline-bin`, say the previous commit's), for a before and
+    /// after in one run.
+    Baseline { bin: PathBuf, shards: Option<u16> },
     /// A server someone else started, on `file`; its pid, if given, for resource figures.
     External {
         addr: SocketAddr,
@@ -38,6 +45,10 @@ impl Target {
         match self {
             Target::Reference => "reference".into(),
             Target::Tailsrv { shards: None, .. } => "tailsrv".into(),
+            Target::Baseline { shards: None, .. } => "baseline".into(),
+            Target::Baseline {
+                shards: Some(n), ..
+            } => format!("baseline-s{n}"),
             Target::Tailsrv {
                 shards: Some(n), ..
             } => format!("tailsrv-s{n}"),
@@ -89,7 +100,7 @@ impl Server {
                 cmd.arg("--serve-reference").arg(file);
                 cmd
             }
-            Target::Tailsrv { bin, shards } => {
+            Target::Tailsrv { bin, shards } | Target::Baseline { bin, shards } => {
                 let mut cmd = Command::new(bin);
                 cmd.args(["-p", "0", "--bind", "127.0.0.1"]);
                 if let Some(n) = shards {
@@ -99,6 +110,17 @@ impl Server {
                 cmd
             }
         };
+        if let Some(cpus) = SERVER_CPUS.get() {
+            // Pinned mode: the server on its own CPUs, the clients and the writer on others.
+            let program = cmd.get_program().to_owned();
+            let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+            let envs: Vec<_> = cmd
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+                .collect();
+            cmd = Command::new("taskset");
+            cmd.arg("-c").arg(cpus).arg(program).args(args).envs(envs);
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -194,7 +216,7 @@ impl Server {
             match child.try_wait() {
                 Ok(Some(status)) => {
                     let fine = match self.target {
-                        Target::Tailsrv { .. } => status.success(),
+                        Target::Tailsrv { .. } | Target::Baseline { .. } => status.success(),
                         _ => true,
                     };
                     return if fine {

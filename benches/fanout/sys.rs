@@ -72,6 +72,22 @@ pub fn clock_ticks() -> f64 {
     }
 }
 
+/// Restricts this thread, and every thread it starts from now on, to `cpus`.
+pub fn set_affinity(cpus: &[usize]) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { zeroed() };
+    for &cpu in cpus {
+        if cpu < libc::CPU_SETSIZE as usize {
+            // SAFETY: CPU_SET writes within the set for indices below CPU_SETSIZE, checked
+            // just above.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+    }
+    // SAFETY: `set` is a valid, initialised cpu_set_t of the size given.
+    check(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })
+        .map(drop)
+}
+
 /// Sends SIGTERM to a process.
 pub fn terminate(pid: u32) -> io::Result<()> {
     // SAFETY: plain syscall; a stale pid at worst signals nothing (ESRCH).

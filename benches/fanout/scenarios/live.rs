@@ -71,12 +71,13 @@ impl Bench {
                     reps: self.s.reps,
                     verify: true,
                 };
+                let (rate, secs) = (self.s.rate, self.s.live_secs);
                 self.run_point(
                     &mut r,
                     scenario,
                     point,
                     targets,
-                    |b, t, s| b.live_once(t, n, k, s),
+                    |b, t, s| b.live_once(t, n, k, rate, secs, s),
                     |f| {
                         format!(
                             "p50 {:.3} ms p99 {:.3} ms, {} of {} records",
@@ -92,11 +93,15 @@ impl Bench {
         r
     }
 
-    fn live_once(
+    /// One run: `clients` live clients (and `stalled` ones) while `rate` records a second
+    /// are appended for `secs` seconds.
+    pub(super) fn live_once(
         &mut self,
         target: &Target,
         clients: usize,
         stalled: usize,
+        rate: f64,
+        secs: f64,
         s: &mut Sample<LiveFigures>,
     ) -> Result<(), String> {
         let prefix = self.s.prefix;
@@ -112,8 +117,8 @@ impl Bench {
         let mut writer = data::appender(&st.path)
             .map_err(|e| format!("opening {} to append: {e}", st.path.display()))?;
         let engine = start_clients(plan, st.view.clone())?;
-        let records = ((self.s.rate * self.s.live_secs).round() as u64).max(1);
-        let interval = Duration::from_secs_f64(1.0 / self.s.rate);
+        let records = ((rate * secs).round() as u64).max(1);
+        let interval = Duration::from_secs_f64(1.0 / rate);
         let expected = clients as u64 * records;
         let measured = (|| -> Result<_, String> {
             engine.wait_connected(CONNECT_TIMEOUT)?;
@@ -169,7 +174,7 @@ impl Bench {
             .collect();
         s.figures = LiveFigures {
             records_per_client: Some(records as f64),
-            rate: Some(self.s.rate),
+            rate: Some(rate),
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
             p99_ms: ms(0.99),

@@ -11,6 +11,7 @@
 //! scenario is a new file here, a [`Scenario`] variant and an arm in [`Bench::run`] and
 //! [`Bench::tables_only`].
 
+mod appendcost;
 mod catchup;
 mod churn;
 mod idle;
@@ -60,6 +61,10 @@ pub struct Settings {
     pub settle: Duration,
     /// Bytes in a live file before the first record: what stalled clients fill up on.
     pub prefix: u64,
+    /// Append cost: (appends per second, clients following) points.
+    pub appendcost: Vec<(f64, usize)>,
+    /// Append cost: seconds of appends per run.
+    pub appendcost_secs: f64,
 }
 
 impl Settings {
@@ -87,6 +92,14 @@ impl Settings {
             shard_live_clients: vec![100, 1000],
             settle: Duration::from_millis(1000),
             prefix: 16 * MIB,
+            appendcost: vec![
+                (100.0, 0),
+                (1000.0, 0),
+                (1000.0, 1),
+                (1000.0, 100),
+                (10_000.0, 10),
+            ],
+            appendcost_secs: 10.0,
         }
     }
 
@@ -111,6 +124,8 @@ impl Settings {
             shard_live_clients: vec![8],
             settle: Duration::from_millis(300),
             prefix: 4 * MIB,
+            appendcost: vec![(100.0, 0), (1000.0, 2)],
+            appendcost_secs: 0.5,
             ..Settings::full()
         }
     }
@@ -196,6 +211,7 @@ impl Bench {
     pub fn run(&mut self, scenario: Scenario) -> Result<bool, String> {
         let targets = self.targets.clone();
         match scenario {
+            Scenario::Appendcost => appendcost::run(self, &targets),
             Scenario::Catchup => catchup::run(self, &targets),
             Scenario::Live => live::run(self, &targets),
             Scenario::Idle => idle::run(self, &targets),
@@ -209,6 +225,7 @@ impl Bench {
     pub fn tables_only(&self) -> Result<bool, String> {
         let secs = self.s.idle_secs;
         let mut ok = true;
+        ok &= self.rebuild("appendcost", "append cost", appendcost::table)?;
         ok &= self.rebuild("catchup", "catch-up", catchup::table)?;
         ok &= self.rebuild("catchup_discard", "catch-up", catchup::table)?;
         ok &= self.rebuild("live", "live", live::table)?;
