@@ -13,7 +13,7 @@ use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::shard::{self, ShardSetup};
 use crate::state::{Interest, Phase, Published};
-use crate::stats::ShardStats;
+use crate::stats::{ShardStats, WatcherStats};
 use crate::sys;
 use crate::watcher::{SideJobs, Watch};
 use futures_lite::future;
@@ -62,6 +62,7 @@ pub struct Handle {
     addr: SocketAddr,
     published: Arc<Published>,
     stats: Vec<Arc<ShardStats>>,
+    watcher: Arc<WatcherStats>,
     /// An eventfd the watcher waits on: once bumped, the server stops.
     stop: Arc<OwnedFd>,
 }
@@ -110,6 +111,27 @@ impl Handle {
     /// How many times a half-closed client, sent data, was checked for a reset since start.
     pub fn liveness_checks(&self) -> u64 {
         self.total(|s| ShardStats::get(&s.liveness_checks))
+    }
+
+    /// Clients connected to each shard now.
+    pub fn shard_clients(&self) -> Vec<u64> {
+        self.stats
+            .iter()
+            .map(|s| ShardStats::get(&s.connected))
+            .collect()
+    }
+
+    /// Times the watcher has woken each shard.
+    pub fn shard_wakeups(&self) -> Vec<u64> {
+        self.stats
+            .iter()
+            .map(|s| ShardStats::get(&s.doorbells))
+            .collect()
+    }
+
+    /// inotify events the watcher has read.
+    pub fn file_events(&self) -> u64 {
+        ShardStats::get(&self.watcher.file_events)
     }
 
     /// The number of shard executors.
@@ -203,6 +225,7 @@ impl Server {
             addr,
             published: published.clone(),
             stats: all_stats.clone(),
+            watcher: watch.stats(),
             stop: stop.clone(),
         };
         let jobs = SideJobs {

@@ -109,6 +109,11 @@ impl Watch {
         Ok(watch)
     }
 
+    /// The watcher's counters, for the handle and the metrics.
+    pub fn stats(&self) -> Arc<WatcherStats> {
+        self.stats.clone()
+    }
+
     pub fn published(&self) -> Arc<Published> {
         self.published.clone()
     }
@@ -217,27 +222,28 @@ impl Watch {
         let mut look_at_path = false;
         let mut dir_gone = false;
         let mut any = false;
-        loop {
-            let events = match self.inotify.read_events(&mut buffer) {
-                Ok(events) => events,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(Error::io("reading inotify events", e)),
-            };
-            for event in events {
-                any = true;
-                ShardStats::add(&self.stats.file_events, 1);
-                if event.mask.contains(EventMask::Q_OVERFLOW) {
-                    look_at_path = true;
-                } else if Some(&event.wd) == self.file_wd.as_ref() {
-                    look_at_path |= !event.mask.contains(EventMask::MODIFY);
-                } else if event
-                    .mask
-                    .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
-                {
-                    dir_gone = true;
-                } else if event.name == Some(self.name.as_os_str()) {
-                    look_at_path = true;
-                }
+        // Why one read? A read takes every event that fits, and the buffer holds hundreds;
+        // if more are left, the descriptor is still readable and the next wait returns at
+        // once. Reading again until EAGAIN would cost a system call on every append.
+        let events = match self.inotify.read_events(&mut buffer) {
+            Ok(events) => events,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Ok(News::Nothing)),
+            Err(e) => return Err(Error::io("reading inotify events", e)),
+        };
+        for event in events {
+            any = true;
+            ShardStats::add(&self.stats.file_events, 1);
+            if event.mask.contains(EventMask::Q_OVERFLOW) {
+                look_at_path = true;
+            } else if Some(&event.wd) == self.file_wd.as_ref() {
+                look_at_path |= !event.mask.contains(EventMask::MODIFY);
+            } else if event
+                .mask
+                .intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+            {
+                dir_gone = true;
+            } else if event.name == Some(self.name.as_os_str()) {
+                look_at_path = true;
             }
         }
         if !any {

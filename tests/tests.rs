@@ -17,3 +17,4 @@ mod metrics;
 mod ops;
 mod packaging;
 mod protocol;
+mod wakeups;

@@ -200,8 +200,7 @@ fn parse_append_point(text: &str) -> Result<(f64, usize), String> {
     let (rate, clients) = text.split_once(':').ok_or_else(bad)?;
     let rate: f64 = rate.trim().parse().map_err(|_| bad())?;
     let clients: usize = clients.trim().parse().map_err(|_| bad())?;
-    // Written this way so that NaN is refused too.
-    if rate.is_nan() || rate <= 0.0 {
+    if !rate.is_finite() || rate <= 0.0 {
         return Err(bad());
     }
     Ok((rate, clients))

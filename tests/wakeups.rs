@@ -1,0 +1,128 @@
+//! Which shards the watcher wakes: a file that grows with nobody waiting wakes no shard, and
+//! with one client waiting only that client's shard is woken. Run in-process through the
+//! library's seam, so the counts come from the server's state, not from its log.
+
+use crate::common::*;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::thread::{self, JoinHandle};
+use tailsrv::{Error, Handle, Outcome, Server};
+
+/// Appends made in each phase of the test, one write(2) each.
+const APPENDS: usize = 1000;
+const RECORD: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
+
+struct Running {
+    handle: Handle,
+    serving: Option<JoinHandle<Result<Outcome, Error>>>,
+}
+
+impl Running {
+    fn start(path: &std::path::Path, shards: &str) -> Running {
+        use clap::Parser;
+        let args = [
+            "tailsrv",
+            "-p",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--shards",
+            shards,
+        ];
+        let opts = tailsrv::cli::Options::try_parse_from(
+            args.iter()
+                .copied()
+                .chain([path.to_str().expect("UTF-8 temp path")]),
+        )
+        .expect("valid options");
+        let server = Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+        let handle = server.handle();
+        let serving = thread::spawn(move || server.serve(std::future::pending()));
+        Running {
+            handle,
+            serving: Some(serving),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            self.handle.shutdown();
+            let _ = serving.join();
+        }
+    }
+}
+
+/// Appends `APPENDS` records, one write each, and waits until the watcher has published the
+/// new size and read at least one event for them.
+fn append_records(handle: &Handle, path: &std::path::Path) {
+    let events = handle.file_events();
+    let mut file = OpenOptions::new().append(true).open(path).unwrap();
+    for _ in 0..APPENDS {
+        file.write_all(RECORD).unwrap();
+    }
+    let size = file.metadata().unwrap().len();
+    assert!(
+        poll_until(PATIENCE, || handle.file_size() == size
+            && handle.file_events() > events),
+        "the watcher never saw the appends: size {} of {size}",
+        handle.file_size()
+    );
+}
+
+#[test]
+fn growth_wakes_only_the_shards_with_clients_waiting() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, b"start\n");
+    let server = Running::start(&path, "2");
+    let handle = server.handle.clone();
+    // Every shard hears the watcher once at start.
+    assert!(
+        poll_until(PATIENCE, || handle.shard_wakeups().iter().all(|&n| n >= 1)),
+        "shards never woke at start: {:?}",
+        handle.shard_wakeups()
+    );
+
+    // Nobody connected: the file grows, no shard wakes.
+    let before = handle.shard_wakeups();
+    append_records(&handle, &path);
+    assert_eq!(
+        handle.shard_wakeups(),
+        before,
+        "{APPENDS} appends with no client woke a shard"
+    );
+
+    // One client at the end of the file: only its shard wakes.
+    let mut client = Client::connect(handle.local_addr().port());
+    client.send(b"-0\n");
+    assert!(
+        poll_until(PATIENCE, || handle.clients() == 1),
+        "client never counted"
+    );
+    let mine = handle
+        .shard_clients()
+        .iter()
+        .position(|&n| n == 1)
+        .expect("one shard has the client");
+    // Its header is read once a first append reaches it.
+    let size = std::fs::metadata(&path).unwrap().len();
+    append(&path, b"first\n");
+    client.expect_bytes(b"first\n", PATIENCE);
+    let before = handle.shard_wakeups();
+    append_records(&handle, &path);
+    client.expect_bytes(&RECORD.repeat(APPENDS), PATIENCE);
+    let after = handle.shard_wakeups();
+    for (shard, (&was, &now)) in before.iter().zip(&after).enumerate() {
+        if shard == mine {
+            assert!(now > was, "the client's shard {shard} was never woken");
+        } else {
+            assert_eq!(now, was, "shard {shard}, with no client, was woken");
+        }
+    }
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        size + 6 + (RECORD.len() * APPENDS) as u64
+    );
+}
