@@ -1,6 +1,7 @@
 //! Command-line options. Their doc comments are the `--help` text.
 
 use crate::addr::{Host, HostPort};
+use crate::admission::Cidr;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +39,37 @@ pub struct Options {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub header_timeout: Duration,
 
+    /// Most clients connected at once, over all shards; more are closed at once, before any
+    /// data [default: the descriptor limit less a reserve for tailsrv's own; the start-up log
+    /// says what it is]
+    ///
+    /// The reserve is 64 descriptors plus 8 per shard (at most half the limit), so that in
+    /// normal operation accept never runs out of descriptors. A value above what the
+    /// descriptor limit allows is accepted with a warning.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: Option<u32>,
+
+    /// Most clients connected at once from one peer: one IPv4 address, or one IPv6 prefix
+    /// (--ipv6-prefix); 0 for no limit [default: 1024, or half of --max-clients if less]
+    ///
+    /// Connections over it are closed at once, before any data. A client that vanished
+    /// without a word holds its slot until TCP finds it gone: docs/operations.md says how long.
+    #[arg(long, value_name = "N")]
+    pub max_clients_per_ip: Option<u32>,
+
+    /// Length of the IPv6 prefix that counts as one peer for --max-clients-per-ip
+    #[arg(long, value_name = "BITS", default_value_t = crate::admission::DEFAULT_IPV6_PREFIX,
+          value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub ipv6_prefix: u8,
+
+    /// Only peers in this range may connect (repeatable; e.g. 10.0.0.0/8, ::1, 2001:db8::/32);
+    /// others are closed before their header is read [default: everyone]
+    ///
+    /// IPv4 ranges also cover IPv4 peers of a dual-stack listener (::ffff:a.b.c.d). This is
+    /// not authentication: see docs/operations.md.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allow: Vec<Cidr>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100, [::1]:9100 or
     /// localhost:9100)
     ///
@@ -54,6 +86,10 @@ pub struct Options {
     /// The file to serve. It need not exist yet, but its directory must.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+fn parse_cidr(text: &str) -> Result<Cidr, String> {
+    text.parse()
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -99,6 +135,34 @@ mod tests {
         assert_eq!(o.bind, Some("::1".parse().unwrap()));
         assert_eq!(o.shards, Some(3));
         assert_eq!(o.header_timeout, Duration::from_millis(500));
+        assert_eq!(
+            (o.max_clients, o.max_clients_per_ip, o.ipv6_prefix),
+            (None, None, 64)
+        );
+        assert!(o.allow.is_empty());
+        let o = Options::try_parse_from([
+            "tailsrv",
+            "-p",
+            "1",
+            "--max-clients",
+            "500",
+            "--max-clients-per-ip",
+            "0",
+            "--ipv6-prefix",
+            "56",
+            "--allow",
+            "10.0.0.0/8,::1",
+            "--allow",
+            "192.0.2.7",
+            "log",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.max_clients, o.max_clients_per_ip, o.ipv6_prefix),
+            (Some(500), Some(0), 56)
+        );
+        let allow: Vec<String> = o.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
         let o = Options::try_parse_from([
             "tailsrv",
             "-p",
@@ -148,6 +212,11 @@ mod tests {
             &["tailsrv", "-p", "1", "--metrics", "localhost", "log"],
             &["tailsrv", "-p", "1", "--header-timeout", "0", "log"],
             &["tailsrv", "-p", "1"],
+            &["tailsrv", "-p", "1", "--max-clients", "0", "log"],
+            &["tailsrv", "-p", "1", "--max-clients-per-ip", "-1", "log"],
+            &["tailsrv", "-p", "1", "--ipv6-prefix", "129", "log"],
+            &["tailsrv", "-p", "1", "--allow", "10.1.2.3/8", "log"],
+            &["tailsrv", "-p", "1", "--allow", "localhost", "log"],
         ] {
             assert!(Options::try_parse_from(args).is_err(), "{args:?}");
         }

@@ -17,6 +17,9 @@
 //! - `state`: what the watcher and the shards share: `Published` and the doorbells.
 //! - `shard`: one glommio executor per core, each with its own listener on the shared port.
 //!   It answers the doorbell by waking the clients that were waiting for the file to grow.
+//! - `admission`: what every shard asks about a connection it accepts, before reading
+//!   from it: `--allow`, `--max-clients`, `--max-clients-per-ip`; and warnings about refused
+//!   connections and failed accepts that cannot flood the log.
 //! - `client`: one task per connection: reads the header (`header`), then moves file
 //!   bytes to the socket with sendfile ([`sys`]), waiting on a full socket without holding
 //!   up anyone else.
@@ -27,7 +30,8 @@
 //!   limits. `main.rs` adds option parsing and logging.
 //!
 //! What is public is what the binary, the tests and the bench use: [`Server`] and [`Handle`]
-//! with their [`cli::Options`], [`Error`] and [`Outcome`]; [`process`] for `main`; and
+//! with their [`cli::Options`] (and its [`addr`] and [`Cidr`] types), [`Error`] and
+//! [`Outcome`]; [`process`] for `main`; and
 //! [`sys`], whose safe system-call wrappers the bench builds its reference server from.
 //! Everything else is `pub(crate)` and may change freely.
 
@@ -36,6 +40,7 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub(crate) mod admission;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod control;
@@ -52,5 +57,6 @@ pub mod sys;
 pub(crate) mod systemd;
 pub(crate) mod watcher;
 
+pub use admission::Cidr;
 pub use error::{Error, Outcome};
 pub use server::{Handle, Server};

@@ -1,6 +1,7 @@
 //! The Prometheus metrics endpoint: a minimal HTTP/1.1 responder for `GET /metrics` and
 //! `HEAD /metrics`, and the text it renders from the shards' counters.
 
+use crate::admission::{RateLimit, LOG_EVERY};
 use crate::control::View;
 use crate::state::Bells;
 use crate::stats::{Rejection, ShardStats, LAG_BOUNDS};
@@ -69,7 +70,7 @@ pub fn render(view: &View) -> String {
         ShardStats::get(&view.watcher.wakeups)
     );
 
-    let per_shard: [PerShard; 6] = [
+    let per_shard: [PerShard; 8] = [
         ("tailsrv_clients_connected", "gauge", "Open client connections.", |s| ShardStats::get(&s.connected)),
         ("tailsrv_clients_accepted_total", "counter", "Client connections accepted.", |s| ShardStats::get(&s.accepted)),
         ("tailsrv_clients_blocked", "gauge", "Clients waiting for their full socket to drain.", |s| {
@@ -88,6 +89,18 @@ pub fn render(view: &View) -> String {
             "Times the watcher woke the shard: for growth only while a client of it waits for the file to grow; also for shutdown, metrics and watchdog requests.",
             |s| ShardStats::get(&s.doorbells),
         ),
+        (
+            "tailsrv_accept_no_descriptor_total",
+            "counter",
+            "Accepts that failed for want of a descriptor (EMFILE, ENFILE); the connection waited in the backlog.",
+            |s| ShardStats::get(&s.accept_no_descriptor),
+        ),
+        (
+            "tailsrv_descriptor_shortages_total",
+            "counter",
+            "Times tailsrv ran out of descriptors, counted by the shard that saw it first.",
+            |s| ShardStats::get(&s.descriptor_shortages),
+        ),
     ];
     for (name, kind, help, get) in per_shard {
         family(o, name, kind, help);
@@ -100,7 +113,7 @@ pub fn render(view: &View) -> String {
         o,
         "tailsrv_clients_rejected_total",
         "counter",
-        "Clients closed for bad input, by reason.",
+        "Clients closed before any data, by reason: bad input, --allow, --max-clients, --max-clients-per-ip.",
     );
     for why in Rejection::ALL {
         let n: u64 = view.stats.iter().map(|s| s.rejected(why)).sum();
@@ -183,11 +196,16 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Serves `GET /metrics` (and `HEAD`) until the executor stops.
 pub async fn serve(listener: TcpListener, view: Rc<View>, bells: Rc<Bells>) {
     let active = Rc::new(Cell::new(0usize));
+    // Out of descriptors, accept fails every time it is tried: say so every few seconds,
+    // not ten times a second.
+    let (since, warnings) = (std::time::Instant::now(), RateLimit::new(LOG_EVERY));
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                warn!(error = %e, "metrics: accept failed");
+                if let Some(held) = warnings.pass(since.elapsed().as_millis() as u64) {
+                    warn!(error = %e, failed_unlogged = held, "metrics: accept failed");
+                }
                 Timer::new(Duration::from_millis(100)).await;
                 continue;
             }

@@ -8,6 +8,7 @@
 //! servers can run in one process.
 
 use crate::addr;
+use crate::admission::{Admission, Limits};
 use crate::cli::Options;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
@@ -167,6 +168,11 @@ impl Server {
             sys::allowed_cpus().map_err(|e| Error::io("reading the CPU affinity mask", e))?;
         let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
         let (addr, listeners) = addr::bind_shards(opts.bind.as_ref(), opts.port, shards, BACKLOG)?;
+        let descriptor_limit = sys::nofile_limit().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the descriptor limit; assuming 1024");
+            1024
+        });
+        let admission = Arc::new(Admission::new(limits(opts, descriptor_limit, shards)));
 
         let metrics = match &opts.metrics {
             Some(at) => Some(addr::bind_metrics(at)?),
@@ -207,6 +213,7 @@ impl Server {
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
         let header_timeout = opts.header_timeout;
         let shard_published = published.clone();
+        let shard_admission = admission.clone();
         let pool = LocalExecutorPoolBuilder::new(placement)
             .name("tailsrv-shard")
             .io_memory(IO_MEMORY)
@@ -214,9 +221,15 @@ impl Server {
                 let setup = setups.lock().map(|mut s| s.pop()).ok().flatten();
                 let Some(setup) = setup else { return };
                 let index = setup.index;
-                shard::run(setup, shard_published, header_timeout, move || {
-                    let _ = ready_tx.send(index);
-                })
+                shard::run(
+                    setup,
+                    shard_published,
+                    header_timeout,
+                    shard_admission,
+                    move || {
+                        let _ = ready_tx.send(index);
+                    },
+                )
                 .await
             })
             .map_err(|e| Error::Runtime(format!("starting {shards} shard executors: {e}")))?;
@@ -269,6 +282,7 @@ impl Server {
                 return Err(Error::Runtime("a shard executor failed to start".into()));
             }
         }
+        announce(admission.limits(), shards);
         info!(
             addr = %addr, port = addr.port(), shards, pinned, file = %opts.file.display(),
             "listening"
@@ -420,6 +434,51 @@ impl Drop for SetOnDrop {
     fn drop(&mut self) {
         self.0.set();
     }
+}
+
+/// Resolves the client limits from the options and the descriptor limit.
+fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
+    let fits = Limits::default_max_clients(descriptor_limit, shards);
+    let max_clients = opts.max_clients.map_or(fits, |n| n as usize);
+    let max_per_peer = match opts.max_clients_per_ip {
+        None => Some(Limits::default_per_peer(max_clients)),
+        Some(0) => None,
+        Some(n) => Some(n as usize),
+    };
+    Limits {
+        allow: opts.allow.clone(),
+        max_clients,
+        max_per_peer,
+        ipv6_prefix: opts.ipv6_prefix,
+        descriptor_limit,
+    }
+}
+
+/// Says what the client limits are, once start-up can no longer fail.
+fn announce(limits: &Limits, shards: usize) {
+    let Limits {
+        max_clients,
+        max_per_peer,
+        ipv6_prefix,
+        descriptor_limit,
+        ..
+    } = *limits;
+    let fits = Limits::default_max_clients(descriptor_limit, shards);
+    if max_clients > fits {
+        warn!(
+            max_clients, descriptor_limit, fits,
+            "--max-clients is more than the descriptor limit leaves room for; accept may run out of descriptors first"
+        );
+    }
+    info!(
+        max_clients,
+        max_clients_per_ip = max_per_peer.unwrap_or(0),
+        ipv6_prefix,
+        descriptor_limit,
+        reserve = Limits::reserve(descriptor_limit, shards),
+        allow = %limits.allow_text(),
+        "client limits"
+    );
 }
 
 /// Shards pinned one per allowed CPU when they fit; otherwise fenced to the allowed CPUs.

@@ -1,6 +1,7 @@
 //! A shard: one executor pinned to a core, its SO_REUSEPORT listener, and the clients it
 //! accepted. Nothing here is shared with other shards except [`Published`] and the stats.
 
+use crate::admission::{Admission, Backoff};
 use crate::client;
 use crate::state::{Interest, Phase, Published};
 use crate::stats::ShardStats;
@@ -11,12 +12,13 @@ use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 /// How long clients may keep reading after the file is gone before they are closed.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -419,6 +421,7 @@ pub async fn run(
     setup: ShardSetup,
     published: Arc<Published>,
     header_timeout: Duration,
+    admission: Arc<Admission>,
     ready: impl FnOnce(),
 ) {
     let ShardSetup {
@@ -470,17 +473,36 @@ pub async fn run(
             None => break,
             Some(Ok(stream)) => {
                 ShardStats::add(&shard.stats.accepted, 1);
-                glommio::spawn_local(client::serve(shard.clone(), stream)).detach();
+                // Why decide before reading anything? A peer that may not connect, or that
+                // would go over a limit, then costs one accept and one close, and never a
+                // task or a header timer.
+                let peer = stream.peer_addr().ok();
+                match admission.admit(peer.map(|p| p.ip())) {
+                    Ok(ticket) => {
+                        let client = client::serve(shard.clone(), stream);
+                        glommio::spawn_local(async move {
+                            client.await;
+                            drop(ticket);
+                        })
+                        .detach();
+                    }
+                    Err(why) => {
+                        let peer = peer.map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()));
+                        let peer = peer.map_or("unknown".to_string(), |p| p.to_string());
+                        admission.refused(index, &shard.stats, peer, why);
+                        drop(stream);
+                    }
+                }
             }
             Some(Err(e)) => {
-                let e = io::Error::from(e);
-                warn!(shard = index, error = %e, "accept failed");
                 // Out of descriptors or memory: the connection waits in the backlog; pause
-                // rather than spin on it.
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                ) {
+                // rather than spin on it. The admission state logs it without flooding.
+                let e = io::Error::from(e);
+                let backoff = admission.accept_failed(index, &shard.stats, &e);
+                if backoff == Backoff::Start {
+                    glommio::spawn_local(admission.clone().watch_shortage()).detach();
+                }
+                if backoff != Backoff::No {
                     Timer::new(ACCEPT_BACKOFF).await;
                 }
             }

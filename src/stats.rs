@@ -15,16 +15,32 @@ pub enum Rejection {
     TooLong,
     /// No complete header within the header timeout.
     Timeout,
+    /// The peer is not in any `--allow` range.
+    NotAllowed,
+    /// `--max-clients` clients were connected already.
+    MaxClients,
+    /// `--max-clients-per-ip` clients from the same peer were connected already.
+    MaxClientsPerIp,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 3] = [Rejection::BadHeader, Rejection::TooLong, Rejection::Timeout];
+    pub const ALL: [Rejection; 6] = [
+        Rejection::BadHeader,
+        Rejection::TooLong,
+        Rejection::Timeout,
+        Rejection::NotAllowed,
+        Rejection::MaxClients,
+        Rejection::MaxClientsPerIp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Rejection::BadHeader => "bad_header",
             Rejection::TooLong => "too_long",
             Rejection::Timeout => "timeout",
+            Rejection::NotAllowed => "not_allowed",
+            Rejection::MaxClients => "max_clients",
+            Rejection::MaxClientsPerIp => "max_clients_per_ip",
         }
     }
 }
@@ -36,13 +52,17 @@ pub struct ShardStats {
     pub connected: AtomicU64,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
-    rejected: [AtomicU64; 3],
+    rejected: [AtomicU64; Rejection::ALL.len()],
     /// File bytes sent to clients.
     pub bytes_sent: AtomicU64,
     /// Clients waiting for their socket to drain right now.
     pub blocked: AtomicU64,
     /// File bytes that went out through the writability probe rather than sendfile.
     pub probe_bytes: AtomicU64,
+    /// Accepts that failed for want of a descriptor (EMFILE, ENFILE).
+    pub accept_no_descriptor: AtomicU64,
+    /// Shortages of descriptors that began on this shard (the first shard to fail counts it).
+    pub descriptor_shortages: AtomicU64,
     /// Times the watcher's doorbell woke this shard.
     pub doorbells: AtomicU64,
     /// Half-closed clients checked for a reset after they were sent data.

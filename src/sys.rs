@@ -503,6 +503,15 @@ fn raise_soft_limit(resource: RlimitResource) -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The soft limit on open descriptors (RLIMIT_NOFILE), as it is now.
+pub fn nofile_limit() -> io::Result<u64> {
+    // SAFETY: rlimit is plain data, filled by getrlimit.
+    let mut lim: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    Ok(lim.rlim_cur)
+}
+
 /// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
 pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_NOFILE)

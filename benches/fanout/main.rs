@@ -10,7 +10,7 @@
 //! - [`engine`]: the client engine, epoll on a few threads, every byte checked.
 //! - [`reference`]: the reference server (this executable with `--serve-reference`).
 //! - [`server`]: starts a target on a file and reads its CPU, RSS, descriptors from /proc.
-//! - [`scenarios`]: catch-up, live, idle, stalled, churn, shards.
+//! - [`scenarios`]: catch-up, live, idle, stalled, churn, shards, soak.
 //! - [`data`]: file content, live records, the mapped view clients compare against.
 //! - [`report`]: medians and spreads, Markdown tables, CSV.
 //!
@@ -141,6 +141,14 @@ struct Options {
     #[arg(long, value_name = "N")]
     churn_clients: Option<usize>,
 
+    /// Soak: seconds of random clients [default: 60, or 20 with --smoke]
+    #[arg(long, value_name = "SECS")]
+    soak_secs: Option<f64>,
+
+    /// Soak: client slots, each reconnecting as soon as its client leaves [default: 200]
+    #[arg(long, value_name = "N")]
+    soak_slots: Option<usize>,
+
     /// Where the CSV and Markdown results go [default: benches/results, or
     /// target/fanout-smoke with --smoke]
     #[arg(long, value_name = "DIR")]
@@ -172,6 +180,7 @@ enum Scenario {
     Stalled,
     Churn,
     Shards,
+    Soak,
 }
 
 /// CPUs by number.
@@ -291,6 +300,12 @@ fn run(opts: Options) -> Result<bool, String> {
     if let Some(v) = opts.churn_clients {
         settings.churn_clients = v;
     }
+    if let Some(v) = opts.soak_secs {
+        settings.soak_secs = v;
+    }
+    if let Some(v) = opts.soak_slots {
+        settings.soak_slots = v.max(1);
+    }
     if let Some(v) = &opts.append_points {
         settings.appendcost = v.clone();
     }
@@ -360,11 +375,13 @@ fn run(opts: Options) -> Result<bool, String> {
     let scenarios = if opts.scenarios.is_empty() {
         if opts.smoke {
             vec![
+                Scenario::Appendcost,
                 Scenario::Catchup,
                 Scenario::Live,
                 Scenario::Idle,
                 Scenario::Stalled,
                 Scenario::Churn,
+                Scenario::Soak,
             ]
         } else {
             Scenario::value_variants().to_vec()

@@ -103,6 +103,12 @@ impl Server {
             Target::Tailsrv { bin, shards } | Target::Baseline { bin, shards } => {
                 let mut cmd = Command::new(bin);
                 cmd.args(["-p", "0", "--bind", "127.0.0.1"]);
+                // Why lift the per-peer limit? Every bench client comes from 127.0.0.1, and
+                // the scenarios run up to 10,000 of them. A baseline built before the option
+                // existed has no such limit, and would refuse the option.
+                if knows_option(bin, "--max-clients-per-ip") {
+                    cmd.args(["--max-clients-per-ip", "0"]);
+                }
                 if let Some(n) = shards {
                     cmd.arg("--shards").arg(n.to_string());
                 }
@@ -294,4 +300,14 @@ impl MachineCpu {
             later.softirq.saturating_sub(self.softirq) as f64 / total,
         )
     }
+}
+
+/// Whether the tailsrv binary at `bin` lists `option` in its `--help`.
+fn knows_option(bin: &Path, option: &str) -> bool {
+    Command::new(bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(option))
 }

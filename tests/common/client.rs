@@ -27,7 +27,7 @@ impl Client {
         Client { stream }
     }
 
-    /// Connects to `addr` (any address family).
+    /// Connects to `addr` (e.g. `[::1]:port`), for tests that care where a client comes from.
     #[track_caller]
     pub fn connect_to(addr: std::net::SocketAddr) -> Client {
         let stream =
@@ -53,6 +53,12 @@ impl Client {
         self.stream
             .write_all(bytes)
             .unwrap_or_else(|e| panic!("sending {} bytes: {e}", bytes.len()));
+    }
+
+    /// Sends what it can of `bytes`, ignoring errors: for a client the server may already
+    /// have closed.
+    pub fn try_send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
     }
 
     /// Closes the connection with a reset (SO_LINGER 0), as a crashing client's kernel would.

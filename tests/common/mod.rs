@@ -7,6 +7,7 @@
 //! - `client`: [`Client`], a `TcpStream` with deadline-bound reads.
 //! - `file`: temp directories, deterministic content, appends, byte comparisons.
 //! - `logs`: the server's stderr, line by line.
+//! - `metrics`: scraping the server's Prometheus endpoint.
 //!
 //! Nothing here sleeps to synchronise: conditions are polled until a deadline, and a missed
 //! deadline fails the test with the server's log.
@@ -14,6 +15,7 @@
 mod client;
 mod file;
 mod logs;
+mod metrics;
 mod server;
 
 pub use client::*;

@@ -19,8 +19,11 @@ use tailsrv::{Error, Handle, Outcome};
 
 /// How to start a [`Server`].
 pub struct ServerBuilder {
-    args: Vec<String>,
+    /// Serve this file instead of a fresh one in the server's temp directory.
+    serve: Option<PathBuf>,
+    /// Soft and hard RLIMIT_NOFILE to run under, if set.
     nofile: Option<u64>,
+    args: Vec<String>,
     env: Vec<(String, String)>,
     contents: Option<Vec<u8>>,
 }
@@ -40,9 +43,23 @@ impl ServerBuilder {
         self
     }
 
-    /// Starts the server with this many descriptors at most (soft and hard RLIMIT_NOFILE).
-    pub fn nofile_limit(mut self, limit: u64) -> Self {
+    /// Starts the server with this many descriptors at most (soft and hard RLIMIT_NOFILE,
+    /// set in the child before it execs the server, so the pid stays the server's).
+    pub fn nofile(mut self, limit: u64) -> Self {
         self.nofile = Some(limit);
+        self
+    }
+
+    /// Serves an existing file (left as it is) rather than a fresh one: for a second server
+    /// on the same file.
+    pub fn serve(mut self, path: &Path) -> Self {
+        self.serve = Some(path.to_path_buf());
+        self
+    }
+
+    /// Extra command-line arguments (before FILE).
+    pub fn args<'a>(mut self, args: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args.extend(args.into_iter().map(String::from));
         self
     }
 
@@ -62,8 +79,8 @@ impl ServerBuilder {
     #[track_caller]
     pub fn start(self) -> Server {
         let dir = TempDir::new();
-        let file = dir.join("served.log");
-        if let Some(bytes) = &self.contents {
+        let file = self.serve.clone().unwrap_or_else(|| dir.join("served.log"));
+        if let (None, Some(bytes)) = (&self.serve, &self.contents) {
             fs::write(&file, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         }
         let mut cmd = Command::new(BIN);
@@ -136,8 +153,9 @@ pub struct Server {
 impl Server {
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
-            args: Vec::new(),
+            serve: None,
             nofile: None,
+            args: Vec::new(),
             env: Vec::new(),
             contents: Some(Vec::new()),
         }

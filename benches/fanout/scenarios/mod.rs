@@ -18,6 +18,7 @@ mod idle;
 mod live;
 mod setup;
 mod shards;
+mod soak;
 mod stalled;
 
 use crate::report::{Figures, Results, Sample, Stat, Table};
@@ -61,6 +62,10 @@ pub struct Settings {
     pub settle: Duration,
     /// Bytes in a live file before the first record: what stalled clients fill up on.
     pub prefix: u64,
+    /// Soak: seconds of random clients.
+    pub soak_secs: f64,
+    /// Soak: client slots, each connecting again as soon as its client leaves.
+    pub soak_slots: usize,
     /// Append cost: (appends per second, clients following) points.
     pub appendcost: Vec<(f64, usize)>,
     /// Append cost: seconds of appends per run.
@@ -92,6 +97,8 @@ impl Settings {
             shard_live_clients: vec![100, 1000],
             settle: Duration::from_millis(1000),
             prefix: 16 * MIB,
+            soak_secs: 60.0,
+            soak_slots: 200,
             appendcost: vec![
                 (100.0, 0),
                 (1000.0, 0),
@@ -124,6 +131,7 @@ impl Settings {
             shard_live_clients: vec![8],
             settle: Duration::from_millis(300),
             prefix: 4 * MIB,
+            soak_secs: 20.0,
             appendcost: vec![(100.0, 0), (1000.0, 2)],
             appendcost_secs: 0.5,
             ..Settings::full()
@@ -218,6 +226,7 @@ impl Bench {
             Scenario::Stalled => stalled::run(self, &targets),
             Scenario::Churn => churn::run(self, &targets),
             Scenario::Shards => shards::run(self, &self.shard_targets.clone()),
+            Scenario::Soak => soak::run(self, &targets),
         }
     }
 
@@ -235,6 +244,7 @@ impl Bench {
         ok &= self.rebuild("shards_catchup", "shards: catch-up", catchup::table)?;
         ok &= self.rebuild("shards_catchup_discard", "shards: catch-up", catchup::table)?;
         ok &= self.rebuild("shards_live", "shards: live", live::table)?;
+        ok &= self.rebuild("soak", "soak", soak::table)?;
         Ok(ok)
     }
 
