@@ -92,7 +92,7 @@ fn parse_cidr(text: &str) -> Result<Cidr, String> {
     text.parse()
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;

@@ -28,6 +28,9 @@
 //!   state or stops it from any thread. Tests run whole servers in-process this way.
 //! - [`process`]: what only `main` does, for the whole process: the signal mask and resource
 //!   limits. `main.rs` adds option parsing and logging.
+//! - [`fetch`]: the `tailsrv-fetch` client, a binary of its own (`src/bin/tailsrv-fetch.rs`):
+//!   it resumes after disconnects, checks for rotations and keeps the copy a relay serves.
+//!   The server does not use it.
 //!
 //! What is public is what the binary, the tests and the bench use: [`Server`] and [`Handle`]
 //! with their [`cli::Options`] (and its [`addr`] and [`Cidr`] types), [`Error`] and
@@ -45,6 +48,7 @@ pub mod cli;
 pub(crate) mod client;
 pub(crate) mod control;
 pub mod error;
+pub mod fetch;
 pub(crate) mod header;
 pub(crate) mod metrics;
 pub(crate) mod notify;

@@ -503,8 +503,15 @@ fn raise_soft_limit(resource: RlimitResource) -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Takes an exclusive advisory lock (flock) on an open file without waiting;
+/// `WouldBlock` when another open file description holds one.
+pub(crate) fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain flock on a descriptor the caller holds open for the call.
+    check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
+}
+
 /// The soft limit on open descriptors (RLIMIT_NOFILE), as it is now.
-pub fn nofile_limit() -> io::Result<u64> {
+pub(crate) fn nofile_limit() -> io::Result<u64> {
     // SAFETY: rlimit is plain data, filled by getrlimit.
     let mut lim: libc::rlimit = unsafe { zeroed() };
     // SAFETY: `lim` is a valid, writable rlimit.

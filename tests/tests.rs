@@ -3,13 +3,15 @@
 //! Tests drive the real `tailsrv` binary on port 0 against a temp file; where a test needs
 //! the server's state (client counts, liveness checks, whether it is stopping), it runs the
 //! server inside the test process instead (`common::InProcess`, through `tailsrv::Server`)
-//! and asks its `Handle`, rather than parse log lines.
+//! and asks its `Handle`, rather than parse log lines. `fetch` drives `tailsrv-fetch`
+//! against such servers too.
 
 mod common;
 
 mod addresses;
 mod binding;
 mod docs;
+mod fetch;
 mod fuzz;
 mod inprocess;
 mod lifecycle;

@@ -10,7 +10,7 @@
 //! - [`engine`]: the client engine, epoll on a few threads, every byte checked.
 //! - [`reference`]: the reference server (this executable with `--serve-reference`).
 //! - [`server`]: starts a target on a file and reads its CPU, RSS, descriptors from /proc.
-//! - [`scenarios`]: catch-up, live, idle, stalled, churn, shards, soak.
+//! - [`scenarios`]: catch-up, live, idle, stalled, churn, shards, soak, relay.
 //! - [`data`]: file content, live records, the mapped view clients compare against.
 //! - [`report`]: medians and spreads, Markdown tables, CSV.
 //!
@@ -181,6 +181,7 @@ enum Scenario {
     Churn,
     Shards,
     Soak,
+    Relay,
 }
 
 /// CPUs by number.
@@ -382,6 +383,7 @@ fn run(opts: Options) -> Result<bool, String> {
                 Scenario::Stalled,
                 Scenario::Churn,
                 Scenario::Soak,
+                Scenario::Relay,
             ]
         } else {
             Scenario::value_variants().to_vec()

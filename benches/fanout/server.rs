@@ -185,29 +185,7 @@ impl Server {
 
     /// Reads the server's CPU time, RSS, open descriptors and threads from /proc.
     pub fn usage(&self) -> Option<Usage> {
-        let pid = self.pid?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        };
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as f64;
-        Some(Usage {
-            cpu_s: ticks / sys::clock_ticks(),
-            rss_kib: field("VmRSS:")?,
-            fds,
-            threads: field("Threads:")?,
-        })
+        usage_of(self.pid?)
     }
 
     /// Stops a server this harness started: SIGTERM, then waits for it to exit. tailsrv must
@@ -255,6 +233,32 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Reads a process's CPU time, RSS, open descriptors and threads from /proc (any process:
+/// a server, or the relay scenario's tailsrv-fetch).
+pub fn usage_of(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as f64;
+    Some(Usage {
+        cpu_s: ticks / sys::clock_ticks(),
+        rss_kib: field("VmRSS:")?,
+        fds,
+        threads: field("Threads:")?,
+    })
 }
 
 fn parse_port(line: &str) -> Option<u16> {

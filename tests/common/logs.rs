@@ -20,7 +20,8 @@ struct LogState {
 }
 
 impl Logs {
-    pub(super) fn collect(stderr: impl Read + Send + 'static) -> Logs {
+    /// Collects `stderr` (any process's) line by line on a thread of its own.
+    pub fn collect(stderr: impl Read + Send + 'static) -> Logs {
         let logs = Logs::default();
         let sink = logs.clone();
         thread::spawn(move || {

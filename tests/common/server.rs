@@ -18,6 +18,7 @@ use tailsrv::cli::Options;
 use tailsrv::{Error, Handle, Outcome};
 
 /// How to start a [`Server`].
+#[derive(Clone)]
 pub struct ServerBuilder {
     /// Serve this file instead of a fresh one in the server's temp directory.
     serve: Option<PathBuf>,
@@ -26,6 +27,7 @@ pub struct ServerBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     contents: Option<Vec<u8>>,
+    port: u16,
 }
 
 impl ServerBuilder {
@@ -75,16 +77,32 @@ impl ServerBuilder {
         self
     }
 
+    /// Listens on this port instead of port 0.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
     /// Starts tailsrv on port 0 and waits until it logs that it is listening.
     #[track_caller]
     pub fn start(self) -> Server {
+        match self.try_start() {
+            Ok(server) => server,
+            Err(logs) => panic!("tailsrv exited before listening; log:\n{logs}"),
+        }
+    }
+
+    /// Starts tailsrv and waits until it logs that it is listening; if it exits first (a
+    /// port still taken, say), returns its log instead.
+    #[track_caller]
+    pub fn try_start(self) -> Result<Server, String> {
         let dir = TempDir::new();
         let file = self.serve.clone().unwrap_or_else(|| dir.join("served.log"));
         if let (None, Some(bytes)) = (&self.serve, &self.contents) {
             fs::write(&file, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         }
         let mut cmd = Command::new(BIN);
-        cmd.args(["-p", "0"])
+        cmd.args(["-p", &self.port.to_string()])
             .args(&self.args)
             .arg(&file)
             // Debug logs carry each client's resolved offset and shard, which tests check.
@@ -126,16 +144,25 @@ impl ServerBuilder {
             status: None,
             dir,
         };
-        let line = server.logs.wait_for(
-            "saying tailsrv is listening",
-            Duration::from_secs(30),
-            |l| l.contains(" listening "),
-        );
+        let mut found = None;
+        server.logs.wait_until(Duration::from_secs(30), |lines| {
+            found = lines.iter().find(|l| l.contains(" listening ")).cloned();
+            found.is_some()
+        });
+        let Some(line) = found else {
+            if server.wait_exit(Duration::from_secs(5)).is_some() {
+                return Err(server.logs.dump());
+            }
+            panic!(
+                "no log line saying tailsrv is listening within 30 s; log:\n{}",
+                server.logs.dump()
+            );
+        };
         server.port = field(&line, "port")
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no port= in the listening line: {line}"));
         assert_ne!(server.port, 0, "listening line: {line}");
-        server
+        Ok(server)
     }
 }
 
@@ -158,6 +185,7 @@ impl Server {
             args: Vec::new(),
             env: Vec::new(),
             contents: Some(Vec::new()),
+            port: 0,
         }
     }
 

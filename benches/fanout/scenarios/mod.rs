@@ -16,6 +16,7 @@ mod catchup;
 mod churn;
 mod idle;
 mod live;
+mod relay;
 mod setup;
 mod shards;
 mod soak;
@@ -70,6 +71,8 @@ pub struct Settings {
     pub appendcost: Vec<(f64, usize)>,
     /// Append cost: seconds of appends per run.
     pub appendcost_secs: f64,
+    /// Live clients on the upstream, and as many on the relay, in the relay scenario.
+    pub relay_clients: Vec<usize>,
 }
 
 impl Settings {
@@ -97,6 +100,7 @@ impl Settings {
             shard_live_clients: vec![100, 1000],
             settle: Duration::from_millis(1000),
             prefix: 16 * MIB,
+            relay_clients: vec![1, 100],
             soak_secs: 60.0,
             soak_slots: 200,
             appendcost: vec![
@@ -131,6 +135,7 @@ impl Settings {
             shard_live_clients: vec![8],
             settle: Duration::from_millis(300),
             prefix: 4 * MIB,
+            relay_clients: vec![4],
             soak_secs: 20.0,
             appendcost: vec![(100.0, 0), (1000.0, 2)],
             appendcost_secs: 0.5,
@@ -151,6 +156,7 @@ impl Settings {
             &mut self.stalled_live,
             &mut self.shard_catchup_clients,
             &mut self.shard_live_clients,
+            &mut self.relay_clients,
         ] {
             *list = clients.to_vec();
         }
@@ -227,6 +233,7 @@ impl Bench {
             Scenario::Churn => churn::run(self, &targets),
             Scenario::Shards => shards::run(self, &self.shard_targets.clone()),
             Scenario::Soak => soak::run(self, &targets),
+            Scenario::Relay => relay::run(self, &targets),
         }
     }
 
@@ -244,6 +251,8 @@ impl Bench {
         ok &= self.rebuild("shards_catchup", "shards: catch-up", catchup::table)?;
         ok &= self.rebuild("shards_catchup_discard", "shards: catch-up", catchup::table)?;
         ok &= self.rebuild("shards_live", "shards: live", live::table)?;
+        ok &= self.rebuild("relay_live", "relay: live", relay::live_table)?;
+        ok &= self.rebuild("relay_catchup", "relay: catch-up", relay::catchup_table)?;
         ok &= self.rebuild("soak", "soak", soak::table)?;
         Ok(ok)
     }

@@ -1,0 +1,665 @@
+//! tailsrv-fetch against real servers on loopback: relays, resuming after kill -9 and server
+//! restarts, rotations shorter and longer than the resume point, and the failure exits.
+
+use crate::common::*;
+use std::ffi::OsString;
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+const FETCH: &str = env!("CARGO_BIN_EXE_tailsrv-fetch");
+
+/// Enough time for a whole copy or a rotation on a busy 2-core machine (passing tests do
+/// not wait this long).
+const LONG: Duration = Duration::from_secs(30);
+
+/// Where a rotated file's content comes from: pattern bytes shifted by this much, so that
+/// no byte window of it lines up with the old file's.
+const SHIFT: u64 = 1_000_003;
+
+fn other_pattern(len: u64) -> Vec<u8> {
+    pattern_range(SHIFT, len as usize)
+}
+
+/// A running tailsrv-fetch; killed on drop.
+struct Fetch {
+    child: Child,
+    logs: Logs,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    status: Option<ExitStatus>,
+}
+
+impl Fetch {
+    /// Starts `tailsrv-fetch 127.0.0.1:PORT ARGS...`, collecting stdout and stderr.
+    fn start(port: u16, args: &[OsString]) -> Fetch {
+        Fetch::start_at(&format!("127.0.0.1:{port}"), args)
+    }
+
+    /// Starts `tailsrv-fetch ADDR ARGS...`, collecting stdout and stderr.
+    fn start_at(addr: &str, args: &[OsString]) -> Fetch {
+        let mut child = Command::new(FETCH)
+            .arg(addr)
+            .args(args)
+            // Short waits between attempts keep the tests quick after a server restart.
+            .args(["--max-delay", "0.3"])
+            .env("RUST_LOG", "tailsrv=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tailsrv-fetch");
+        let logs = Logs::collect(child.stderr.take().expect("piped stderr"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let sink = stdout.clone();
+        let mut out = child.stdout.take().expect("piped stdout");
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Fetch {
+            child,
+            logs,
+            stdout,
+            status: None,
+        }
+    }
+
+    /// `tailsrv-fetch ... FILE ARGS...`.
+    fn to_file(port: u16, file: &Path, args: &[&str]) -> Fetch {
+        let mut all = vec![file.as_os_str().to_owned()];
+        all.extend(args.iter().map(OsString::from));
+        Fetch::start(port, &all)
+    }
+
+    /// `tailsrv-fetch ... ARGS...` (stdout).
+    fn to_stdout(port: u16, args: &[&str]) -> Fetch {
+        let all: Vec<OsString> = args.iter().map(OsString::from).collect();
+        Fetch::start(port, &all)
+    }
+
+    fn stdout(&self) -> Vec<u8> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stdout_len(&self) -> usize {
+        self.stdout.lock().unwrap().len()
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.status = Some(self.child.wait().expect("reaping tailsrv-fetch"));
+    }
+
+    #[track_caller]
+    fn expect_exit(&mut self, code: i32, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.status.is_none() {
+            self.status = self.child.try_wait().expect("waiting for tailsrv-fetch");
+            if self.status.is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "tailsrv-fetch still running, want exit {code}; log:\n{}",
+                    self.logs.dump()
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        assert_eq!(
+            self.status.and_then(|s| s.code()),
+            Some(code),
+            "tailsrv-fetch exit status; log:\n{}",
+            self.logs.dump()
+        );
+    }
+}
+
+impl Drop for Fetch {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- tailsrv-fetch log ---\n{}", self.logs.dump());
+        }
+    }
+}
+
+/// The file's bytes, or nothing if it does not exist.
+fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_default()
+}
+
+fn len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Waits until the file at `path` holds exactly `want`.
+#[track_caller]
+fn expect_file(path: &Path, want: &[u8], timeout: Duration, fetch: &Fetch) {
+    let held = poll_until(timeout, || {
+        len(path) == want.len() as u64 && read(path) == want
+    });
+    if !held {
+        let got = read(path);
+        assert_bytes(&got, want, &path.display().to_string());
+        panic!(
+            "{} did not settle at {} bytes; log:\n{}",
+            path.display(),
+            want.len(),
+            fetch.logs.dump()
+        );
+    }
+}
+
+/// A port outside the kernel's ephemeral range, free right now, so that a server can be
+/// restarted on it without an outgoing connection having taken it meanwhile.
+fn low_port() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = Rng::new(nanos ^ (u64::from(std::process::id()) << 32));
+    for _ in 0..1000 {
+        let port = 20_000 + rng.below(12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
+}
+
+/// Starts tailsrv on `path` at `port`, retrying while the port is still held by a
+/// server that just stopped.
+#[track_caller]
+fn serve_at(path: &Path, port: u16) -> Server {
+    let builder = Server::builder().serve(path).port(port);
+    let mut last = String::new();
+    for _ in 0..100 {
+        match builder.clone().try_start() {
+            Ok(server) => return server,
+            Err(log) => last = log,
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("tailsrv would not start on port {port}; last log:\n{last}");
+}
+
+/// Appends `total` pattern bytes from `start` in random blocks of up to `block` bytes,
+/// pausing up to 4 ms between them, on a thread; returns it.
+fn grow(path: PathBuf, start: u64, total: u64, block: u64, seed: u64) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut rng = Rng::new(seed);
+        let mut at = start;
+        while at < start + total {
+            let n = (rng.below(block) + 1).min(start + total - at);
+            append_pattern(&path, at, n);
+            at += n;
+            thread::sleep(Duration::from_millis(rng.below(5)));
+        }
+    })
+}
+
+#[test]
+fn relay_leaves_receive_every_byte_while_the_upstream_grows() {
+    const FIRST: u64 = 1 << 20;
+    const MORE: u64 = 3 << 20;
+    let upstream = Server::start(&pattern_range(0, FIRST as usize));
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    let fetch = Fetch::to_file(upstream.port(), &copy, &[]);
+    let relay = Server::builder().serve(&copy).start();
+
+    let mut whole = relay.connect(b"0\n");
+    let mut middle = relay.connect(b"123457\n");
+    let leaf_fetch = Fetch::to_stdout(relay.port(), &["--from", "0"]);
+    whole.expect_pattern(0, FIRST / 2, LONG);
+
+    let writer = grow(upstream.path().to_owned(), FIRST, MORE, 100_000, 10);
+    // A leaf that joins while the relay is catching up.
+    let mut late = relay.connect(b"-1000\n");
+    let late_at = relay.offset_of(&late);
+    whole.expect_pattern(FIRST / 2, FIRST / 2 + MORE, LONG);
+    middle.expect_pattern(123_457, FIRST + MORE - 123_457, LONG);
+    late.expect_pattern(late_at, FIRST + MORE - late_at, LONG);
+    writer.join().unwrap();
+
+    let total = (FIRST + MORE) as usize;
+    assert!(
+        poll_until(LONG, || leaf_fetch.stdout_len() >= total),
+        "leaf tailsrv-fetch has {} of {total} bytes",
+        leaf_fetch.stdout_len()
+    );
+    assert_bytes(&leaf_fetch.stdout(), &pattern_range(0, total), "leaf fetch");
+    expect_file(&copy, &read(upstream.path()), PATIENCE, &fetch);
+    whole.expect_silence(QUIET);
+}
+
+#[test]
+fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
+    const FIRST: u64 = 8 << 20;
+    const MORE: u64 = 6 << 20;
+    const TOTAL: u64 = FIRST + MORE;
+    let upstream = Server::start(&pattern_range(0, FIRST as usize));
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    // Small blocks: the file grows for a second or more, so the kills land mid-stream.
+    let writer = grow(upstream.path().to_owned(), FIRST, MORE, 20_000, 20);
+
+    let mut fetch = Fetch::to_file(upstream.port(), &copy, &[]);
+    let mut rng = Rng::new(21);
+    let mut mid_stream = 0;
+    for round in 0..4 {
+        // Kill at a different point each round, while bytes are flowing.
+        let target = (len(&copy) + 1 + rng.below(2 << 20)).min(TOTAL);
+        assert!(
+            poll_until(LONG, || len(&copy) >= target),
+            "round {round}: the copy never reached {target} bytes; log:\n{}",
+            fetch.logs.dump()
+        );
+        fetch.kill9();
+        let held = len(&copy);
+        if held < TOTAL {
+            mid_stream += 1;
+        }
+        assert_bytes(
+            &read(&copy),
+            &pattern_range(0, held as usize),
+            &format!("copy after kill {round}"),
+        );
+        fetch = Fetch::to_file(upstream.port(), &copy, &[]);
+    }
+    writer.join().unwrap();
+    expect_file(&copy, &pattern_range(0, TOTAL as usize), LONG, &fetch);
+    assert!(
+        mid_stream > 0,
+        "no kill landed before the copy was complete"
+    );
+}
+
+/// Rotates the upstream file (a tail appended just before the rename, then a new file of
+/// `new_len` bytes), restarts the upstream, and checks the fetcher, the rotated copy
+/// (`rotated_name`, FILE.1 when `None`), FILE and the relay.
+fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
+    const OLD: u64 = 300_000;
+    const TAIL: u64 = 7_000;
+    let up_dir = TempDir::new();
+    let served = up_dir.join("up.log");
+    fs::write(&served, pattern_range(0, OLD as usize)).unwrap();
+    let port = low_port();
+    let mut upstream = serve_at(&served, port);
+
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    let rotated = dir.join(rotated_name.unwrap_or("copy.log.1"));
+    let mut args = vec!["--check-timeout", "1"];
+    let rotated_arg = rotated.to_str().unwrap().to_owned();
+    if rotated_name.is_some() {
+        args.extend(["--rotated", &rotated_arg]);
+    }
+    let fetch = Fetch::to_file(port, &copy, &args);
+    expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
+    let mut relay = Server::builder().serve(&copy).start();
+    let mut leaf = relay.connect(b"0\n");
+    leaf.expect_pattern(0, OLD, PATIENCE);
+
+    append_pattern(&served, OLD, TAIL);
+    fs::rename(&served, up_dir.join("up.log.1")).unwrap();
+    let new = other_pattern(new_len);
+    fs::write(&served, &new).unwrap();
+    upstream.expect_exit(3, PATIENCE);
+    let _upstream = serve_at(&served, port);
+
+    expect_file(
+        &rotated,
+        &pattern_range(0, (OLD + TAIL) as usize),
+        LONG,
+        &fetch,
+    );
+    expect_file(&copy, &new, LONG, &fetch);
+    assert!(
+        fetch.logs.lines().iter().any(|l| l.contains("new one")),
+        "the fetcher says the file is new; log:\n{}",
+        fetch.logs.dump()
+    );
+
+    // The relay drains its clients from the renamed copy and exits 3, as for any rotation.
+    leaf.expect_pattern(OLD, TAIL, PATIENCE);
+    leaf.expect_eof(PATIENCE);
+    relay.expect_exit(3, PATIENCE);
+    let relay = Server::builder().serve(&copy).start();
+    let mut leaf = relay.connect(b"0\n");
+    leaf.expect_bytes(&new, PATIENCE);
+}
+
+#[test]
+fn a_rotation_to_a_shorter_file_is_detected_and_flows_down_the_relay() {
+    rotation_is_detected(1_000, None);
+}
+
+#[test]
+fn a_rotation_to_a_longer_file_is_detected_and_flows_down_the_relay_with_a_chosen_name() {
+    rotation_is_detected(900_000, Some("older.log"));
+}
+
+#[test]
+fn a_stdout_fetch_across_a_server_restart_writes_each_byte_once() {
+    let dir = TempDir::new();
+    let served = dir.join("up.log");
+    fs::write(&served, pattern_range(0, 100_000)).unwrap();
+    let port = low_port();
+    let mut upstream = serve_at(&served, port);
+    let fetch = Fetch::to_stdout(port, &["--from", "1000"]);
+    assert!(poll_until(LONG, || fetch.stdout_len() == 99_000));
+
+    append_pattern(&served, 100_000, 5_000);
+    upstream.sigterm();
+    upstream.expect_exit(0, PATIENCE);
+    append_pattern(&served, 105_000, 70_000);
+    let _upstream = serve_at(&served, port);
+    append_pattern(&served, 175_000, 30_000);
+
+    let want = pattern_range(1000, 204_000);
+    assert!(
+        poll_until(LONG, || fetch.stdout_len() >= want.len()),
+        "stdout has {} of {} bytes",
+        fetch.stdout_len(),
+        want.len()
+    );
+    assert_bytes(&fetch.stdout(), &want, "stdout");
+    thread::sleep(QUIET);
+    assert_eq!(fetch.stdout_len(), want.len(), "bytes written twice");
+}
+
+#[test]
+fn a_stdout_fetch_says_when_the_file_was_rotated_and_goes_on_from_its_start() {
+    let dir = TempDir::new();
+    let served = dir.join("up.log");
+    fs::write(&served, pattern_range(0, 60_000)).unwrap();
+    let port = low_port();
+    let mut upstream = serve_at(&served, port);
+    let fetch = Fetch::to_stdout(port, &["--check-timeout", "1"]);
+    assert!(poll_until(LONG, || fetch.stdout_len() == 60_000));
+
+    fs::rename(&served, dir.join("up.log.1")).unwrap();
+    let new = other_pattern(2_000);
+    fs::write(&served, &new).unwrap();
+    upstream.expect_exit(3, PATIENCE);
+    let _upstream = serve_at(&served, port);
+
+    let mut want = pattern_range(0, 60_000);
+    want.extend_from_slice(&new);
+    assert!(poll_until(LONG, || fetch.stdout_len() >= want.len()));
+    assert_bytes(
+        &fetch.stdout(),
+        &want,
+        "stdout: the old file, then the new one",
+    );
+    let warning = fetch
+        .logs
+        .wait_for("warning of the new file", PATIENCE, |l| {
+            l.contains("WARN") && l.contains("new one")
+        });
+    assert!(warning.contains("held=60000"), "{warning}");
+}
+
+#[test]
+fn last_and_new_start_at_the_end_and_resume_exactly() {
+    let dir = TempDir::new();
+    let served = dir.join("up.log");
+    fs::write(&served, pattern_range(0, 50_000)).unwrap();
+    let port = low_port();
+    let mut upstream = serve_at(&served, port);
+    let last = Fetch::to_stdout(port, &["--last", "100"]);
+    let new = Fetch::to_stdout(port, &["--new"]);
+    for f in [&last, &new] {
+        f.logs.wait_for("saying where it starts", LONG, |l| {
+            l.contains("found the end")
+        });
+    }
+    assert!(poll_until(LONG, || last.stdout_len() == 100));
+
+    append_pattern(&served, 50_000, 2_000);
+    upstream.sigterm();
+    upstream.expect_exit(0, PATIENCE);
+    append_pattern(&served, 52_000, 3_000);
+    let _upstream = serve_at(&served, port);
+    assert!(poll_until(LONG, || last.stdout_len() >= 5_100
+        && new.stdout_len() >= 5_000));
+    assert_bytes(&last.stdout(), &pattern_range(49_900, 5_100), "--last 100");
+    assert_bytes(&new.stdout(), &pattern_range(50_000, 5_000), "--new");
+}
+
+#[test]
+fn once_exits_0_when_the_server_closes_the_stream() {
+    let upstream = Server::start(&pattern_range(0, 10_000));
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    let mut fetch = Fetch::to_file(upstream.port(), &copy, &["--once", "--fsync", "0.05"]);
+    expect_file(&copy, &pattern_range(0, 10_000), LONG, &fetch);
+    upstream.sigterm();
+    fetch.expect_exit(0, PATIENCE);
+}
+
+#[test]
+fn a_host_name_is_resolved() {
+    let upstream = Server::start(&pattern_range(0, 3_000));
+    let args: Vec<OsString> = ["--once", "--from", "100"].map(OsString::from).to_vec();
+    let mut fetch = Fetch::start_at(&format!("localhost:{}", upstream.port()), &args);
+    assert!(poll_until(LONG, || fetch.stdout_len() == 2_900));
+    upstream.sigterm();
+    fetch.expect_exit(0, PATIENCE);
+    assert_bytes(&fetch.stdout(), &pattern_range(100, 2_900), "stdout");
+}
+
+/// A run of tailsrv-fetch that ends by itself.
+struct Finished {
+    code: Option<i32>,
+    stderr: String,
+}
+
+#[track_caller]
+fn run_fetch(args: &[&str]) -> Finished {
+    let child = Command::new(FETCH)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tailsrv-fetch");
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(LONG) {
+        Ok(output) => {
+            let output = output.expect("waiting for tailsrv-fetch");
+            Finished {
+                code: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        }
+        Err(_) => {
+            // SAFETY: kill(2) on the child we spawned; its waiter thread has not reaped it.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("tailsrv-fetch {args:?} still running after {LONG:?}");
+        }
+    }
+}
+
+/// Asserts the exit status and that stderr is one line starting with `start`.
+#[track_caller]
+fn expect_failure(args: &[&str], code: i32, start: &str) {
+    let run = run_fetch(args);
+    assert_eq!(run.code, Some(code), "{args:?}: stderr {:?}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line, got {:?}", run.stderr);
+    assert!(
+        lines[0].starts_with(start),
+        "{args:?}: {:?} should start with {start:?}",
+        lines[0]
+    );
+}
+
+/// A port on which nothing listens: bound, then closed.
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_bad_command_line_exits_2() {
+    for args in [
+        &["localhost"][..],
+        &["localhost:0"],
+        &["::1:80"],
+        &["localhost:80", "--new", "--from", "3"],
+        &["localhost:80", "copy", "--last", "3"],
+    ] {
+        assert_eq!(run_fetch(args).code, Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn an_unknown_host_exits_3_with_one_line() {
+    expect_failure(
+        &["no-such-host.invalid:4321", "--quiet"],
+        3,
+        "tailsrv-fetch: error: cannot resolve no-such-host.invalid:4321",
+    );
+}
+
+#[test]
+fn a_refused_connection_with_once_exits_4_with_one_line() {
+    let addr = format!("127.0.0.1:{}", closed_port());
+    expect_failure(
+        &[&addr, "--once", "--quiet"],
+        4,
+        &format!("tailsrv-fetch: error: {addr}: Connection refused"),
+    );
+}
+
+#[test]
+fn a_file_that_cannot_be_written_exits_5_with_one_line() {
+    let dir = TempDir::new();
+    let addr = format!("127.0.0.1:{}", closed_port());
+    let a_dir = dir.join("a-directory");
+    fs::create_dir(&a_dir).unwrap();
+    let plain = dir.join("plain");
+    fs::write(&plain, b"x").unwrap();
+    for file in [a_dir, plain.join("under-a-file")] {
+        let file = file.to_str().unwrap();
+        expect_failure(
+            &[&addr, file, "--quiet"],
+            5,
+            &format!("tailsrv-fetch: error: opening {file}: "),
+        );
+    }
+}
+
+#[test]
+fn a_second_fetcher_on_the_same_file_exits_5() {
+    let upstream = Server::start(&pattern_range(0, 1000));
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    let first = Fetch::to_file(upstream.port(), &copy, &[]);
+    expect_file(&copy, &pattern_range(0, 1000), LONG, &first);
+    let addr = format!("127.0.0.1:{}", upstream.port());
+    expect_failure(
+        &[&addr, copy.to_str().unwrap(), "--quiet"],
+        5,
+        "tailsrv-fetch: error: locking ",
+    );
+}
+
+#[test]
+fn a_copy_longer_than_the_servers_file_exits_6_when_rotation_handling_is_off() {
+    let upstream = Server::start(&pattern_range(0, 5_000));
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    let held = pattern_range(0, 10_000);
+    fs::write(&copy, &held).unwrap();
+    let addr = format!("127.0.0.1:{}", upstream.port());
+    let args = [
+        addr.as_str(),
+        copy.to_str().unwrap(),
+        "--on-rotation",
+        "exit",
+        "--check-timeout",
+        "0.5",
+        "--quiet",
+    ];
+    expect_failure(
+        &args,
+        6,
+        "tailsrv-fetch: error: the server's file is not the one held",
+    );
+    assert_eq!(read(&copy), held, "FILE is left alone");
+
+    // Different bytes before the resume point are the other way to tell.
+    let other = other_pattern(3_000);
+    fs::write(&copy, &other).unwrap();
+    expect_failure(
+        &args,
+        6,
+        "tailsrv-fetch: error: the server's file is not the one held",
+    );
+    assert_eq!(read(&copy), other, "FILE is left alone");
+    assert!(!dir.join("copy.log.1").exists());
+}
+
+#[test]
+fn relay_md_systemd_units_pass_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("note: skipped: systemd-analyze is not installed here");
+        return;
+    }
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/relay.md")).unwrap();
+    let dir = TempDir::new();
+    let mut names = Vec::new();
+    for block in doc.split("```ini\n").skip(1) {
+        let unit = &block[..block.find("```").expect("the unit block ends")];
+        let name = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("# /etc/systemd/system/"))
+            .expect("each unit names its path");
+        // verify insists that ExecStart's program exists: point the units at this build.
+        let unit = unit
+            .replace("/usr/local/bin/tailsrv-fetch", FETCH)
+            .replace("/usr/local/bin/tailsrv ", &format!("{BIN} "));
+        fs::write(dir.join(name), unit).unwrap();
+        names.push(name.to_owned());
+    }
+    assert_eq!(
+        names.len(),
+        2,
+        "relay.md shows the fetcher's and the relay's units"
+    );
+    for name in &names {
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(dir.join(name))
+            .output()
+            .expect("running systemd-analyze");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("tailsrv")).collect();
+        assert!(ours.is_empty(), "{name}: {ours:#?}");
+    }
+}
