@@ -433,9 +433,9 @@ pub async fn run(
         stats,
     } = setup;
     let listener = sys::adopt_listener(listener);
-    let doorbell = doorbell.connect().await;
+    let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
     let status_bell = match status {
-        Some(status) => Some(status.connect().await),
+        Some(status) => Some(crate::state::connect_patiently(status.connect()).await),
         None => None,
     };
     let shard = Rc::new(Shard {

@@ -146,7 +146,7 @@ impl Watch {
     ) -> Result<Outcome, Error> {
         let mut bells = Vec::with_capacity(doorbells.len());
         for (sender, interest) in doorbells {
-            let sender = sender.connect().await;
+            let sender = crate::state::connect_patiently(sender.connect()).await;
             bells.push(Bell { sender, interest });
         }
         let bells = Rc::new(Bells(bells));
@@ -165,7 +165,7 @@ impl Watch {
         if notifier.enabled() {
             let mut changes = Vec::with_capacity(jobs.status_changes.len());
             for rx in jobs.status_changes {
-                changes.push(rx.connect().await);
+                changes.push(crate::state::connect_patiently(rx.connect()).await);
             }
             glommio::spawn_local(systemd::keep_status(notifier, view.clone(), changes)).detach();
         }
