@@ -10,10 +10,10 @@
 //! ```
 //!
 //! - [`options`]: the command line.
-//! - [`check`]: the rotation check, pure logic.
-//! - [`backoff`]: waits between attempts.
-//! - [`output`]: stdout or FILE; owns the position and the bytes to check against.
-//! - [`progress`]: the progress line on a terminal.
+//! - `check`: the rotation check, pure logic.
+//! - `backoff`: waits between attempts.
+//! - `output`: stdout or FILE; owns the position and the bytes to check against.
+//! - `progress`: the progress line on a terminal.
 //! - [`error`]: fatal errors and exit statuses.
 //!
 //! Plain blocking std I/O: one connection at a time needs no runtime.
