@@ -13,7 +13,9 @@ use tracing::info;
 /// A host as given to `--bind` or `--metrics`: an IP literal, or a name to resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Host {
+    /// An address literal, used as it is.
     Ip(IpAddr),
+    /// A name, resolved once at start-up.
     Name(String),
 }
 
@@ -73,7 +75,9 @@ impl Host {
 /// `HOST:PORT`, as `--metrics` takes it: `127.0.0.1:9100`, `[::1]:9100`, `localhost:9100`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPort {
+    /// The host part.
     pub host: Host,
+    /// The port; 0 picks a free one.
     pub port: u16,
 }
 
@@ -125,23 +129,33 @@ pub fn bind_shards(
     backlog: i32,
 ) -> Result<(SocketAddr, Vec<OwnedFd>), Error> {
     let Some(host) = host else {
-        let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
-        return match sys::bind_listeners(any, shards, backlog) {
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
-                ) =>
-            {
-                let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-                sys::bind_listeners(v4, shards, backlog).map_err(|e| bind_error("binding", v4, e))
-            }
-            result => result.map_err(|e| bind_error("binding", any, e)),
-        };
+        return bind_wildcard(port, |at| sys::bind_listeners(at, shards, backlog));
     };
     bind_first(host, port, "clients", "binding", |at| {
         sys::bind_listeners(at, shards, backlog)
     })
+}
+
+/// Binds every address: the IPv6 wildcard, which takes IPv4 clients too, or the IPv4
+/// wildcard where the system has no IPv6 (socket or bind says EAFNOSUPPORT or
+/// EADDRNOTAVAIL). Any other failure is reported as it is.
+fn bind_wildcard<T>(
+    port: u16,
+    mut bind: impl FnMut(SocketAddr) -> io::Result<T>,
+) -> Result<T, Error> {
+    let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    match bind(any) {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+            bind(v4).map_err(|e| bind_error("binding", v4, e))
+        }
+        result => result.map_err(|e| bind_error("binding", any, e)),
+    }
 }
 
 /// Binds the `--metrics` listener.
@@ -224,6 +238,43 @@ fn unprivileged_port_start() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wildcard_falls_back_to_ipv4_only_where_ipv6_is_missing() {
+        // The system's answers are faked: no IPv6 cannot be arranged for a real test.
+        for errno in [libc::EAFNOSUPPORT, libc::EADDRNOTAVAIL] {
+            let mut tried = Vec::new();
+            let bound = bind_wildcard(4000, |at| {
+                tried.push(at);
+                if at.is_ipv6() {
+                    Err(io::Error::from_raw_os_error(errno))
+                } else {
+                    Ok(at)
+                }
+            })
+            .unwrap();
+            assert_eq!(bound, "0.0.0.0:4000".parse().unwrap());
+            assert_eq!(tried, ["[::]:4000".parse().unwrap(), bound]);
+        }
+        // With IPv6 there, the IPv6 wildcard is bound and IPv4 is not tried.
+        let mut tried = Vec::new();
+        let bound = bind_wildcard(0, |at| {
+            tried.push(at);
+            Ok(at)
+        })
+        .unwrap();
+        assert_eq!(bound, "[::]:0".parse().unwrap());
+        assert_eq!(tried.len(), 1);
+        // Any other failure (the port is taken) is an error, not a reason to try IPv4.
+        let mut tried = 0;
+        let err = bind_wildcard(4000, |_| -> io::Result<()> {
+            tried += 1;
+            Err(io::Error::from_raw_os_error(libc::EADDRINUSE))
+        })
+        .unwrap_err();
+        assert_eq!(tried, 1);
+        assert!(err.to_string().contains("[::]:4000"), "{err}");
+    }
 
     #[test]
     fn hosts_parse_as_ip_literals_or_names() {

@@ -58,7 +58,7 @@ pub struct Options {
     pub max_clients_per_ip: Option<u32>,
 
     /// Length of the IPv6 prefix that counts as one peer for --max-clients-per-ip
-    #[arg(long, value_name = "BITS", default_value = "64",
+    #[arg(long, value_name = "BITS", default_value_t = crate::admission::DEFAULT_IPV6_PREFIX,
           value_parser = clap::value_parser!(u8).range(0..=128))]
     pub ipv6_prefix: u8,
 
@@ -211,7 +211,6 @@ mod tests {
             &["tailsrv", "-p", "1", "--metrics", "::1:9100", "log"],
             &["tailsrv", "-p", "1", "--metrics", "localhost", "log"],
             &["tailsrv", "-p", "1", "--header-timeout", "0", "log"],
-            &["tailsrv", "-p", "1", "--header-timeout", "-3", "log"],
             &["tailsrv", "-p", "1"],
             &["tailsrv", "-p", "1", "--max-clients", "0", "log"],
             &["tailsrv", "-p", "1", "--max-clients-per-ip", "-1", "log"],
@@ -221,5 +220,33 @@ mod tests {
         ] {
             assert!(Options::try_parse_from(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn parse_seconds_takes_positive_seconds_up_to_a_day() {
+        for (text, want) in [
+            ("10", Some(Duration::from_secs(10))),
+            ("0.5", Some(Duration::from_millis(500))),
+            ("86400", Some(Duration::from_secs(86_400))),
+            ("0", None),
+            ("-3", None),
+            ("-0.5", None),
+            ("86400.5", None),
+            ("inf", None),
+            ("NaN", None),
+            ("soon", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_seconds(text).ok(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_negative_header_timeout_reaches_its_parser() {
+        // Why `=`? With a space, clap may take `-3` for an unknown short option and refuse it
+        // before parse_seconds runs, which would pass this test for the wrong reason.
+        let err = Options::try_parse_from(["tailsrv", "-p", "1", "--header-timeout=-3", "log"])
+            .expect_err("a negative timeout must be refused");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{err}");
     }
 }

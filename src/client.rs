@@ -13,7 +13,7 @@ use glommio::timer::Timer;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -275,6 +275,7 @@ async fn stream_file(
                     Woke::Verify => {
                         verify = None;
                         unverified = false;
+                        ShardStats::add(&shard.stats.liveness_checks, 1);
                         if sys::tcp_is_closed(sock).unwrap_or(true) {
                             return End::Gone(io::ErrorKind::ConnectionReset.into());
                         }
@@ -331,7 +332,7 @@ async fn wait_for_room(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
-    file: RawFd,
+    file: BorrowedFd<'_>,
     offset: u64,
 ) -> io::Result<usize> {
     ShardStats::add(&shard.stats.blocked, 1);
@@ -438,7 +439,7 @@ async fn wait_writable(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
-    file: RawFd,
+    file: BorrowedFd<'_>,
     offset: u64,
 ) -> io::Result<usize> {
     let mut armed = false;

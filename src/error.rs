@@ -7,8 +7,13 @@ use std::process::ExitCode;
 /// A fatal error: printed as one line, then tailsrv exits with status 1.
 #[derive(Debug)]
 pub enum Error {
-    /// A system call failed; `context` says what tailsrv was doing.
-    Io { context: String, source: io::Error },
+    /// A system call failed.
+    Io {
+        /// What tailsrv was doing (`binding [::]:4000`).
+        context: String,
+        /// What the system said.
+        source: io::Error,
+    },
     /// The file or the options cannot work (a directory, a missing parent, zero shards).
     Config(String),
     /// The runtime failed: an executor could not start, or a thread panicked.
@@ -16,6 +21,7 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Io`] with its context.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -45,7 +51,9 @@ impl std::error::Error for Error {
 /// Why a server that started ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// SIGINT, SIGTERM or SIGHUP: clients were closed and the server stopped. Exit status 0.
+    /// Asked to stop (SIGINT, SIGTERM or SIGHUP for the binary; the shutdown future or
+    /// [`Handle::shutdown`](crate::Handle::shutdown) in-process): clients were closed and the
+    /// server stopped. Exit status 0.
     Signalled,
     /// The file was deleted, renamed away or replaced. Exit status 3.
     FileGone,
@@ -75,6 +83,7 @@ impl Outcome {
         }
     }
 
+    /// The exit status the binary ends with after this outcome.
     pub fn exit_code(self) -> ExitCode {
         ExitCode::from(match self {
             Outcome::Signalled => 0,

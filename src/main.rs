@@ -31,7 +31,7 @@ fn run(opts: &Options) -> Result<Outcome, Error> {
     let signals = Signals::block()?;
     process::raise_limits()?;
     let server = Server::bind(opts)?;
-    let stop = signals.recv();
+    let stop = signals.recv()?;
     server.serve(async {
         let signal = stop.await;
         info!(signal, "signal received; closing all clients and exiting");

@@ -7,7 +7,7 @@
 use crate::error::Error;
 use crate::sys;
 use std::future::Future;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use tracing::{debug, warn};
@@ -31,14 +31,17 @@ impl Signals {
     /// Why a thread? The future is polled wherever the caller polls it (by
     /// [`Server::serve`](crate::Server::serve), on a plain thread with no reactor); one thread
     /// parked in poll(2) on the signalfd is the simplest thing that can wake it.
-    pub fn recv(self) -> impl Future<Output = i32> + Send + 'static {
+    ///
+    /// Fails if that thread cannot start: with the signals blocked and nobody reading them,
+    /// SIGTERM would otherwise be ignored.
+    pub fn recv(self) -> Result<impl Future<Output = i32> + Send + 'static, Error> {
         let slot: Arc<Mutex<(Option<i32>, Option<Waker>)>> = Arc::default();
         let writer = slot.clone();
         let spawned = std::thread::Builder::new()
             .name("tailsrv-signals".into())
             .spawn(move || {
                 let signo = loop {
-                    match sys::read_signal(self.fd.as_raw_fd()) {
+                    match sys::read_signal(self.fd.as_fd()) {
                         Ok(Some(signo)) => break signo,
                         Ok(None) => {}
                         Err(e) => {
@@ -58,10 +61,8 @@ impl Signals {
                     }
                 }
             });
-        if let Err(e) = &spawned {
-            warn!(error = %e, "cannot start the signal thread; signals will kill tailsrv");
-        }
-        futures_lite::future::poll_fn(move |cx| match slot.lock() {
+        spawned.map_err(|e| Error::io("starting the signal thread", e))?;
+        Ok(futures_lite::future::poll_fn(move |cx| match slot.lock() {
             Ok(mut state) => match state.0 {
                 Some(signo) => Poll::Ready(signo),
                 None => {
@@ -70,7 +71,7 @@ impl Signals {
                 }
             },
             Err(_) => Poll::Ready(0),
-        })
+        }))
     }
 }
 

@@ -7,6 +7,7 @@
 //! Process-wide set-up (signal mask, resource limits, logging) is not done here, so several
 //! servers can run in one process.
 
+use crate::addr;
 use crate::admission::{Admission, Limits};
 use crate::cli::Options;
 use crate::error::{Error, Outcome};
@@ -28,7 +29,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{mpsc, Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// io_uring buffer memory per executor.
 ///
@@ -43,6 +44,11 @@ const BACKLOG: i32 = 4096;
 
 /// How long start-up may take before tailsrv gives up on a shard that never became ready.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the executors have to finish once the server is stopping (asked to, or the
+/// file ended it): the drain's 2 s and the shards' 0.5 s close grace, with room to spare
+/// on a loaded machine.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A server whose listeners are bound and whose executors run; [`serve`](Server::serve)
 /// waits for it to end. Dropping it without serving stops it and waits for its threads.
@@ -108,6 +114,11 @@ impl Handle {
         self.total(|s| ShardStats::get(&s.blocked))
     }
 
+    /// How many times a half-closed client, sent data, was checked for a reset since start.
+    pub fn liveness_checks(&self) -> u64 {
+        self.total(|s| ShardStats::get(&s.liveness_checks))
+    }
+
     /// Clients connected to each shard now.
     pub fn shard_clients(&self) -> Vec<u64> {
         self.stats
@@ -161,8 +172,7 @@ impl Server {
         let cpus =
             sys::allowed_cpus().map_err(|e| Error::io("reading the CPU affinity mask", e))?;
         let shards = opts.shards.map_or(cpus.len(), usize::from).max(1);
-        let (addr, listeners) =
-            crate::addr::bind_shards(opts.bind.as_ref(), opts.port, shards, BACKLOG)?;
+        let (addr, listeners) = addr::bind_shards(opts.bind.as_ref(), opts.port, shards, BACKLOG)?;
         let descriptor_limit = sys::nofile_limit().unwrap_or_else(|e| {
             warn!(error = %e, "cannot read the descriptor limit; assuming 1024");
             1024
@@ -170,7 +180,7 @@ impl Server {
         let admission = Arc::new(Admission::new(limits(opts, descriptor_limit, shards)));
 
         let metrics = match &opts.metrics {
-            Some(at) => Some(crate::addr::bind_metrics(at)?),
+            Some(at) => Some(addr::bind_metrics(at)?),
             None => None,
         };
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
@@ -338,23 +348,32 @@ impl Server {
 
     /// Waits for every executor to finish and gathers the result.
     fn join(&mut self) -> Result<Outcome, Error> {
-        let outcome = match self.watcher.take() {
-            Some(watcher) => watcher
-                .join()
-                .map_err(|e| Error::Runtime(format!("watcher executor failed: {e}")))
-                .and_then(|r| r),
-            None => Err(Error::Runtime("the watcher executor never started".into())),
-        };
-        let mut failed = None;
-        for result in self.pool.take().map(|p| p.join_all()).unwrap_or_default() {
-            if let Err(e) = result {
-                failed = Some(Error::Runtime(format!("shard executor failed: {e}")));
+        let (watcher, pool) = (self.watcher.take(), self.pool.take());
+        let joined = join_within(STOP_TIMEOUT, move || {
+            let outcome = match watcher {
+                Some(watcher) => watcher
+                    .join()
+                    .map_err(|e| Error::Runtime(format!("watcher executor failed: {e}")))
+                    .and_then(|r| r),
+                None => Err(Error::Runtime("the watcher executor never started".into())),
+            };
+            let mut failed = None;
+            for result in pool.map(|p| p.join_all()).unwrap_or_default() {
+                if let Err(e) = result {
+                    failed = Some(Error::Runtime(format!("shard executor failed: {e}")));
+                }
             }
-        }
-        let outcome = outcome?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
+            match (outcome, failed) {
+                (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+                (Ok(outcome), None) => Ok(outcome),
+            }
+        });
+        let outcome = joined.unwrap_or_else(|| {
+            Err(Error::Runtime(format!(
+                "the executors did not stop within {STOP_TIMEOUT:?} of being asked to; \
+                 abandoning them"
+            )))
+        })?;
         let bytes_sent = self.handle.bytes_sent();
         let probe_bytes = self.handle.total(|s| ShardStats::get(&s.probe_bytes));
         info!(?outcome, bytes_sent, probe_bytes, "stopped");
@@ -370,7 +389,8 @@ impl Drop for Server {
     }
 }
 
-/// Stops a server nobody is serving and waits for its threads; errors are only logged.
+/// Stops a server nobody is serving and waits for its threads, within [`STOP_TIMEOUT`];
+/// errors are only logged.
 fn stop_unserved(
     handle: &Handle,
     watcher: Option<ExecutorJoinHandle<Result<Outcome, Error>>>,
@@ -378,16 +398,49 @@ fn stop_unserved(
 ) {
     // Without a watcher the shards stop by themselves: their doorbells close.
     handle.shutdown();
-    if let Some(watcher) = watcher {
-        if let Err(e) = watcher.join() {
-            warn!(error = %e, "watcher executor failed while stopping");
-        }
-    }
-    if let Some(pool) = pool {
-        for result in pool.join_all() {
-            if let Err(e) = result {
-                warn!(error = %e, "shard executor failed while stopping");
+    let joined = join_within(STOP_TIMEOUT, move || {
+        if let Some(watcher) = watcher {
+            if let Err(e) = watcher.join() {
+                warn!(error = %e, "watcher executor failed while stopping");
             }
+        }
+        if let Some(pool) = pool {
+            for result in pool.join_all() {
+                if let Err(e) = result {
+                    warn!(error = %e, "shard executor failed while stopping");
+                }
+            }
+        }
+    });
+    if joined.is_none() {
+        error!(
+            timeout = ?STOP_TIMEOUT,
+            "executors did not stop after being asked to; abandoning them"
+        );
+    }
+}
+
+/// Runs `join` (which waits for threads) on a thread of its own and waits for it at most
+/// `timeout`; `None` if it is still waiting then, and then it is left to finish, or not.
+///
+/// Why bound it? Stopping can only ask an executor to stop; one that never wakes (a bug,
+/// or a wake-up lost inside the runtime) would otherwise hang the caller for good: a test
+/// for ever, the binary until its service manager kills it.
+fn join_within<T: Send + 'static>(
+    timeout: Duration,
+    join: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("tailsrv-join".into())
+        .spawn(move || {
+            let _ = tx.send(join());
+        });
+    match spawned {
+        Ok(_) => rx.recv_timeout(timeout).ok(),
+        Err(e) => {
+            warn!(error = %e, "cannot start a thread to wait for the executors");
+            None
         }
     }
 }

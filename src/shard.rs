@@ -5,15 +5,15 @@ use crate::admission::{Admission, Backoff};
 use crate::client;
 use crate::state::{Interest, Phase, Published};
 use crate::stats::ShardStats;
+use crate::sys;
 use futures_lite::future;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
-use glommio::net::TcpListener;
 use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -63,7 +63,8 @@ pub struct Shard {
     /// Clients waiting for the file to grow (slots with a growth waker).
     waiting: Cell<usize>,
     size: Cell<u64>,
-    file: Cell<Option<RawFd>>,
+    /// Whether this shard has taken in that the file is open.
+    opened: Cell<bool>,
     phase: Cell<Phase>,
     generation: Cell<u64>,
     slots: RefCell<Vec<Slot>>,
@@ -95,7 +96,7 @@ impl Shard {
             interested: Cell::new(false),
             waiting: Cell::new(0),
             size: Cell::new(0),
-            file: Cell::new(None),
+            opened: Cell::new(false),
             phase: Cell::new(Phase::Running),
             generation: Cell::new(0),
             slots: RefCell::default(),
@@ -122,8 +123,13 @@ impl Shard {
         self.size.get()
     }
 
-    pub fn file(&self) -> Option<RawFd> {
-        self.file.get()
+    /// The file, once this shard knows it is open. Borrowed from [`Published`], which never
+    /// closes it while a shard holds it.
+    pub fn file(&self) -> Option<BorrowedFd<'_>> {
+        if !self.opened.get() {
+            return None;
+        }
+        self.published.file().map(AsFd::as_fd)
     }
 
     pub fn phase(&self) -> Phase {
@@ -148,7 +154,7 @@ impl Shard {
         let Some(fd) = self.file() else {
             return self.size();
         };
-        match crate::sys::fstat(fd) {
+        match sys::fstat(fd) {
             Ok(st) => {
                 let size = st.st_size as u64;
                 if size > self.size() {
@@ -214,9 +220,9 @@ impl Shard {
     fn take_news(&self) {
         // The watcher took the interest flag down if it rang for growth.
         self.interested.set(false);
-        let opened = self.file.get().is_none() && self.published.file().is_some();
+        let opened = !self.opened.get() && self.published.file().is_some();
         if opened {
-            self.file.set(self.published.file().map(AsRawFd::as_raw_fd));
+            self.opened.set(true);
         }
         let size = self.published.size().max(self.size.get());
         let grew = size > self.size.get();
@@ -256,7 +262,7 @@ impl Shard {
     /// to do about it.
     fn bump(&self, phase_changed: bool) {
         self.generation.set(self.generation.get() + 1);
-        let (size, file) = (self.size.get(), self.file.get());
+        let (size, file) = (self.size.get(), self.file());
         let mut sent = 0u64;
         let mut wakers = Vec::new();
         {
@@ -344,7 +350,7 @@ impl Shard {
 
 /// Sends a waiting client everything up to `size`, if it has a direct socket and the socket
 /// takes it all; adds what went out to `sent`. `false` means the client's task must run.
-fn send_direct(slot: &mut Slot, file: Option<RawFd>, size: u64, sent: &mut u64) -> bool {
+fn send_direct(slot: &mut Slot, file: Option<BorrowedFd<'_>>, size: u64, sent: &mut u64) -> bool {
     let (Some(sock), Some(file), Some(offset)) = (slot.direct, file, slot.offset) else {
         return false;
     };
@@ -458,11 +464,10 @@ pub async fn run(
         status,
         stats,
     } = setup;
-    // SAFETY: `listener` is a listening TCP socket we own; ownership moves to glommio.
-    let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    let doorbell = doorbell.connect().await;
+    let listener = sys::adopt_listener(listener);
+    let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
     let status_bell = match status {
-        Some(status) => Some(status.connect().await),
+        Some(status) => Some(crate::state::connect_patiently(status.connect()).await),
         None => None,
     };
     let shard = Rc::new(Shard {

@@ -16,6 +16,7 @@
 
 use glommio::channels::shared_channel::ConnectedSender;
 use std::fs::File;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -134,6 +135,37 @@ impl Bells {
         }
         rung
     }
+}
+
+/// How often a task waiting for the other end of a shared channel to connect looks again.
+const CONNECT_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Awaits `connect` (a shared channel's `connect()`), polling it again every 10 ms as well
+/// as whenever glommio wakes it.
+///
+/// Why? glommio 0.9 can lose the wake-up that tells one side the other has connected: on a
+/// busy machine a watcher or a shard then slept in io_uring for good (seen in tests and
+/// with 16 servers started at once on one CPU; attaching a debugger, which interrupts the
+/// sleep, let start-up finish at once). The connection itself is recorded in memory both
+/// sides read, so polling again is enough to see it; the timer only makes sure the
+/// executor wakes to do so. It runs only until the channel is connected.
+pub(crate) async fn connect_patiently<F: Future>(connect: F) -> F::Output {
+    let mut connect = std::pin::pin!(connect);
+    let mut tick = glommio::timer::Timer::new(CONNECT_TICK);
+    futures_lite::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = connect.as_mut().poll(cx) {
+            return std::task::Poll::Ready(out);
+        }
+        while std::pin::Pin::new(&mut tick).poll(cx).is_ready() {
+            tick = glommio::timer::Timer::new(CONNECT_TICK);
+            // Look again now: the tick fired, so a missed wake-up may be behind us.
+            if let std::task::Poll::Ready(out) = connect.as_mut().poll(cx) {
+                return std::task::Poll::Ready(out);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]

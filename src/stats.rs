@@ -65,6 +65,8 @@ pub struct ShardStats {
     pub descriptor_shortages: AtomicU64,
     /// Times the watcher's doorbell woke this shard.
     pub doorbells: AtomicU64,
+    /// Half-closed clients checked for a reset after they were sent data.
+    pub liveness_checks: AtomicU64,
     /// Requests from the watcher, answered from the shard's own thread.
     pub heartbeat: Heartbeat,
     /// The lags of this shard's clients when it last answered the heartbeat.

@@ -1,9 +1,15 @@
 //! The unsafe edge: the Linux system calls tailsrv makes itself, each wrapped in a safe function.
+//!
+//! The `pub` items are also the bench's toolkit (benches/fanout builds its reference server
+//! and its clients from them): checking a return value, socket options, binding a
+//! SO_REUSEPORT group, sendfile and non-blocking receives. The rest is for tailsrv alone.
+
+#![allow(unsafe_code)]
 
 use std::io;
 use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 /// A system call's return value as a result: negative means `errno` says what went wrong.
 pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -28,20 +34,25 @@ pub fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
 /// The socket is non-blocking, so this returns `WouldBlock` when its buffer is full and a
 /// short count when only part fits. The file position is not used or changed, so shards may
 /// share one descriptor.
-pub fn sendfile(socket: RawFd, file: RawFd, offset: u64, count: usize) -> io::Result<usize> {
+pub fn sendfile(
+    socket: RawFd,
+    file: BorrowedFd<'_>,
+    offset: u64,
+    count: usize,
+) -> io::Result<usize> {
     let mut off = offset as libc::off_t;
     // SAFETY: both are descriptors the caller owns for the duration of the call, and `off`
     // is a valid, writable off_t.
-    check_size(unsafe { libc::sendfile(socket, file, &mut off, count) })
+    check_size(unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut off, count) })
 }
 
 /// Reads the one byte of `file` at `offset`, or `None` at or past its end.
-pub fn read_byte(file: RawFd, offset: u64) -> io::Result<Option<u8>> {
+pub(crate) fn read_byte(file: BorrowedFd<'_>, offset: u64) -> io::Result<Option<u8>> {
     let mut byte = 0u8;
     // SAFETY: the buffer is one valid, writable byte.
     let n = check_size(unsafe {
         libc::pread(
-            file,
+            file.as_raw_fd(),
             (&mut byte as *mut u8).cast(),
             1,
             offset as libc::off_t,
@@ -51,10 +62,10 @@ pub fn read_byte(file: RawFd, offset: u64) -> io::Result<Option<u8>> {
 }
 
 /// The size of the file behind `fd`, and its link count.
-pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` is valid for writes of a `stat`, which fstat fills on success.
-    check(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstat succeeded, so `st` is initialised.
     Ok(unsafe { st.assume_init() })
 }
@@ -100,9 +111,52 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     check(unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) }).map(drop)
 }
 
-/// Sets a socket option whose value is a plain `T`.
-pub fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
-    // SAFETY: `value` lives for the call and its size is passed alongside it.
+/// A value [`setsockopt`] may pass: plain data the kernel reads `size_of::<Self>()` bytes of.
+///
+/// Why sealed? Some options take structures that hold pointers (`SO_ATTACH_FILTER`'s
+/// `sock_fprog`, for one); passed by mistake, the kernel would follow whatever the pointer
+/// says. Only the types below, which hold no pointers, can be passed, and no one outside
+/// this module can add another.
+///
+/// ```
+/// # let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// # use std::os::fd::AsRawFd;
+/// tailsrv::sys::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)
+///     .unwrap();
+/// ```
+///
+/// A pointer, or anything holding one, does not compile:
+///
+/// ```compile_fail
+/// let program: *const u8 = std::ptr::null();
+/// const SO_ATTACH_FILTER: libc::c_int = 26;
+/// tailsrv::sys::setsockopt(3, libc::SOL_SOCKET, SO_ATTACH_FILTER, program);
+/// ```
+pub trait SockOptValue: sealed::Sealed + Copy {}
+
+mod sealed {
+    /// Implemented only here, so [`super::SockOptValue`] cannot be implemented elsewhere.
+    pub trait Sealed {}
+    impl Sealed for libc::c_int {}
+    impl Sealed for libc::c_uint {}
+    impl Sealed for libc::linger {}
+    impl Sealed for libc::timeval {}
+}
+
+impl SockOptValue for libc::c_int {}
+impl SockOptValue for libc::c_uint {}
+impl SockOptValue for libc::linger {}
+impl SockOptValue for libc::timeval {}
+
+/// Sets a socket option to a plain value (an integer, a `linger`, a `timeval`).
+pub fn setsockopt<T: SockOptValue>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: `value` lives for the call, its size is passed alongside it, and it holds no
+    // pointer for the kernel to follow (`SockOptValue` is sealed to pointer-free types).
     check(unsafe {
         libc::setsockopt(
             fd,
@@ -122,7 +176,7 @@ pub fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T)
 /// while data was in flight would otherwise hold its connection for the kernel's full
 /// retransmission schedule (about 15 minutes). A live client that merely stops reading is
 /// not affected: it keeps answering the zero-window probes.
-pub fn set_keepalive(
+pub(crate) fn set_keepalive(
     socket: RawFd,
     idle_secs: i32,
     interval_secs: i32,
@@ -147,7 +201,7 @@ pub fn set_keepalive(
 }
 
 /// Whether the kernel has closed this TCP connection (it received a reset, or timed out).
-pub fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
+pub(crate) fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
     // SAFETY: tcp_info is plain data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { zeroed() };
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -175,7 +229,7 @@ pub fn set_linger_zero(socket: RawFd) -> io::Result<()> {
 }
 
 /// Shuts down the sending side: the peer gets a FIN once everything queued has gone out.
-pub fn shutdown_write(socket: RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(socket: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller owns.
     check(unsafe { libc::shutdown(socket, libc::SHUT_WR) }).map(drop)
 }
@@ -217,14 +271,14 @@ pub fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) 
 }
 
 /// The address a socket is bound to.
-pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+pub(crate) fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
     let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `storage` is writable for `len` bytes.
     check(unsafe {
         libc::getsockname(
-            fd,
+            fd.as_raw_fd(),
             (&mut storage as *mut libc::sockaddr_storage).cast(),
             &mut len,
         )
@@ -320,7 +374,7 @@ pub fn bind_listeners(
     for _ in 0..count {
         let fd = tcp_socket(&addr, true)?;
         if addr.port() == 0 {
-            addr = local_addr(fd.as_raw_fd())?;
+            addr = local_addr(fd.as_fd())?;
         }
         // SAFETY: plain syscall on a socket we own.
         check(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
@@ -329,9 +383,21 @@ pub fn bind_listeners(
     Ok((addr, listeners))
 }
 
+/// Hands a bound, listening TCP socket over to glommio, on the executor that will accept on it.
+///
+/// Why take an `OwnedFd`? glommio 0.9 adopts listeners only through `FromRawFd`, which
+/// trusts its caller to give up the descriptor and to give a listening socket. Taking it
+/// owned means nobody else can still close it; the listening part is up to the callers
+/// ([`bind_listeners`], a bound `std::net::TcpListener`).
+pub(crate) fn adopt_listener(listener: OwnedFd) -> glommio::net::TcpListener {
+    // SAFETY: `listener` is a listening TCP socket (see above) that we own; ownership moves
+    // to glommio, which closes it when the listener drops.
+    unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
+}
+
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and every thread it starts from now on) and
 /// returns a signalfd that becomes readable when one arrives.
-pub fn signal_fd() -> io::Result<OwnedFd> {
+pub(crate) fn signal_fd() -> io::Result<OwnedFd> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
     let mut set: libc::sigset_t = unsafe { zeroed() };
     // SAFETY: `set` is a valid sigset_t for these calls.
@@ -353,13 +419,17 @@ pub fn signal_fd() -> io::Result<OwnedFd> {
 }
 
 /// Takes one pending signal from a signalfd, if any.
-pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
+pub(crate) fn read_signal(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain data; all zeroes is a valid value.
     let mut info: libc::signalfd_siginfo = unsafe { zeroed() };
     let size = size_of::<libc::signalfd_siginfo>();
     // SAFETY: `info` is writable for `size` bytes.
     match check_size(unsafe {
-        libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size)
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            size,
+        )
     }) {
         Ok(n) if n == size => Ok(Some(info.ssi_signo as i32)),
         Ok(_) => Ok(None),
@@ -369,7 +439,7 @@ pub fn read_signal(fd: RawFd) -> io::Result<Option<i32>> {
 }
 
 /// A non-blocking eventfd: a flag one thread sets to wake another (here, the watcher).
-pub fn eventfd() -> io::Result<OwnedFd> {
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked before it is owned.
     let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
     // SAFETY: a fresh descriptor that nothing else owns.
@@ -377,14 +447,14 @@ pub fn eventfd() -> io::Result<OwnedFd> {
 }
 
 /// Adds one to an eventfd's counter, making it readable (and keeping it so: nobody reads it).
-pub fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
     let one: u64 = 1;
     // SAFETY: `one` is 8 readable bytes, the size an eventfd write takes.
     check_size(unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) }).map(drop)
 }
 
 /// Blocks the calling thread until `fd` is readable.
-pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut poll = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -401,7 +471,7 @@ pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// The CPUs this process may run on (its affinity mask, as `taskset` or cgroups set it).
-pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { zeroed() };
     // SAFETY: `set` is writable for its own size.
@@ -412,8 +482,15 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
         .collect())
 }
 
+/// The type of getrlimit's resource argument, which differs between C libraries.
+#[cfg(any(target_env = "gnu", target_env = "uclibc"))]
+type RlimitResource = libc::__rlimit_resource_t;
+/// The type of getrlimit's resource argument, which differs between C libraries.
+#[cfg(not(any(target_env = "gnu", target_env = "uclibc")))]
+type RlimitResource = libc::c_int;
+
 /// Raises a resource's soft limit to its hard limit; returns the new soft limit.
-fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<u64> {
+fn raise_soft_limit(resource: RlimitResource) -> io::Result<u64> {
     // SAFETY: rlimit is plain data, filled by getrlimit.
     let mut lim: libc::rlimit = unsafe { zeroed() };
     // SAFETY: `lim` is a valid, writable rlimit.
@@ -428,13 +505,13 @@ fn raise_soft_limit(resource: libc::__rlimit_resource_t) -> io::Result<u64> {
 
 /// Takes an exclusive advisory lock (flock) on an open file without waiting;
 /// `WouldBlock` when another open file description holds one.
-pub fn try_lock_exclusive(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain flock on a descriptor the caller owns.
-    check(unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
+pub(crate) fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain flock on a descriptor the caller holds open for the call.
+    check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(drop)
 }
 
 /// The soft limit on open descriptors (RLIMIT_NOFILE), as it is now.
-pub fn nofile_limit() -> io::Result<u64> {
+pub(crate) fn nofile_limit() -> io::Result<u64> {
     // SAFETY: rlimit is plain data, filled by getrlimit.
     let mut lim: libc::rlimit = unsafe { zeroed() };
     // SAFETY: `lim` is a valid, writable rlimit.
@@ -443,12 +520,12 @@ pub fn nofile_limit() -> io::Result<u64> {
 }
 
 /// Raises the soft limit on open descriptors to the hard limit; returns the new limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_NOFILE)
 }
 
 /// Raises the soft limit on locked memory to the hard limit; returns the new soft limit.
-pub fn raise_memlock_limit() -> io::Result<u64> {
+pub(crate) fn raise_memlock_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_MEMLOCK)
 }
 
@@ -461,7 +538,7 @@ pub fn raise_memlock_limit() -> io::Result<u64> {
 /// which fails at once with ENOTSOCK on an inotify or signal descriptor: any answer at all
 /// means the poll fired. The wrapper owns a duplicate, so closing it leaves `fd` open. The
 /// cost is a dup and a close per wait, no thread and no timer.
-pub async fn readable(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+pub(crate) async fn readable(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     use futures_lite::AsyncRead;
     use std::os::fd::IntoRawFd;
     let dup = fd.try_clone_to_owned()?;
@@ -490,7 +567,7 @@ mod tests {
         assert_ne!(addr.port(), 0);
         assert_eq!(fds.len(), 3);
         for fd in &fds {
-            assert_eq!(local_addr(fd.as_raw_fd()).unwrap(), addr);
+            assert_eq!(local_addr(fd.as_fd()).unwrap(), addr);
         }
         let err = bind_listeners(addr, 1, 16).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
@@ -506,9 +583,9 @@ mod tests {
             .write_all(b"ab")
             .unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        assert_eq!(read_byte(file.as_raw_fd(), 1).unwrap(), Some(b'b'));
-        assert_eq!(read_byte(file.as_raw_fd(), 2).unwrap(), None);
-        assert_eq!(fstat(file.as_raw_fd()).unwrap().st_size, 2);
+        assert_eq!(read_byte(file.as_fd(), 1).unwrap(), Some(b'b'));
+        assert_eq!(read_byte(file.as_fd(), 2).unwrap(), None);
+        assert_eq!(fstat(file.as_fd()).unwrap().st_size, 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

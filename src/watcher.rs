@@ -10,12 +10,11 @@ use crate::sys;
 use crate::{metrics, systemd};
 use futures_lite::future;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
-use glommio::net::TcpListener;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -131,7 +130,7 @@ impl Watch {
         }
         // Watch first, size second: an append between the two is then never missed.
         self.file_wd = Some(self.inotify.watches().add(&self.path, FILE_EVENTS)?);
-        let size = sys::fstat(file.as_raw_fd())?.st_size as u64;
+        let size = sys::fstat(file.as_fd())?.st_size as u64;
         self.published.set_size(size);
         self.published.set_file(file);
         Ok(())
@@ -147,7 +146,7 @@ impl Watch {
     ) -> Result<Outcome, Error> {
         let mut bells = Vec::with_capacity(doorbells.len());
         for (sender, interest) in doorbells {
-            let sender = sender.connect().await;
+            let sender = crate::state::connect_patiently(sender.connect()).await;
             bells.push(Bell { sender, interest });
         }
         let bells = Rc::new(Bells(bells));
@@ -158,8 +157,7 @@ impl Watch {
             label: jobs.label,
         });
         if let Some(listener) = jobs.metrics {
-            // SAFETY: a bound, listening TCP socket we own; ownership moves to glommio.
-            let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+            let listener = sys::adopt_listener(listener.into());
             let metrics = metrics::serve(listener, view.clone(), bells.clone());
             glommio::spawn_local(metrics).detach();
         }
@@ -167,7 +165,7 @@ impl Watch {
         if notifier.enabled() {
             let mut changes = Vec::with_capacity(jobs.status_changes.len());
             for rx in jobs.status_changes {
-                changes.push(rx.connect().await);
+                changes.push(crate::state::connect_patiently(rx.connect()).await);
             }
             glommio::spawn_local(systemd::keep_status(notifier, view.clone(), changes)).detach();
         }
@@ -280,7 +278,7 @@ impl Watch {
             }
             return Ok(News::Nothing);
         };
-        let st = match sys::fstat(file.as_raw_fd()) {
+        let st = match sys::fstat(file.as_fd()) {
             Ok(st) => st,
             Err(e) => {
                 error!(error = %e, "cannot stat the open file; exiting");

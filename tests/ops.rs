@@ -1,17 +1,22 @@
 //! Operating tailsrv: systemd notifications (sd-notify feature), journald, limits.
 
 use crate::common::*;
+#[cfg(feature = "sd-notify")]
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+#[cfg(any(feature = "sd-notify", feature = "tracing-journald"))]
+use std::time::Duration;
+use std::time::Instant;
 
 /// A datagram socket standing in for systemd's NOTIFY_SOCKET.
+#[cfg(feature = "sd-notify")]
 struct FakeSystemd {
     socket: UnixDatagram,
     path: std::path::PathBuf,
     _dir: TempDir,
 }
 
+#[cfg(feature = "sd-notify")]
 impl FakeSystemd {
     fn new() -> FakeSystemd {
         let dir = TempDir::new();
@@ -127,15 +132,44 @@ fn watchdog_pings_at_half_the_interval() {
 
 #[test]
 #[cfg(feature = "sd-notify")]
-fn without_notify_socket_nothing_is_sent_and_serving_works() {
-    let server = Server::builder().contents(b"abc").start();
+fn a_notify_socket_nobody_listens_on_is_warned_about_and_serving_works() {
+    // The counterpart of the test below: it shows that a failed notification is logged, so
+    // that the absence of that line there means something.
+    let dir = TempDir::new();
+    let nobody = dir.join("nobody.sock");
+    let server = Server::builder()
+        .contents(b"abc")
+        .env("NOTIFY_SOCKET", nobody.to_str().unwrap())
+        .start();
+    server
+        .logs()
+        .wait_for("warning that systemd cannot be told", PATIENCE, |l| {
+            l.contains("WARN") && l.contains("cannot notify the service manager")
+        });
     let mut client = server.connect(b"-2\n");
     client.expect_bytes(b"bc", PATIENCE);
-    assert!(
-        !server.logs().dump().contains("cannot notify"),
-        "{}",
-        server.logs().dump()
-    );
+}
+
+#[test]
+#[cfg(feature = "sd-notify")]
+fn without_notify_socket_nothing_is_sent_and_serving_works() {
+    // A watchdog interval without NOTIFY_SOCKET: systemd never sets one without the other,
+    // so tailsrv must ignore it (and send nothing) rather than enable a watchdog it cannot
+    // feed. The builder removes NOTIFY_SOCKET from the environment.
+    let mut server = Server::builder()
+        .contents(b"abc")
+        .env("WATCHDOG_USEC", "200000")
+        .start();
+    let mut client = server.connect(b"-2\n");
+    client.expect_bytes(b"bc", PATIENCE);
+    // Long enough for several watchdog periods, had one been started.
+    client.expect_silence(Duration::from_millis(600));
+    server.sigterm();
+    client.expect_eof(PATIENCE);
+    server.expect_exit(0, PATIENCE);
+    let log = server.logs().dump();
+    assert!(!log.contains("watchdog enabled"), "{log}");
+    assert!(!log.contains("cannot notify"), "{log}");
 }
 
 #[test]
@@ -157,13 +191,8 @@ fn journald_without_a_journal_is_a_one_line_error() {
         );
         child.kill().unwrap();
         let mut stderr = String::new();
-        use std::io::Read;
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let mut pipe = child.stderr.take().unwrap();
+        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
         assert!(
             !stderr.contains(" listening "),
             "logs went to stderr: {stderr}"

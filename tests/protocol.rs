@@ -167,18 +167,50 @@ fn a_start_past_the_end_waits_then_gets_bytes_from_its_offset() {
 
 #[test]
 fn a_half_closed_client_keeps_receiving() {
-    let server = Server::start(TEXT);
-    let mut client = server.connect(b"0\n");
+    // In-process, so the test can wait for the server's liveness check of the half-closed
+    // client (about a second after data is sent to it) instead of sleeping and hoping it
+    // has happened: the client must survive that check.
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, TEXT);
+    let server = InProcess::start(&path, &[]);
+    let mut client = Client::connect(server.port());
+    client.send(b"0\n");
     client.shutdown_write();
     client.expect_bytes(TEXT, PATIENCE);
-    server.append(b"first append\n");
+    append(&path, b"first append\n");
     client.expect_bytes(b"first append\n", PATIENCE);
-    // Why a sleep? The server re-checks a half-closed client's connection about a second
-    // after sending to it; the client must survive that check. This waits out the behaviour
-    // under test, it does not synchronise with the server.
-    std::thread::sleep(Duration::from_millis(1500));
-    server.append(b"second append\n");
+    let checked = poll_until(PATIENCE, || server.handle.liveness_checks() >= 1);
+    assert!(checked, "no liveness check within {PATIENCE:?}");
+    assert_eq!(
+        server.handle.clients(),
+        1,
+        "the half-closed client was dropped"
+    );
+    append(&path, b"second append\n");
     client.expect_bytes(b"second append\n", PATIENCE);
+}
+
+#[test]
+fn a_closed_client_is_dropped_by_the_liveness_check() {
+    // The counterpart of the test above: the check does drop a client that is gone.
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, TEXT);
+    let server = InProcess::start(&path, &[]);
+    let mut client = Client::connect(server.port());
+    client.send(b"0\n");
+    client.expect_bytes(TEXT, PATIENCE);
+    assert!(poll_until(PATIENCE, || server.handle.clients() == 1));
+    drop(client);
+    // The server cannot tell a closed client from a half-closed one until it sends to it.
+    append(&path, b"to nobody\n");
+    let dropped = poll_until(PATIENCE, || server.handle.clients() == 0);
+    assert!(
+        dropped,
+        "closed client still counted ({} checks)",
+        server.handle.liveness_checks()
+    );
 }
 
 #[test]
@@ -361,4 +393,68 @@ fn offsets_beyond_4_gib_are_served() {
     for client in [&mut at, &mut inside, &mut tail, &mut straddling] {
         client.expect_bytes(b"end\n", PATIENCE);
     }
+}
+
+#[test]
+fn the_header_timeout_is_a_deadline_not_an_idle_timer() {
+    let server = Server::builder()
+        .contents(TEXT)
+        .arg("--header-timeout")
+        .arg("1")
+        .start();
+    let mut trickler = server.connect(b"");
+    let port = trickler.local_port();
+    // A byte of padding every 200 ms: never idle for the 1 s timeout, never a whole header,
+    // and for 8 s in all (40 bytes, within the 64-byte header limit).
+    const TRICKLE: Duration = Duration::from_secs(8);
+    let mut writer = trickler.stream().try_clone().expect("cloning the socket");
+    let trickling = std::thread::spawn(move || {
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(200));
+            if std::io::Write::write_all(&mut writer, b" ").is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    trickler.expect_closed_without_data(PATIENCE);
+    let closed = started.elapsed();
+    // An idle timer would close only after the trickle stops, at 9 s.
+    assert!(
+        closed < TRICKLE,
+        "closed after {closed:?}: the timeout was reset by each byte"
+    );
+    server.expect_bad_header_warning(port);
+    trickling.join().unwrap();
+}
+
+#[test]
+fn a_client_that_resets_is_dropped_at_once() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, TEXT);
+    let server = InProcess::start(&path, &[]);
+    // One caught up, one waiting past the end, one mid-header: nothing will be sent to any
+    // of them, so only their resets can tell the server they are gone.
+    let mut caught_up = Client::connect(server.port());
+    caught_up.send(b"0\n");
+    caught_up.expect_bytes(TEXT, PATIENCE);
+    let mut past_end = Client::connect(server.port());
+    past_end.send(b"100000\n");
+    let mut mid_header = Client::connect(server.port());
+    mid_header.send(b"12");
+    let mut stays = Client::connect(server.port());
+    stays.send(b"-0\n");
+    assert!(poll_until(PATIENCE, || server.handle.clients() == 4));
+    for client in [caught_up, past_end, mid_header] {
+        client.reset();
+    }
+    let dropped = poll_until(PATIENCE, || server.handle.clients() == 1);
+    assert!(
+        dropped,
+        "{} clients still counted after three reset",
+        server.handle.clients()
+    );
+    append(&path, b"still serving\n");
+    stays.expect_bytes(b"still serving\n", PATIENCE);
 }

@@ -1,12 +1,15 @@
 //! tailsrv's integration tests: one test binary, so the helpers in `common` compile once.
 //!
-//! Each module drives the real `tailsrv` binary on port 0 against a temp file (`fetch`
-//! drives `tailsrv-fetch` against such servers too), except `inprocess`, which runs servers
-//! inside the test process through `tailsrv::Server`.
+//! Tests drive the real `tailsrv` binary on port 0 against a temp file; where a test needs
+//! the server's state (client counts, liveness checks, whether it is stopping), it runs the
+//! server inside the test process instead (`common::InProcess`, through `tailsrv::Server`)
+//! and asks its `Handle`, rather than parse log lines. `fetch` drives `tailsrv-fetch`
+//! against such servers too.
 
 mod common;
 
 mod addresses;
+mod binding;
 mod docs;
 mod fetch;
 mod fuzz;

@@ -172,7 +172,7 @@ struct Options {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scenario {
+enum Scenario {
     Appendcost,
     Catchup,
     Live,

@@ -11,7 +11,7 @@ use inotify::{Inotify, WatchMask};
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 const LISTENER: u64 = u64::MAX;
@@ -34,7 +34,7 @@ struct Client {
 pub fn serve(path: &Path, addr: SocketAddr) -> io::Result<()> {
     let _ = sys::raise_nofile(1 << 16);
     let file = File::open(path)?;
-    let fd = file.as_raw_fd();
+    let fd = file.as_fd();
     let mut inotify = Inotify::init()?;
     inotify.watches().add(path, WatchMask::MODIFY)?;
     // tailsrv's own listener set-up (one socket of a SO_REUSEPORT group), made non-blocking
@@ -134,7 +134,7 @@ pub fn serve(path: &Path, addr: SocketAddr) -> io::Result<()> {
 }
 
 /// Sends the client everything up to `size` until the socket is full. False: drop it.
-fn pump(client: &mut Client, file: i32, size: u64) -> bool {
+fn pump(client: &mut Client, file: BorrowedFd<'_>, size: u64) -> bool {
     let Some(mut offset) = client.offset else {
         return true;
     };
@@ -190,7 +190,7 @@ fn read_header(client: &mut Client, file: &File, size: &mut u64) -> bool {
             Start::FromEnd(n) => size.saturating_sub(n),
         });
         client.input_closed = at_eof;
-        return pump(client, file.as_raw_fd(), *size) && (at_eof || discard_input(client));
+        return pump(client, file.as_fd(), *size) && (at_eof || discard_input(client));
     }
 }
 

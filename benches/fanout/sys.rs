@@ -77,8 +77,9 @@ pub fn set_affinity(cpus: &[usize]) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { zeroed() };
     for &cpu in cpus {
-        // SAFETY: CPU_SET writes within the set for indices below CPU_SETSIZE, checked here.
         if cpu < libc::CPU_SETSIZE as usize {
+            // SAFETY: CPU_SET writes within the set for indices below CPU_SETSIZE, checked
+            // just above.
             unsafe { libc::CPU_SET(cpu, &mut set) };
         }
     }

@@ -21,24 +21,48 @@ pub enum Ended {
 #[derive(Debug)]
 pub enum FetchError {
     /// HOST:PORT names no address (unknown host). Exit status 3.
-    Unresolvable { addr: String, source: io::Error },
+    Unresolvable {
+        /// The HOST:PORT given.
+        addr: String,
+        /// What the resolver said.
+        source: io::Error,
+    },
     /// With `--once`: the connection could not be made, or failed before an orderly end.
     /// Exit status 4.
-    Connection { addr: String, source: io::Error },
+    Connection {
+        /// The HOST:PORT given.
+        addr: String,
+        /// What the system said.
+        source: io::Error,
+    },
     /// FILE or the rotated name cannot be opened, locked, renamed or written. Exit status 5.
     File {
+        /// The file.
         path: PathBuf,
+        /// What was being done to it ("opening", "locking", ...).
         doing: &'static str,
+        /// What the system said.
         source: io::Error,
     },
     /// The server's file is not the one the bytes held so far came from, and rotation
     /// handling is off. Exit status 6.
-    NotTheSameFile { at: u64, reason: String },
+    NotTheSameFile {
+        /// The offset at which the check was made.
+        at: u64,
+        /// What the check found.
+        reason: String,
+    },
     /// Anything else: writing stdout, a socket call that should not fail. Exit status 1.
-    Io { context: String, source: io::Error },
+    Io {
+        /// What tailsrv-fetch was doing.
+        context: String,
+        /// What the system said.
+        source: io::Error,
+    },
 }
 
 impl FetchError {
+    /// The exit status tailsrv-fetch ends with after this error.
     pub fn exit_status(&self) -> u8 {
         match self {
             FetchError::Io { .. } => 1,

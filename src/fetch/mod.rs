@@ -10,20 +10,20 @@
 //! ```
 //!
 //! - [`options`]: the command line.
-//! - [`check`]: the rotation check, pure logic.
-//! - [`backoff`]: waits between attempts.
-//! - [`output`]: stdout or FILE; owns the position and the bytes to check against.
-//! - [`progress`]: the progress line on a terminal.
+//! - `check`: the rotation check, pure logic.
+//! - `backoff`: waits between attempts.
+//! - `output`: stdout or FILE; owns the position and the bytes to check against.
+//! - `progress`: the progress line on a terminal.
 //! - [`error`]: fatal errors and exit statuses.
 //!
 //! Plain blocking std I/O: one connection at a time needs no runtime.
 
-pub mod backoff;
-pub mod check;
+pub(crate) mod backoff;
+pub(crate) mod check;
 pub mod error;
 pub mod options;
-pub mod output;
-pub mod progress;
+pub(crate) mod output;
+pub(crate) mod progress;
 
 use crate::addr::{Host, HostPort};
 use backoff::Backoff;

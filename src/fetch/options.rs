@@ -112,6 +112,7 @@ pub enum Start {
 }
 
 impl FetchOptions {
+    /// Where to start, from `--from`, `--last` and `--new`.
     pub fn start(&self) -> Start {
         match (self.from, self.last, self.new) {
             (_, Some(n), _) => Start::BeforeEnd(n),

@@ -5,7 +5,7 @@ use crate::sys;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -243,7 +243,7 @@ fn open_locked(path: &Path) -> Result<File, FetchError> {
         .create(true)
         .open(path)
         .map_err(|e| FetchError::file(path, "opening", e))?;
-    match sys::try_lock_exclusive(file.as_raw_fd()) {
+    match sys::try_lock_exclusive(file.as_fd()) {
         Ok(()) => Ok(file),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(FetchError::file(
             path,

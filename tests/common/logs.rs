@@ -1,0 +1,133 @@
+//! The server's stderr, collected line by line, and the few fields tests read from it.
+//!
+//! Log wording is for people, not an API: prefer the in-process `Handle` or the metrics
+//! endpoint where a test needs the server's state.
+
+use std::io::{BufRead, BufReader, Read};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Every line a process wrote to stderr, collected by a thread as they arrive.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<(Mutex<LogState>, Condvar)>);
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    /// The process closed its stderr (it exited).
+    closed: bool,
+}
+
+impl Logs {
+    /// Collects `stderr` (any process's) line by line on a thread of its own.
+    pub fn collect(stderr: impl Read + Send + 'static) -> Logs {
+        let logs = Logs::default();
+        let sink = logs.clone();
+        thread::spawn(move || {
+            let reader = BufReader::new(stderr);
+            for line in reader.split(b'\n') {
+                let Ok(line) = line else { break };
+                let (lock, cond) = &*sink.0;
+                let mut state = lock.lock().unwrap();
+                state
+                    .lines
+                    .push(String::from_utf8_lossy(&line).into_owned());
+                cond.notify_all();
+            }
+            let (lock, cond) = &*sink.0;
+            lock.lock().unwrap().closed = true;
+            cond.notify_all();
+        });
+        logs
+    }
+
+    /// All lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0 .0.lock().unwrap().lines.clone()
+    }
+
+    /// All lines so far, joined for an assertion message.
+    pub fn dump(&self) -> String {
+        self.lines().join("\n")
+    }
+
+    /// Waits until `done` holds for the lines so far; false if the deadline passes or the
+    /// process closes its stderr first.
+    pub fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&[String]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if done(&state.lines) {
+                return true;
+            }
+            let now = Instant::now();
+            if state.closed || now >= deadline {
+                return false;
+            }
+            state = cond.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for the first line that satisfies `matches` and returns it; panics with the log
+    /// if none comes within `timeout`.
+    #[track_caller]
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> String {
+        let mut found = None;
+        self.wait_until(timeout, |lines| {
+            found = lines.iter().find(|l| matches(l)).cloned();
+            found.is_some()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no log line {what} within {timeout:?}; log:\n{}",
+                self.dump()
+            )
+        })
+    }
+}
+
+/// The value of `name=` in a tracing log line (up to the next space), if present.
+pub fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=");
+    let start = line.find(&key)? + key.len();
+    let rest = &line[start..];
+    Some(rest.split(' ').next().unwrap_or(rest))
+}
+
+/// The port in a logged peer address, whatever its form: `Some([::ffff:127.0.0.1]:5)`,
+/// `127.0.0.1:5` or `[::1]:5`.
+pub fn port_of(peer: &str) -> Option<u16> {
+    peer.trim_end_matches(')').rsplit(':').next()?.parse().ok()
+}
+
+/// Whether a log line names the peer whose local (client-side) port is `port`.
+pub fn mentions_peer(line: &str, port: u16) -> bool {
+    field(line, "peer").and_then(port_of) == Some(port)
+}
+
+/// What a "client streaming" debug line says about one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streaming {
+    pub port: u16,
+    pub shard: String,
+    pub offset: u64,
+}
+
+/// Parses a "client streaming" line (logged once a client's header has been resolved).
+pub fn parse_streaming(line: &str) -> Option<Streaming> {
+    if !line.contains("client streaming") {
+        return None;
+    }
+    Some(Streaming {
+        port: field(line, "peer").and_then(port_of)?,
+        shard: field(line, "shard")?.to_owned(),
+        offset: field(line, "offset")?.parse().ok()?,
+    })
+}

@@ -1,0 +1,483 @@
+//! Running tailsrv: the real binary on port 0 ([`Server`], killed on drop), or to completion
+//! ([`run_to_exit`]); or a whole server inside the test process ([`InProcess`]).
+
+use super::*;
+use std::collections::HashMap;
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::thread;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tailsrv::cli::Options;
+use tailsrv::{Error, Handle, Outcome};
+
+/// How to start a [`Server`].
+#[derive(Clone)]
+pub struct ServerBuilder {
+    /// Serve this file instead of a fresh one in the server's temp directory.
+    serve: Option<PathBuf>,
+    /// Soft and hard RLIMIT_NOFILE to run under, if set.
+    nofile: Option<u64>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    contents: Option<Vec<u8>>,
+    port: u16,
+}
+
+impl ServerBuilder {
+    /// An extra command-line argument (before FILE).
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// An environment variable for the server (NOTIFY_SOCKET and the watchdog's are
+    /// otherwise removed).
+    #[cfg_attr(not(feature = "sd-notify"), allow(dead_code))]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the server with this many descriptors at most (soft and hard RLIMIT_NOFILE,
+    /// set in the child before it execs the server, so the pid stays the server's).
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Serves an existing file (left as it is) rather than a fresh one: for a second server
+    /// on the same file.
+    pub fn serve(mut self, path: &Path) -> Self {
+        self.serve = Some(path.to_path_buf());
+        self
+    }
+
+    /// Extra command-line arguments (before FILE).
+    pub fn args<'a>(mut self, args: impl IntoIterator<Item = &'a str>) -> Self {
+        self.args.extend(args.into_iter().map(String::from));
+        self
+    }
+
+    /// What FILE holds at start-up.
+    pub fn contents(mut self, bytes: &[u8]) -> Self {
+        self.contents = Some(bytes.to_vec());
+        self
+    }
+
+    /// FILE does not exist at start-up (its directory does).
+    pub fn no_file(mut self) -> Self {
+        self.contents = None;
+        self
+    }
+
+    /// Listens on this port instead of port 0.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Starts tailsrv on port 0 and waits until it logs that it is listening.
+    #[track_caller]
+    pub fn start(self) -> Server {
+        match self.try_start() {
+            Ok(server) => server,
+            Err(logs) => panic!("tailsrv exited before listening; log:\n{logs}"),
+        }
+    }
+
+    /// Starts tailsrv and waits until it logs that it is listening; if it exits first (a
+    /// port still taken, say), returns its log instead.
+    #[track_caller]
+    pub fn try_start(self) -> Result<Server, String> {
+        let dir = TempDir::new();
+        let file = self.serve.clone().unwrap_or_else(|| dir.join("served.log"));
+        if let (None, Some(bytes)) = (&self.serve, &self.contents) {
+            fs::write(&file, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.args(["-p", &self.port.to_string()])
+            .args(&self.args)
+            .arg(&file)
+            // Debug logs carry each client's resolved offset and shard, which tests check.
+            .env("RUST_LOG", "tailsrv=debug")
+            // Hermetic: a test run under systemd must not hand its own service manager to
+            // the server. Tests that want one set these with `env`.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+            // calls are allowed: setrlimit is one, and `lim` is plain data copied in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("starting tailsrv");
+        let logs = Logs::collect(child.stderr.take().expect("piped stderr"));
+        let mut server = Server {
+            child,
+            port: 0,
+            file,
+            logs,
+            status: None,
+            dir,
+        };
+        let mut found = None;
+        server.logs.wait_until(Duration::from_secs(30), |lines| {
+            found = lines.iter().find(|l| l.contains(" listening ")).cloned();
+            found.is_some()
+        });
+        let Some(line) = found else {
+            if server.wait_exit(Duration::from_secs(5)).is_some() {
+                return Err(server.logs.dump());
+            }
+            panic!(
+                "no log line saying tailsrv is listening within 30 s; log:\n{}",
+                server.logs.dump()
+            );
+        };
+        server.port = field(&line, "port")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port= in the listening line: {line}"));
+        assert_ne!(server.port, 0, "listening line: {line}");
+        Ok(server)
+    }
+}
+
+/// A running tailsrv; killed on drop if it has not exited.
+pub struct Server {
+    child: Child,
+    port: u16,
+    file: PathBuf,
+    logs: Logs,
+    status: Option<ExitStatus>,
+    // Dropped after the process is killed (fields drop after `Drop::drop`).
+    dir: TempDir,
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            serve: None,
+            nofile: None,
+            args: Vec::new(),
+            env: Vec::new(),
+            contents: Some(Vec::new()),
+            port: 0,
+        }
+    }
+
+    /// Starts a server with default options on a file holding `contents`.
+    #[track_caller]
+    pub fn start(contents: &[u8]) -> Server {
+        Server::builder().contents(contents).start()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// FILE.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// The temp directory FILE lives in.
+    pub fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+
+    pub fn logs(&self) -> &Logs {
+        &self.logs
+    }
+
+    pub fn append(&self, bytes: &[u8]) {
+        append(&self.file, bytes);
+    }
+
+    /// Connects a client and sends `header` (which may be anything, or nothing).
+    #[track_caller]
+    pub fn connect(&self, header: &[u8]) -> Client {
+        let mut client = Client::connect(self.port);
+        if !header.is_empty() {
+            client.send(header);
+        }
+        client
+    }
+
+    /// Waits until the server has resolved `client`'s header and returns its start offset.
+    #[track_caller]
+    pub fn offset_of(&self, client: &Client) -> u64 {
+        let port = client.local_port();
+        let line = self
+            .logs
+            .wait_for(&format!("streaming to client port {port}"), PATIENCE, |l| {
+                parse_streaming(l).is_some_and(|s| s.port == port)
+            });
+        parse_streaming(&line).expect("parsed above").offset
+    }
+
+    /// Every client the server has started streaming to so far, by client-side port.
+    pub fn streaming(&self) -> HashMap<u16, Streaming> {
+        self.logs
+            .lines()
+            .iter()
+            .filter_map(|l| parse_streaming(l))
+            .map(|s| (s.port, s))
+            .collect()
+    }
+
+    /// Waits for a WARN line about a bad header from the client at `port`.
+    #[track_caller]
+    pub fn expect_bad_header_warning(&self, port: u16) -> String {
+        self.logs.wait_for(
+            &format!("warning of a bad header from port {port}"),
+            PATIENCE,
+            |l| l.contains("WARN") && l.contains("bad header") && mentions_peer(l, port),
+        )
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped (so it is still ours).
+        let ret = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(
+            ret,
+            0,
+            "kill({}, {signal}): {}",
+            self.pid(),
+            io::Error::last_os_error()
+        );
+    }
+
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Waits for the process to exit; `None` if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.status {
+                return Some(status);
+            }
+            self.status = self.child.try_wait().expect("waiting for tailsrv");
+            if self.status.is_none() {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    /// Asserts the process exits with `code` within `timeout`.
+    #[track_caller]
+    pub fn expect_exit(&mut self, code: i32, timeout: Duration) {
+        match self.wait_exit(timeout) {
+            Some(status) => assert_eq!(
+                status.code(),
+                Some(code),
+                "tailsrv exit status {status}, want {code}; log:\n{}",
+                self.logs.dump()
+            ),
+            None => panic!(
+                "tailsrv still running {timeout:?} later, want exit {code}; log:\n{}",
+                self.logs.dump()
+            ),
+        }
+    }
+
+    /// How many descriptors the server process has open.
+    pub fn fd_count(&self) -> usize {
+        let dir = format!("/proc/{}/fd", self.pid());
+        fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
+            .count()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- tailsrv log (port {}) ---\n{}",
+                self.port,
+                self.logs.dump()
+            );
+        }
+    }
+}
+
+/// A finished run of tailsrv that was expected to stop by itself.
+#[derive(Debug)]
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs tailsrv with `args` (and RUST_LOG unset) to completion; panics if it is still
+/// running after `timeout`.
+#[track_caller]
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> Finished {
+    let started = Instant::now();
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting tailsrv");
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => {
+            let output = output.expect("waiting for tailsrv");
+            Finished {
+                code: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                elapsed: started.elapsed(),
+            }
+        }
+        Err(_) => {
+            // SAFETY: kill(2) on the child we spawned; its waiter thread has not reaped it.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("tailsrv {args:?} still running after {timeout:?}");
+        }
+    }
+}
+
+/// A future the test resolves by hand, from any thread.
+#[derive(Clone, Default)]
+pub struct Trigger(Arc<Mutex<(bool, Option<Waker>)>>);
+
+impl Trigger {
+    /// Resolves every future [`fired`](Trigger::fired) made.
+    pub fn fire(&self) {
+        let mut state = self.0.lock().unwrap();
+        state.0 = true;
+        if let Some(w) = state.1.take() {
+            w.wake();
+        }
+    }
+
+    /// A future that resolves once [`fire`](Trigger::fire) is called.
+    pub fn fired(&self) -> impl Future<Output = ()> + Send + 'static {
+        let me = self.clone();
+        futures_lite::future::poll_fn(move |cx| {
+            let mut state = me.0.lock().unwrap();
+            if state.0 {
+                Poll::Ready(())
+            } else {
+                state.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// A server bound to 127.0.0.1 on port 0 with one shard, serving on its own thread.
+pub struct InProcess {
+    /// The server's state, and a way to stop it.
+    pub handle: Handle,
+    serving: Option<JoinHandle<Result<Outcome, Error>>>,
+    /// Resolves the shutdown future `serve` was given.
+    pub stop: Trigger,
+}
+
+impl InProcess {
+    #[track_caller]
+    pub fn start(file: &std::path::Path, extra: &[&str]) -> InProcess {
+        let mut args = vec!["tailsrv", "-p", "0", "--bind", "127.0.0.1", "--shards", "1"];
+        args.extend_from_slice(extra);
+        let file = file.to_str().expect("a UTF-8 temp path");
+        args.push(file);
+        let opts = Options::try_parse_from_args(&args);
+        let server = tailsrv::Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+        assert_ne!(server.local_addr().port(), 0);
+        assert_eq!(server.handle().local_addr(), server.local_addr());
+        let handle = server.handle();
+        let stop = Trigger::default();
+        let shutdown = stop.fired();
+        let serving = thread::spawn(move || server.serve(shutdown));
+        InProcess {
+            handle,
+            serving: Some(serving),
+            stop,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.handle.local_addr().port()
+    }
+
+    /// Waits for `serve` to return.
+    #[track_caller]
+    pub fn finish(&mut self) -> Outcome {
+        let serving = self.serving.take().expect("served once");
+        assert!(
+            poll_until(PATIENCE, || serving.is_finished()),
+            "serve did not return within {PATIENCE:?}"
+        );
+        serving
+            .join()
+            .expect("serve panicked")
+            .unwrap_or_else(|e| panic!("serve failed: {e}"))
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            self.handle.shutdown();
+            let _ = serving.join();
+        }
+    }
+}
+
+pub trait ParseArgs {
+    /// Parses a command line the test knows to be good; panics otherwise.
+    fn try_parse_from_args(args: &[&str]) -> Self;
+}
+
+impl ParseArgs for Options {
+    #[track_caller]
+    fn try_parse_from_args(args: &[&str]) -> Options {
+        use clap::Parser;
+        Options::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+}
