@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -462,41 +462,10 @@ fn a_host_name_is_resolved() {
     assert_bytes(&fetch.stdout(), &pattern_range(100, 2_900), "stdout");
 }
 
-/// A run of tailsrv-fetch that ends by itself.
-struct Finished {
-    code: Option<i32>,
-    stderr: String,
-}
-
+/// Runs tailsrv-fetch with `args` to completion.
 #[track_caller]
 fn run_fetch(args: &[&str]) -> Finished {
-    let child = Command::new(FETCH)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting tailsrv-fetch");
-    let pid = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(LONG) {
-        Ok(output) => {
-            let output = output.expect("waiting for tailsrv-fetch");
-            Finished {
-                code: output.status.code(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            }
-        }
-        Err(_) => {
-            // SAFETY: kill(2) on the child we spawned; its waiter thread has not reaped it.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("tailsrv-fetch {args:?} still running after {LONG:?}");
-        }
-    }
+    run_program_to_exit(FETCH, args, LONG)
 }
 
 /// Asserts the exit status and that stderr is one line starting with `start`.

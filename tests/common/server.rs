@@ -350,15 +350,26 @@ pub struct Finished {
 /// running after `timeout`.
 #[track_caller]
 pub fn run_to_exit(args: &[&str], timeout: Duration) -> Finished {
+    run_program_to_exit(BIN, args, timeout)
+}
+
+/// Runs `program` (one of the crate's binaries, or a wrapper such as `prlimit` in front of
+/// one) with `args` and RUST_LOG unset to completion; panics if it is still running after
+/// `timeout`.
+#[track_caller]
+pub fn run_program_to_exit(program: &str, args: &[&str], timeout: Duration) -> Finished {
+    let name = Path::new(program)
+        .file_name()
+        .map_or(program.into(), |name| name.to_string_lossy());
     let started = Instant::now();
-    let child = Command::new(BIN)
+    let child = Command::new(program)
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("starting tailsrv");
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
     let pid = child.id() as i32;
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -366,7 +377,7 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> Finished {
     });
     match rx.recv_timeout(timeout) {
         Ok(output) => {
-            let output = output.expect("waiting for tailsrv");
+            let output = output.unwrap_or_else(|e| panic!("waiting for {name}: {e}"));
             Finished {
                 code: output.status.code(),
                 stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -376,7 +387,7 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> Finished {
         Err(_) => {
             // SAFETY: kill(2) on the child we spawned; its waiter thread has not reaped it.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("tailsrv {args:?} still running after {timeout:?}");
+            panic!("{name} {args:?} still running after {timeout:?}");
         }
     }
 }
