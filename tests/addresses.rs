@@ -4,7 +4,6 @@
 use crate::common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 
 /// The line tailsrv logs when it binds a host name, for `purpose` (clients or metrics).
 fn resolved_line(server: &Server, purpose: &str) -> String {
@@ -138,8 +137,9 @@ fn a_privileged_port_refused_to_an_unprivileged_user_names_the_cause() {
     let file = dir.join("served.log");
     std::fs::write(&file, b"x").unwrap();
     // Port 1 is privileged wherever any port is; nobody listens on it in a test box.
-    let output = Command::new("prlimit")
-        .args([
+    let run = run_program_to_exit(
+        "prlimit",
+        &[
             "--memlock=8388608:8388608",
             "setpriv",
             "--reuid=65534",
@@ -151,19 +151,14 @@ fn a_privileged_port_refused_to_an_unprivileged_user_names_the_cause() {
             "--bind",
             "127.0.0.1",
             file.to_str().unwrap(),
-        ])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running tailsrv as nobody");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with(
-            "tailsrv: error: binding 127.0.0.1:1: permission denied: port 1 is a privileged port"
-        ),
-        "{stderr}"
+        ],
+        3 * PATIENCE,
     );
+    assert_one_line_error(
+        &run,
+        1,
+        "tailsrv: error: binding 127.0.0.1:1: permission denied: port 1 is a privileged port",
+    );
+    let stderr = &run.stderr;
     assert!(stderr.contains("CAP_NET_BIND_SERVICE"), "{stderr}");
 }

@@ -279,25 +279,17 @@ fn runs_unprivileged_with_eight_shards_and_no_warnings() {
 fn too_little_locked_memory_is_a_one_line_error() {
     let dir = TempDir::new();
     let file = dir.join("served.log");
-    let started = Instant::now();
-    let output = Command::new("prlimit")
-        .args([
+    let run = run_program_to_exit(
+        "prlimit",
+        &[
             "--memlock=262144:262144",
             BIN,
             "-p",
             "0",
             file.to_str().unwrap(),
-        ])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running tailsrv under prlimit");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with("tailsrv: error: the locked-memory limit"),
-        "{stderr}"
+        ],
+        PATIENCE,
     );
-    assert!(started.elapsed() < PATIENCE, "took {:?}", started.elapsed());
+    assert_one_line_error(&run, 1, "tailsrv: error: the locked-memory limit");
+    assert!(run.elapsed < PATIENCE, "took {:?}", run.elapsed);
 }

@@ -392,6 +392,16 @@ pub fn run_program_to_exit(program: &str, args: &[&str], timeout: Duration) -> F
     }
 }
 
+/// Asserts that `run` exited with `code` and that its stderr is one line starting with
+/// `start`.
+#[track_caller]
+pub fn assert_one_line_error(run: &Finished, code: i32, start: &str) {
+    let stderr = &run.stderr;
+    assert_eq!(run.code, Some(code), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(start), "{stderr}");
+}
+
 /// A future the test resolves by hand, from any thread.
 #[derive(Clone, Default)]
 pub struct Trigger(Arc<Mutex<(bool, Option<Waker>)>>);
