@@ -385,6 +385,23 @@ fn sighup_closes_clients_with_fin_and_exits_0() {
 /// receive buffer and the server's send buffer fill long before (a few MiB on loopback).
 const FLOOD: u64 = 32 << 20;
 
+/// Asserts that a client which stopped reading a [`FLOOD`] from byte 0 got a true prefix of
+/// it, cut short, then an orderly end.
+#[track_caller]
+fn expect_cut_short_then_eof(stalled: &mut Client) {
+    let (got, ending) = stalled.read_to_end(PATIENCE);
+    assert!(
+        (got.len() as u64) < FLOOD,
+        "the stalled client got the whole file"
+    );
+    assert_bytes(
+        &got,
+        &pattern_range(0, got.len()),
+        "the stalled client's bytes",
+    );
+    assert_eq!(ending, Ending::Eof);
+}
+
 #[test]
 fn the_drain_gives_a_client_that_stopped_reading_2_s_then_closes_it() {
     let dir = TempDir::new();
@@ -415,17 +432,7 @@ fn the_drain_gives_a_client_that_stopped_reading_2_s_then_closes_it() {
     );
     // What the stalled client got is a true prefix of the file, cut short, then an orderly
     // end.
-    let (got, ending) = stalled.read_to_end(PATIENCE);
-    assert!(
-        (got.len() as u64) < FLOOD,
-        "the stalled client got the whole file"
-    );
-    assert_bytes(
-        &got,
-        &pattern_range(0, got.len()),
-        "the stalled client's bytes",
-    );
-    assert_eq!(ending, Ending::Eof);
+    expect_cut_short_then_eof(&mut stalled);
 }
 
 #[test]
@@ -439,17 +446,7 @@ fn sigterm_while_a_clients_socket_is_full_closes_it_and_exits_0() {
     caught_up.expect_eof(PATIENCE);
     // The full socket does not hold the server up: it exits, after a grace of 0.5 s at most.
     server.expect_exit(0, PATIENCE);
-    let (got, ending) = stalled.read_to_end(PATIENCE);
-    assert!(
-        (got.len() as u64) < FLOOD,
-        "the stalled client got the whole file"
-    );
-    assert_bytes(
-        &got,
-        &pattern_range(0, got.len()),
-        "the stalled client's bytes",
-    );
-    assert_eq!(ending, Ending::Eof);
+    expect_cut_short_then_eof(&mut stalled);
 }
 
 #[test]
