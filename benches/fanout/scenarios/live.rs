@@ -2,21 +2,16 @@
 //! the latency from append to arrival. The stalled scenario runs the same with clients
 //! beside them that never read.
 
-use super::setup::{absorb, start_clients, FileSpec, Snapshot};
+use super::setup::{absorb, paced_records, start_clients, warm_up, FileSpec, Snapshot};
 use super::{nan, Bench, Point, CONNECT_TIMEOUT};
-use crate::data::{self, Kind};
+use crate::data;
 use crate::engine::{Group, Progress, Role};
 use crate::report::{figures, median, spread, times, Results, Sample, Table};
 use crate::server::Target;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long after the last append every record must have arrived.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long warm-up may take before the run is declared failed.
-const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Warm-up records written after every client has seen one, at the measured rate.
-const EXTRA_WARMUPS: usize = 5;
 
 figures! {
     /// One live (or stalled) run.
@@ -122,40 +117,28 @@ impl Bench {
         let expected = clients as u64 * records;
         let measured = (|| -> Result<_, String> {
             engine.wait_connected(CONNECT_TIMEOUT)?;
-            let append = |w: &mut std::fs::File, seq: u64, kind: Kind| {
-                data::append_record(w, seq, kind).map_err(|e| format!("appending a record: {e}"))
-            };
             // Warm up until every client has seen a record, then a few more at the rate.
-            let deadline = Instant::now() + WARMUP_TIMEOUT;
-            let mut seq = 0;
-            while Progress::get(&engine.progress().warmed) < clients {
-                if Instant::now() > deadline || Progress::get(&engine.progress().failures) > 0 {
-                    return Err(format!(
-                        "only {} of {clients} clients received a warm-up record",
-                        Progress::get(&engine.progress().warmed)
-                    ));
-                }
-                append(&mut writer, seq, Kind::Warmup)?;
-                seq += 1;
-                engine.wait_until(Duration::from_millis(20), |p| {
-                    Progress::get(&p.warmed) >= clients
-                });
-            }
-            for _ in 0..EXTRA_WARMUPS {
-                append(&mut writer, seq, Kind::Warmup)?;
-                seq += 1;
-                sleep(interval);
-            }
+            let warmed = || Progress::get(&engine.progress().warmed);
+            warm_up(
+                &mut writer,
+                interval,
+                || warmed() >= clients,
+                |timed_out| {
+                    (timed_out || Progress::get(&engine.progress().failures) > 0).then(|| {
+                        format!(
+                            "only {} of {clients} clients received a warm-up record",
+                            warmed()
+                        )
+                    })
+                },
+                || {
+                    engine.wait_until(Duration::from_millis(20), |p| {
+                        Progress::get(&p.warmed) >= clients
+                    });
+                },
+            )?;
             let before = Snapshot::take(&st.server);
-            let t0 = Instant::now();
-            for i in 0..records {
-                let due = t0 + interval.mul_f64(i as f64);
-                let now = Instant::now();
-                if due > now {
-                    sleep(due - now);
-                }
-                append(&mut writer, i, Kind::Timed)?;
-            }
+            let t0 = paced_records(&mut writer, records, interval)?;
             engine.wait_until(DRAIN_TIMEOUT, |p| Progress::get64(&p.delivered) >= expected);
             Ok((before.until(Snapshot::take(&st.server)), t0.elapsed()))
         })();

@@ -7,9 +7,9 @@
 //! beside the same tailsrv reached directly, measured in the same run; the reference server
 //! has no relay to compare.
 
-use super::setup::{absorb, start_clients, FileSpec, Stage};
+use super::setup::{absorb, paced_records, start_clients, warm_up, FileSpec, Stage};
 use super::{nan, Bench, Point, CONNECT_TIMEOUT};
-use crate::data::{self, Kind};
+use crate::data;
 use crate::engine::{Engine, Group, Progress, Role};
 use crate::report::{figures, median, spread, Results, Sample, Table};
 use crate::server::{self, Server, Target};
@@ -26,10 +26,6 @@ const FETCH_BIN: &str = env!("CARGO_BIN_EXE_tailsrv-fetch");
 const COPY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long after the last append every record must have arrived.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long warm-up may take before the run is declared failed.
-const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Warm-up records written after every client has seen one, at the measured rate.
-const EXTRA_WARMUPS: usize = 5;
 const GIB: f64 = (1u64 << 30) as f64;
 
 figures! {
@@ -283,27 +279,18 @@ impl Bench {
         let measured = (|| -> Result<_, String> {
             direct.wait_connected(CONNECT_TIMEOUT)?;
             relayed.wait_connected(CONNECT_TIMEOUT)?;
-            let append = |w: &mut File, seq: u64, kind: Kind| {
-                data::append_record(w, seq, kind).map_err(|e| format!("appending a record: {e}"))
-            };
-            let deadline = Instant::now() + WARMUP_TIMEOUT;
-            let mut seq = 0;
             let warmed = |e: &Engine| Progress::get(&e.progress().warmed) >= clients;
-            while !(warmed(&direct) && warmed(&relayed)) {
-                if Instant::now() > deadline {
-                    return Err("not every client received a warm-up record".into());
-                }
-                append(&mut writer, seq, Kind::Warmup)?;
-                seq += 1;
-                relayed.wait_until(Duration::from_millis(20), |p| {
-                    Progress::get(&p.warmed) >= clients
-                });
-            }
-            for _ in 0..EXTRA_WARMUPS {
-                append(&mut writer, seq, Kind::Warmup)?;
-                seq += 1;
-                sleep(interval);
-            }
+            warm_up(
+                &mut writer,
+                interval,
+                || warmed(&direct) && warmed(&relayed),
+                |timed_out| timed_out.then(|| "not every client received a warm-up record".into()),
+                || {
+                    relayed.wait_until(Duration::from_millis(20), |p| {
+                        Progress::get(&p.warmed) >= clients
+                    });
+                },
+            )?;
             let cpu = |f: &Fetcher, r: &Server, u: &Server| {
                 (
                     f.cpu_s(),
@@ -312,15 +299,7 @@ impl Bench {
                 )
             };
             let before = cpu(&fetcher, &relay, &upstream);
-            let t0 = Instant::now();
-            for i in 0..records {
-                let due = t0 + interval.mul_f64(i as f64);
-                let now = Instant::now();
-                if due > now {
-                    sleep(due - now);
-                }
-                append(&mut writer, i, Kind::Timed)?;
-            }
+            paced_records(&mut writer, records, interval)?;
             direct.wait_until(DRAIN_TIMEOUT, |p| Progress::get64(&p.delivered) >= expected);
             relayed.wait_until(DRAIN_TIMEOUT, |p| Progress::get64(&p.delivered) >= expected);
             let after = cpu(&fetcher, &relay, &upstream);

@@ -1,17 +1,20 @@
 //! What every run shares: the files it serves, a server started on one with the view its
-//! clients compare against, the clients' plan, and CPU readings around the measured part.
+//! clients compare against, the clients' plan, CPU readings around the measured part, and a
+//! live run's warm-up and paced appends.
 
 use super::Bench;
-use crate::data::{Content, FileView};
+use crate::data::{self, Content, FileView, Kind};
 use crate::engine::{Engine, Group, Outcome, Plan};
 use crate::report::Sample;
 use crate::server::{MachineCpu, Server, Target, Usage};
 use crate::sys;
 use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
 
 /// Files the runs serve: made in a temp directory for the harness's own servers, appended
 /// to the given file for an external one.
@@ -198,4 +201,61 @@ pub(super) fn map_view(path: &Path) -> Result<Arc<FileView>, String> {
 /// Starts the client engine on a plan.
 pub(super) fn start_clients(plan: Plan, view: Arc<FileView>) -> Result<Engine, String> {
     Engine::start(plan, view).map_err(|e| format!("starting the clients: {e}"))
+}
+
+/// How long warm-up may take before a live run is declared failed.
+const WARMUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Warm-up records written after every client has seen one, at the measured rate.
+const EXTRA_WARMUPS: usize = 5;
+
+/// Appends one record, with the error as the runs report it.
+pub(super) fn append_record(writer: &mut File, seq: u64, kind: Kind) -> Result<(), String> {
+    data::append_record(writer, seq, kind).map_err(|e| format!("appending a record: {e}"))
+}
+
+/// Warms a live run up: appends warm-up records until `warmed()` holds, calling `wait()`
+/// (which returns when the clients are warm or after a short while) after each, then
+/// [`EXTRA_WARMUPS`] more `interval` apart. Before each record `give_up(timed_out)` may end
+/// the run with its reason; `timed_out` says [`WARMUP_TIMEOUT`] has passed.
+pub(super) fn warm_up(
+    writer: &mut File,
+    interval: Duration,
+    warmed: impl Fn() -> bool,
+    give_up: impl Fn(bool) -> Option<String>,
+    wait: impl Fn(),
+) -> Result<(), String> {
+    let deadline = Instant::now() + WARMUP_TIMEOUT;
+    let mut seq = 0;
+    while !warmed() {
+        if let Some(reason) = give_up(Instant::now() > deadline) {
+            return Err(reason);
+        }
+        append_record(writer, seq, Kind::Warmup)?;
+        seq += 1;
+        wait();
+    }
+    for _ in 0..EXTRA_WARMUPS {
+        append_record(writer, seq, Kind::Warmup)?;
+        seq += 1;
+        sleep(interval);
+    }
+    Ok(())
+}
+
+/// Appends `records` timed records, record `i` due `i` intervals after the returned start.
+pub(super) fn paced_records(
+    writer: &mut File,
+    records: u64,
+    interval: Duration,
+) -> Result<Instant, String> {
+    let t0 = Instant::now();
+    for i in 0..records {
+        let due = t0 + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            sleep(due - now);
+        }
+        append_record(writer, i, Kind::Timed)?;
+    }
+    Ok(t0)
 }
