@@ -8,6 +8,7 @@
 //! - `file`: temp directories, deterministic content, appends, byte comparisons.
 //! - `logs`: the server's stderr, line by line.
 //! - `metrics`: scraping the server's Prometheus endpoint.
+//! - `systemd`: `systemd-analyze verify` on unit files.
 //!
 //! Nothing here sleeps to synchronise: conditions are polled until a deadline, and a missed
 //! deadline fails the test with the server's log.
@@ -17,11 +18,13 @@ mod file;
 mod logs;
 mod metrics;
 mod server;
+mod systemd;
 
 pub use client::*;
 pub use file::*;
 pub use logs::*;
 pub use server::*;
+pub use systemd::*;
 
 use std::thread;
 use std::time::{Duration, Instant};
