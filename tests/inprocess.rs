@@ -67,17 +67,7 @@ fn handle_shutdown_stops_a_server_that_waits() {
     let dir = TempDir::new();
     let path = dir.join("served.log");
     append(&path, b"x");
-    let opts = Options::try_parse_from_args(&[
-        "tailsrv",
-        "-p",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--shards",
-        "2",
-        path.to_str().unwrap(),
-    ]);
-    let server = Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+    let server = bind_in_process(&path, &["--shards", "2"]);
     let handle = server.handle();
     assert_eq!(handle.shards(), 2);
     let mut client = Client::connect(server.local_addr().port());
@@ -111,17 +101,7 @@ fn in_process_server_ends_when_the_file_is_removed() {
 fn dropping_an_unserved_server_stops_it_and_frees_the_port() {
     let dir = TempDir::new();
     let path = dir.join("served.log");
-    let opts = Options::try_parse_from_args(&[
-        "tailsrv",
-        "-p",
-        "0",
-        "--bind",
-        "127.0.0.1",
-        "--shards",
-        "1",
-        path.to_str().unwrap(),
-    ]);
-    let server = Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+    let server = bind_in_process(&path, &["--shards", "1"]);
     let addr = server.local_addr();
     let handle = server.handle();
     assert!(!handle.file_open(), "no file yet");

@@ -6,7 +6,7 @@ use crate::common::*;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::thread::{self, JoinHandle};
-use tailsrv::{Error, Handle, Outcome, Server};
+use tailsrv::{Error, Handle, Outcome};
 
 /// Appends made with no client connected, one write(2) each.
 const APPENDS: usize = 1000;
@@ -21,23 +21,7 @@ struct Running {
 
 impl Running {
     fn start(path: &std::path::Path, shards: &str) -> Running {
-        use clap::Parser;
-        let args = [
-            "tailsrv",
-            "-p",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--shards",
-            shards,
-        ];
-        let opts = tailsrv::cli::Options::try_parse_from(
-            args.iter()
-                .copied()
-                .chain([path.to_str().expect("UTF-8 temp path")]),
-        )
-        .expect("valid options");
-        let server = Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+        let server = bind_in_process(path, &["--shards", shards]);
         let handle = server.handle();
         let serving = thread::spawn(move || server.serve(std::future::pending()));
         Running {

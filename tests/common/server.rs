@@ -440,15 +440,21 @@ pub struct InProcess {
     pub stop: Trigger,
 }
 
+/// Binds, without serving, a whole server in the test process to 127.0.0.1 on port 0 for
+/// `file`, with the options in `extra`; panics if binding fails.
+#[track_caller]
+pub fn bind_in_process(file: &Path, extra: &[&str]) -> tailsrv::Server {
+    let mut args = vec!["tailsrv", "-p", "0", "--bind", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    args.push(file.to_str().expect("a UTF-8 temp path"));
+    let opts = Options::try_parse_from_args(&args);
+    tailsrv::Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"))
+}
+
 impl InProcess {
     #[track_caller]
     pub fn start(file: &std::path::Path, extra: &[&str]) -> InProcess {
-        let mut args = vec!["tailsrv", "-p", "0", "--bind", "127.0.0.1", "--shards", "1"];
-        args.extend_from_slice(extra);
-        let file = file.to_str().expect("a UTF-8 temp path");
-        args.push(file);
-        let opts = Options::try_parse_from_args(&args);
-        let server = tailsrv::Server::bind(&opts).unwrap_or_else(|e| panic!("binding: {e}"));
+        let server = bind_in_process(file, &[&["--shards", "1"], extra].concat());
         assert_ne!(server.local_addr().port(), 0);
         assert_eq!(server.handle().local_addr(), server.local_addr());
         let handle = server.handle();
