@@ -19,6 +19,21 @@ fn served(server: &Server) -> Client {
     c
 }
 
+/// Resets the last of `held`, waits until the server counts `left` clients connected, then
+/// takes the freed slot with a new served client.
+#[track_caller]
+fn reset_one_and_refill(server: &Server, held: &mut Vec<Client>, left: u64) {
+    held.pop().expect("a held client").reset();
+    assert!(
+        poll_until(PATIENCE, || server
+            .metrics()
+            .sum("tailsrv_clients_connected")
+            == left),
+        "the reset client was not let go"
+    );
+    held.push(served(server));
+}
+
 /// The WARN lines that contain `what`.
 fn warnings(server: &Server, what: &str) -> usize {
     server
@@ -64,15 +79,7 @@ fn over_max_clients_a_connection_is_closed_at_once_and_counted() {
     );
 
     // A slot comes back when its client goes.
-    held.pop().expect("three held").reset();
-    assert!(
-        poll_until(PATIENCE, || server
-            .metrics()
-            .sum("tailsrv_clients_connected")
-            == 2),
-        "the reset client was not let go"
-    );
-    held.push(served(&server));
+    reset_one_and_refill(&server, &mut held, 2);
     server.append(b"more\n");
     for c in &mut held {
         c.expect_bytes(b"more\n", PATIENCE);
@@ -105,15 +112,7 @@ fn one_peer_cannot_take_more_than_max_clients_per_ip() {
         l.contains("--max-clients-per-ip reached")
     });
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
-    held.pop().expect("two held").reset();
-    assert!(
-        poll_until(PATIENCE, || server
-            .metrics()
-            .sum("tailsrv_clients_connected")
-            == 2),
-        "the reset client was not let go"
-    );
-    held.push(served(&server));
+    reset_one_and_refill(&server, &mut held, 2);
 }
 
 #[test]
