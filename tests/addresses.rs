@@ -140,18 +140,17 @@ fn a_privileged_port_refused_to_an_unprivileged_user_names_the_cause() {
     let run = run_program_to_exit(
         "prlimit",
         &[
-            "--memlock=8388608:8388608",
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "-p",
-            "1",
-            "--bind",
-            "127.0.0.1",
-            file.to_str().unwrap(),
-        ],
+            &PRLIMIT_AS_NOBODY[..],
+            &[
+                BIN,
+                "-p",
+                "1",
+                "--bind",
+                "127.0.0.1",
+                file.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
         3 * PATIENCE,
     );
     assert_one_line_error(

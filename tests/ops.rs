@@ -218,14 +218,7 @@ fn start_unprivileged(args: &[&str]) -> String {
     let root = unsafe { libc::geteuid() } == 0;
     let mut cmd = if root {
         let mut c = Command::new("prlimit");
-        c.args([
-            "--memlock=8388608:8388608",
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-        ]);
+        c.args(PRLIMIT_AS_NOBODY).arg(BIN);
         c
     } else {
         Command::new(BIN)

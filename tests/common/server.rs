@@ -392,6 +392,16 @@ pub fn run_program_to_exit(program: &str, args: &[&str], timeout: Duration) -> F
     }
 }
 
+/// `prlimit` arguments that run the command after them as user and group 65534 (nobody),
+/// with no supplementary groups and the usual 8 MiB locked-memory limit. Needs root.
+pub const PRLIMIT_AS_NOBODY: [&str; 5] = [
+    "--memlock=8388608:8388608",
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
 /// Asserts that `run` exited with `code` and that its stderr is one line starting with
 /// `start`.
 #[track_caller]
