@@ -172,6 +172,22 @@ impl<F: Figures> Results<F> {
         (r.median != 0.0).then(|| t.median / r.median)
     }
 
+    /// A table's "vs ref" cell: [`times`] the [`ratio`](Self::ratio), empty on the
+    /// reference's own row.
+    pub fn vs_ref(
+        &self,
+        target: &str,
+        clients: usize,
+        variant: &str,
+        figure: impl Fn(&F) -> Option<f64>,
+    ) -> String {
+        if target == "reference" {
+            String::new()
+        } else {
+            times(self.ratio(target, clients, variant, figure))
+        }
+    }
+
     /// `failed / runs` at a point, or empty when none failed.
     pub fn failed(&self, target: &str, clients: usize, variant: &str) -> String {
         let runs = self.runs(target, clients, variant).count();

@@ -5,7 +5,7 @@
 
 use super::live::{delivered, LiveFigures};
 use super::{Bench, Point};
-use crate::report::{median, spread, times, Results, Table};
+use crate::report::{median, spread, Results, Table};
 use crate::server::Target;
 
 /// The append-cost scenario against the main targets.
@@ -66,11 +66,7 @@ pub(super) fn table(r: &Results<LiveFigures>) -> Table {
                 target.clone(),
                 spread(st(|f| f.server_cpu_s), 3),
                 spread(st(per_append_us), 1),
-                if target == "reference" {
-                    "".into()
-                } else {
-                    times(r.ratio(&target, n, &v, per_append_us))
-                },
+                r.vs_ref(&target, n, &v, per_append_us),
                 if n == 0 {
                     "-".into()
                 } else {

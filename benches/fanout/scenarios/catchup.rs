@@ -5,7 +5,7 @@ use super::setup::{absorb, start_clients, FileSpec, Snapshot};
 use super::{nan, Bench, Point, CONNECT_TIMEOUT, MIB};
 use crate::data;
 use crate::engine::{Group, Progress, Role};
-use crate::report::{self, figures, median, spread, times, Results, Sample, Table};
+use crate::report::{self, figures, median, spread, Results, Sample, Table};
 use crate::server::Target;
 use std::thread::sleep;
 use std::time::Duration;
@@ -163,11 +163,7 @@ pub(super) fn table(r: &Results<CatchupFigures>) -> Table {
                 median(st(|f| f.per_client_mib), 0),
                 target.clone(),
                 spread(st(|f| f.gib_s), 2),
-                if target == "reference" {
-                    "".into()
-                } else {
-                    times(r.ratio(&target, n, &v, |f| f.gib_s))
-                },
+                r.vs_ref(&target, n, &v, |f| f.gib_s),
                 format!(
                     "{} / {} / {}",
                     median(st(|f| f.client_min_ms), 1),

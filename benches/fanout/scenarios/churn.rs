@@ -5,7 +5,7 @@ use super::setup::{absorb, start_clients, FileSpec};
 use super::{mib, nan, Bench, Point, MIB};
 use crate::data::{self, Kind};
 use crate::engine::{Group, Progress, Role};
-use crate::report::{figures, median, spread, times, Results, Sample, Table};
+use crate::report::{figures, median, spread, Results, Sample, Table};
 use crate::server::Target;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -158,11 +158,7 @@ pub(super) fn table(r: &Results<ChurnFigures>) -> Table {
                 n.to_string(),
                 target.clone(),
                 spread(st(|f| f.conn_per_s), 0),
-                if target == "reference" {
-                    "".into()
-                } else {
-                    times(r.ratio(&target, n, &v, |f| f.conn_per_s))
-                },
+                r.vs_ref(&target, n, &v, |f| f.conn_per_s),
                 format!(
                     "{} → {} → {}",
                     median(st(|f| f.fds_before), 0),

@@ -6,7 +6,7 @@ use super::setup::{absorb, paced_records, start_clients, warm_up, FileSpec, Snap
 use super::{nan, Bench, Point, CONNECT_TIMEOUT};
 use crate::data;
 use crate::engine::{Group, Progress, Role};
-use crate::report::{figures, median, spread, times, Results, Sample, Table};
+use crate::report::{figures, median, spread, Results, Sample, Table};
 use crate::server::Target;
 use std::time::Duration;
 
@@ -230,11 +230,7 @@ pub(super) fn table(r: &Results<LiveFigures>) -> Table {
                 target.clone(),
                 spread(st(|f| f.p50_ms), 3),
                 spread(st(|f| f.p99_ms), 3),
-                if target == "reference" {
-                    "".into()
-                } else {
-                    times(r.ratio(&target, n, &v, |f| f.p99_ms))
-                },
+                r.vs_ref(&target, n, &v, |f| f.p99_ms),
                 spread(st(|f| f.p999_ms), 3),
                 spread(st(|f| f.max_ms), 2),
                 delivered(r, &target, n, &v),
