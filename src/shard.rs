@@ -521,12 +521,7 @@ pub async fn run(
                 let peer = stream.peer_addr().ok();
                 match admission.admit(peer.map(|p| p.ip())) {
                     Ok(ticket) => {
-                        let client = client::serve(shard.clone(), stream);
-                        glommio::spawn_local(async move {
-                            client.await;
-                            drop(ticket);
-                        })
-                        .detach();
+                        glommio::spawn_local(client::serve(shard.clone(), stream, ticket)).detach();
                     }
                     Err(why) => {
                         let peer = peer.map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()));
