@@ -19,6 +19,14 @@ fn metrics_addr(server: &Server) -> String {
         .to_string()
 }
 
+/// Starts `builder`'s server with its metrics endpoint on a free loopback port; returns the
+/// server and the endpoint's address.
+fn start_with_metrics(builder: ServerBuilder) -> (Server, String) {
+    let server = builder.arg("--metrics").arg("127.0.0.1:0").start();
+    let addr = metrics_addr(&server);
+    (server, addr)
+}
+
 /// Scrapes `GET /metrics` and parses the samples, keyed by name with labels.
 fn scrape(addr: &str) -> HashMap<String, f64> {
     let (status, body) = http_get(addr, "/metrics");
@@ -80,14 +88,12 @@ fn metrics_match_what_clients_did() {
     let dir = TempDir::new();
     let content = dir.join("content");
     append_pattern(&content, 0, SIZE);
-    let server = Server::builder()
-        .contents(&std::fs::read(&content).unwrap())
-        .arg("--shards")
-        .arg("2")
-        .arg("--metrics")
-        .arg("127.0.0.1:0")
-        .start();
-    let addr = metrics_addr(&server);
+    let (server, addr) = start_with_metrics(
+        Server::builder()
+            .contents(&std::fs::read(&content).unwrap())
+            .arg("--shards")
+            .arg("2"),
+    );
 
     // Three readers that take the whole file, one that never reads, one bad header.
     let mut readers: Vec<Client> = (0..3).map(|_| server.connect(b"0\n")).collect();
@@ -161,11 +167,7 @@ fn metrics_match_what_clients_did() {
 
 #[test]
 fn metrics_endpoint_refuses_other_paths_and_methods() {
-    let server = Server::builder()
-        .arg("--metrics")
-        .arg("127.0.0.1:0")
-        .start();
-    let addr = metrics_addr(&server);
+    let (_server, addr) = start_with_metrics(Server::builder());
     assert!(http_get(&addr, "/nope").0.starts_with("HTTP/1.1 404"));
     let (head, _) = http(&addr, "POST /metrics HTTP/1.1\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
@@ -192,12 +194,7 @@ fn metrics_address_in_use_is_a_one_line_error() {
 
 #[test]
 fn metrics_answer_head_and_ignore_a_query_string() {
-    let server = Server::builder()
-        .contents(b"0123456789")
-        .arg("--metrics")
-        .arg("127.0.0.1:0")
-        .start();
-    let addr = metrics_addr(&server);
+    let (_server, addr) = start_with_metrics(Server::builder().contents(b"0123456789"));
 
     // Prometheus sends a scrape config's `params` as a query string.
     let (status, body) = http_get(&addr, "/metrics?module=tailsrv&x=1");
@@ -284,14 +281,12 @@ fn parse_with_prometheus(text: &str) -> Option<Vec<Vec<String>>> {
 
 #[test]
 fn metrics_parse_as_prometheus_text_and_follow_its_naming_conventions() {
-    let server = Server::builder()
-        .contents(b"some bytes\n")
-        .arg("--shards")
-        .arg("2")
-        .arg("--metrics")
-        .arg("127.0.0.1:0")
-        .start();
-    let addr = metrics_addr(&server);
+    let (server, addr) = start_with_metrics(
+        Server::builder()
+            .contents(b"some bytes\n")
+            .arg("--shards")
+            .arg("2"),
+    );
     let mut client = server.connect(b"0\n");
     client.expect_bytes(b"some bytes\n", PATIENCE);
     let (status, text) = http_get(&addr, "/metrics");
