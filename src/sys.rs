@@ -529,6 +529,18 @@ pub(crate) fn raise_memlock_limit() -> io::Result<u64> {
     raise_soft_limit(libc::RLIMIT_MEMLOCK)
 }
 
+/// Whether `fd` is readable right now, without reading anything (poll(2) with no wait).
+pub(crate) fn is_readable(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd; a zero timeout never blocks.
+    let n = check(unsafe { libc::poll(&mut p, 1, 0) })?;
+    Ok(n > 0 && p.revents & libc::POLLIN != 0)
+}
+
 /// Resolves once `fd` is readable, or has an error or hang-up to report, waiting through the
 /// current glommio executor's io_uring: no thread sleeps in poll(2) for it.
 ///

@@ -235,11 +235,14 @@ fn running_out_of_descriptors_is_logged_once_at_start_and_once_at_the_end() {
     assert_eq!(warnings(&server, "out of descriptors:"), 1, "{log}");
     assert_eq!(warnings(&server, "still out of descriptors"), 0, "{log}");
     assert_eq!(warnings(&server, "accept failed"), 0, "{log}");
-    // The last client waits in the backlog: nothing for it yet.
-    clients
-        .last_mut()
-        .expect("64 clients")
-        .expect_silence(QUIET);
+    // Some clients wait in a listen backlog: nothing has reached them. Which ones depends on
+    // how the two shards' accepts interleaved, so count them rather than name one.
+    let waiting = clients.iter().filter(|c| nothing_arrived(c)).count();
+    assert!(
+        waiting >= 1,
+        "every client was served: {}",
+        server.logs().dump()
+    );
 
     for c in clients.drain(..) {
         c.reset();
@@ -268,4 +271,14 @@ fn running_out_of_descriptors_is_logged_once_at_start_and_once_at_the_end() {
         "{}",
         server.logs().dump()
     );
+}
+
+/// Whether nothing at all has arrived for this client yet (looked at without waiting).
+fn nothing_arrived(client: &Client) -> bool {
+    let stream = client.stream();
+    stream.set_nonblocking(true).expect("non-blocking");
+    let mut byte = [0u8; 1];
+    let peeked = stream.peek(&mut byte);
+    stream.set_nonblocking(false).expect("blocking again");
+    matches!(peeked, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
