@@ -294,40 +294,38 @@ async fn stream_file(
         let count = usize::try_from(size - offset)
             .unwrap_or(usize::MAX)
             .min(CHUNK);
-        match sys::sendfile(sock, file, offset, count) {
+        let full = match sys::sendfile(sock, file, offset, count) {
             Ok(0) => {
                 // The file is shorter than the watcher said: it was truncated, and the watcher
                 // is about to say so. Send nothing; wait for its word.
                 if let Woke::Failed(e) = wait_for_news(shard, slot, stream, false, None).await {
                     return End::Gone(e);
                 }
+                false
             }
             Ok(n) => {
                 offset += n as u64;
                 slot.set_offset(offset);
                 ShardStats::add(&shard.stats.bytes_sent, n as u64);
                 unverified = true;
-                if n < count {
-                    // Why wait for room at once? The socket took less than it was offered,
-                    // so its buffer is full: another sendfile would only say so again.
-                    match wait_for_room(shard, slot, stream, file, offset).await {
-                        Ok(n) => offset += n as u64,
-                        Err(e) => return End::Gone(e),
-                    }
-                } else if offset < shard.size() {
+                if n == count && offset < shard.size() {
                     // Caught up, the client waits for news anyway; only one with more to
                     // send must step aside for the others.
                     take_turns().await;
                 }
+                // Why wait for room at once after a short send? The socket took less than
+                // it was offered, so its buffer is full: another sendfile would only say so.
+                n < count
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match wait_for_room(shard, slot, stream, file, offset).await {
-                    Ok(n) => offset += n as u64,
-                    Err(e) => return End::Gone(e),
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
             Err(e) => return End::Gone(e),
+        };
+        if full {
+            match wait_for_room(shard, slot, stream, file, offset).await {
+                Ok(n) => offset += n as u64,
+                Err(e) => return End::Gone(e),
+            }
         }
     }
 }

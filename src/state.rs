@@ -118,22 +118,18 @@ impl Bells {
         }
     }
 
-    /// Rings the shards that have clients waiting for growth, after a new size was published;
-    /// returns how many it rang.
+    /// Rings the shards that have clients waiting for growth, after a new size was published.
     ///
     /// Why can no growth be missed? The watcher stores the size and then takes the interest
     /// flag; a shard raises the flag and then loads the size; all four are sequentially
     /// consistent, so at least one of the two sees the other's store: either the watcher
     /// sees the flag and rings, or the shard sees the new size itself.
-    pub fn ring_waiting(&self) -> usize {
-        let mut rung = 0;
+    pub fn ring_waiting(&self) {
         for bell in &self.0 {
             if bell.interest.take() {
                 let _ = bell.sender.try_send(());
-                rung += 1;
             }
         }
-        rung
     }
 }
 

@@ -217,9 +217,7 @@ impl Watch {
         let outcome = loop {
             match self.take_events(&mut known)? {
                 Ok(News::Nothing) => {}
-                Ok(News::Grew) => {
-                    bells.ring_waiting();
-                }
+                Ok(News::Grew) => bells.ring_waiting(),
                 Ok(News::Opened) => bells.ring_all(),
                 Err(outcome) => break outcome,
             }
