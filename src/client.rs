@@ -8,13 +8,13 @@ use crate::state::Phase;
 use crate::stats::{Rejection, ShardStats};
 use crate::sys;
 use futures_lite::future::{self, poll_fn};
-use futures_lite::{AsyncRead, AsyncWrite};
+use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -96,6 +96,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
     let offset = start.resolve(shard.fresh_size());
     debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
     let end = stream_file(&shard, &slot, &mut stream, offset, input_open).await;
+    slot.forget_room();
     debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
     if shard.phase() == Phase::Aborting {
         abort(&stream);
@@ -313,42 +314,28 @@ async fn stream_file(
                     // send must step aside for the others.
                     take_turns().await;
                 }
-                // Why wait for room at once after a short send? The socket took less than
-                // it was offered, so its buffer is full: another sendfile would only say so.
-                n < count
+                // Why not wait for room after a short send? Only a refusal (EAGAIN) is sure to
+                // be followed by the kernel's "writable" edge; a send cut short for another
+                // reason (early in a connection, while its buffer grows) may leave room and
+                // no edge to come. So send until refused, as an epoll server does.
+                false
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
             Err(e) => return End::Gone(e),
         };
         if full {
-            match wait_for_room(shard, slot, stream, file, offset).await {
-                Ok(n) => offset += n as u64,
-                Err(e) => return End::Gone(e),
-            }
+            wait_for_room(shard, slot, sock).await;
         }
     }
 }
 
-/// Waits for a full socket to take more, counting the client as blocked meanwhile; returns
-/// how many file bytes the probe itself sent (0 or 1), already accounted for.
-async fn wait_for_room(
-    shard: &Shard,
-    slot: &ClientSlot,
-    stream: &mut TcpStream,
-    file: BorrowedFd<'_>,
-    offset: u64,
-) -> io::Result<usize> {
+/// Waits for a full socket to take more, counting the client as blocked meanwhile.
+async fn wait_for_room(shard: &Shard, slot: &ClientSlot, sock: RawFd) {
+    ShardStats::add(&shard.stats.full_waits, 1);
     ShardStats::add(&shard.stats.blocked, 1);
-    let probed = wait_writable(shard, slot, stream, file, offset).await;
+    slot.until_room(sock).await;
     ShardStats::sub(&shard.stats.blocked, 1);
-    let n = probed?;
-    if n > 0 {
-        slot.set_offset(offset + n as u64);
-        ShardStats::add(&shard.stats.bytes_sent, n as u64);
-        ShardStats::add(&shard.stats.probe_bytes, n as u64);
-    }
-    Ok(n)
 }
 
 /// How long a client that just sent a chunk sleeps before its next one: long enough that
@@ -426,51 +413,6 @@ fn drain(sock: RawFd) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
         Err(e) => Err(e),
     }
-}
-
-/// Waits until a full socket can take more, or the server is closing. Returns how many file
-/// bytes the probe itself sent (0 or 1).
-///
-/// Why a one-byte probe? glommio 0.9 has no public way to await a socket's writability, and
-/// sendfile is not something it can wait on. But its `poll_write` arms an io_uring poll for
-/// POLLOUT when the socket is full, and wakes the task when it fires. So we offer it the next
-/// file byte once: if the socket is still full (nearly always, as sendfile just said so), it
-/// arms the poll and we sleep until the kernel says there is room; when we are woken we do
-/// not poll it again but go back to sendfile. Only if the socket drained in the instant
-/// between does the byte go out, which is correct, as it is the byte due next. The cost is
-/// a one-byte pread per stall; no thread, pipe or timer per client.
-async fn wait_writable(
-    shard: &Shard,
-    slot: &ClientSlot,
-    stream: &mut TcpStream,
-    file: BorrowedFd<'_>,
-    offset: u64,
-) -> io::Result<usize> {
-    let mut armed = false;
-    poll_fn(|cx| {
-        if shard.phase() >= Phase::Closing {
-            return Poll::Ready(Ok(0));
-        }
-        slot.wait_phase(cx.waker());
-        if armed {
-            tracing::trace!(offset, "probe woken");
-            return Poll::Ready(Ok(0));
-        }
-        let byte = match sys::read_byte(file, offset) {
-            Ok(Some(byte)) => byte,
-            // Shorter than we thought: sendfile will find out and wait for the watcher.
-            Ok(None) | Err(_) => return Poll::Ready(Ok(0)),
-        };
-        match Pin::new(&mut *stream).poll_write(cx, &[byte]) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => {
-                tracing::trace!(offset, "probe armed");
-                armed = true;
-                Poll::Pending
-            }
-        }
-    })
-    .await
 }
 
 /// Ends the connection with a reset, discarding whatever is still queued to send.

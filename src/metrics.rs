@@ -78,10 +78,10 @@ pub fn render(view: &View) -> String {
         }),
         ("tailsrv_sent_bytes_total", "counter", "File bytes sent to clients.", |s| ShardStats::get(&s.bytes_sent)),
         (
-            "tailsrv_probe_sent_bytes_total",
+            "tailsrv_socket_full_waits_total",
             "counter",
-            "File bytes sent by the writability probe instead of sendfile (included in tailsrv_sent_bytes_total).",
-            |s| ShardStats::get(&s.probe_bytes),
+            "Times a client's socket was full and it waited for room: high for slow readers and for clients catching up.",
+            |s| ShardStats::get(&s.full_waits),
         ),
         (
             "tailsrv_shard_wakeups_total",

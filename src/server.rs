@@ -114,6 +114,11 @@ impl Handle {
         self.total(|s| ShardStats::get(&s.blocked))
     }
 
+    /// How many times a client's socket was full and it waited for room, since start.
+    pub fn full_waits(&self) -> u64 {
+        self.total(|s| ShardStats::get(&s.full_waits))
+    }
+
     /// How many times a half-closed client, sent data, was checked for a reset since start.
     pub fn liveness_checks(&self) -> u64 {
         self.total(|s| ShardStats::get(&s.liveness_checks))
@@ -204,6 +209,8 @@ impl Server {
                 status_changes.push(rx);
                 tx
             });
+            let room =
+                sys::epoll().map_err(|e| Error::io("creating a shard's set of full sockets", e))?;
             setups.push(ShardSetup {
                 index,
                 listener,
@@ -211,6 +218,7 @@ impl Server {
                 interest,
                 status,
                 stats,
+                room,
             });
         }
         // Handed out in reverse by pop(); the index inside each setup is what counts.
@@ -375,8 +383,7 @@ impl Server {
             )))
         })?;
         let bytes_sent = self.handle.bytes_sent();
-        let probe_bytes = self.handle.total(|s| ShardStats::get(&s.probe_bytes));
-        info!(?outcome, bytes_sent, probe_bytes, "stopped");
+        info!(?outcome, bytes_sent, "stopped");
         Ok(outcome)
     }
 }

@@ -57,8 +57,8 @@ pub struct ShardStats {
     pub bytes_sent: AtomicU64,
     /// Clients waiting for their socket to drain right now.
     pub blocked: AtomicU64,
-    /// File bytes that went out through the writability probe rather than sendfile.
-    pub probe_bytes: AtomicU64,
+    /// Times a client's socket was full and it waited for room.
+    pub full_waits: AtomicU64,
     /// Accepts that failed for want of a descriptor (EMFILE, ENFILE).
     pub accept_no_descriptor: AtomicU64,
     /// Shortages of descriptors that began on this shard (the first shard to fail counts it).

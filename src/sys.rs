@@ -46,21 +46,6 @@ pub fn sendfile(
     check_size(unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut off, count) })
 }
 
-/// Reads the one byte of `file` at `offset`, or `None` at or past its end.
-pub(crate) fn read_byte(file: BorrowedFd<'_>, offset: u64) -> io::Result<Option<u8>> {
-    let mut byte = 0u8;
-    // SAFETY: the buffer is one valid, writable byte.
-    let n = check_size(unsafe {
-        libc::pread(
-            file.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            offset as libc::off_t,
-        )
-    })?;
-    Ok((n == 1).then_some(byte))
-}
-
 /// The size of the file behind `fd`, and its link count.
 pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
@@ -568,10 +553,72 @@ pub(crate) async fn readable(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> 
     Ok(())
 }
 
+/// How long to wait before looking again when a descriptor cannot be awaited for want of a
+/// spare descriptor.
+const NO_DESCRIPTOR_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Resolves once `fd` is readable, or after a short while if that cannot be awaited.
+///
+/// Why the fallback? Waiting through io_uring takes a duplicate of the descriptor for a
+/// moment ([`readable`]), and a server flooded with clients can have none left (EMFILE).
+/// The waiter must not stop then: it looks again every 10 ms until descriptors come back,
+/// and its callers treat the answer as "may be readable".
+pub(crate) async fn readable_or_soon(fd: BorrowedFd<'_>) -> io::Result<()> {
+    match readable(fd).await {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+            glommio::timer::Timer::new(NO_DESCRIPTOR_RETRY).await;
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// A new epoll set, for a shard's sockets waiting for room (see `shard::RoomWatch`).
+pub(crate) fn epoll() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is checked before it is owned.
+    let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds `socket` to `epoll`, edge-triggered on room to write (errors and hang-ups are always
+/// reported too); `key` comes back with its events.
+pub(crate) fn epoll_watch_room(epoll: BorrowedFd<'_>, socket: RawFd, key: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLOUT | libc::EPOLLET) as u32,
+        u64: key,
+    };
+    // SAFETY: `event` is a valid epoll_event; the kernel copies it.
+    check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, socket, &mut event) })
+        .map(drop)
+}
+
+/// Takes `socket` out of `epoll`.
+pub(crate) fn epoll_forget(epoll: BorrowedFd<'_>, socket: RawFd) -> io::Result<()> {
+    let mut unused = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: `unused` is a valid epoll_event (old kernels want one even for a delete).
+    check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, socket, &mut unused) })
+        .map(drop)
+}
+
+/// Collects the keys of the sockets in `epoll` with news, without waiting; returns how many
+/// of `keys` it filled.
+pub(crate) fn epoll_ready(epoll: BorrowedFd<'_>, keys: &mut [u64]) -> io::Result<usize> {
+    const BATCH: usize = 64;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; BATCH];
+    let max = keys.len().min(BATCH) as libc::c_int;
+    // SAFETY: `events` is writable for `max` entries; a zero timeout never blocks.
+    let n = check(unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), max, 0) })?;
+    let n = n as usize;
+    for (key, event) in keys.iter_mut().zip(&events[..n]) {
+        *key = event.u64;
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn bind_listeners_shares_one_port_and_refuses_a_taken_one() {
@@ -583,22 +630,6 @@ mod tests {
         }
         let err = bind_listeners(addr, 1, 16).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
-    }
-
-    #[test]
-    fn read_byte_stops_at_the_end() {
-        let dir = std::env::temp_dir().join(format!("tailsrv-sys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("f");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(b"ab")
-            .unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        assert_eq!(read_byte(file.as_fd(), 1).unwrap(), Some(b'b'));
-        assert_eq!(read_byte(file.as_fd(), 2).unwrap(), None);
-        assert_eq!(fstat(file.as_fd()).unwrap().st_size, 2);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,12 +14,11 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 const DIR_EVENTS: WatchMask = WatchMask::CREATE
@@ -58,25 +57,6 @@ pub struct Watch {
     file_wd: Option<WatchDescriptor>,
     published: Arc<Published>,
     stats: Arc<WatcherStats>,
-}
-
-/// How long the watcher waits before looking again when it has no descriptor to spare.
-const NO_DESCRIPTOR_RETRY: Duration = Duration::from_millis(10);
-
-/// Resolves once `fd` is readable, or after a short while if that cannot be awaited.
-///
-/// Why the fallback? Waiting through io_uring takes a duplicate of the descriptor for a
-/// moment (`sys::readable`), and a server flooded with clients can have none left (EMFILE).
-/// The watcher must not stop then: it looks again every 10 ms until descriptors come back,
-/// and its callers treat the answer as "may be readable".
-async fn readable_or_soon(fd: BorrowedFd<'_>) -> io::Result<()> {
-    match sys::readable(fd).await {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-            glommio::timer::Timer::new(NO_DESCRIPTOR_RETRY).await;
-            Ok(())
-        }
-        other => other,
-    }
 }
 
 /// What a batch of file events means for the shards.
@@ -201,7 +181,7 @@ impl Watch {
         // The stop flag is never read, so once set it stays readable.
         let stop = async {
             loop {
-                readable_or_soon(stop.as_fd())
+                sys::readable_or_soon(stop.as_fd())
                     .await
                     .map_err(|e| Error::io("waiting for the stop flag", e))?;
                 if sys::is_readable(stop.as_fd())
@@ -222,7 +202,7 @@ impl Watch {
                 Err(outcome) => break outcome,
             }
             let inotify = async {
-                readable_or_soon(self.inotify.as_fd())
+                sys::readable_or_soon(self.inotify.as_fd())
                     .await
                     .map_err(|e| Error::io("waiting for file events", e))?;
                 Ok(None)

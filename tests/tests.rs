@@ -9,6 +9,7 @@
 mod common;
 
 mod addresses;
+mod backpressure;
 mod binding;
 mod docs;
 mod fetch;

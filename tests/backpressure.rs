@@ -1,0 +1,139 @@
+//! Full sockets: a client that reads slower than tailsrv sends waits without losing a byte,
+//! each wait ends in a real piece of the file (not a byte at a time), and a crowd of clients
+//! catching up at once all reach the end.
+
+use crate::common::*;
+use std::io::Read;
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Long enough for any of these transfers on a loaded CI machine; they take about a second.
+const TRANSFER: Duration = Duration::from_secs(60);
+
+/// Reads `len` bytes of the pattern from `stream`, `piece` bytes at a time with `pause` after
+/// each read; returns how many bytes matched before the first difference, EOF or deadline.
+fn read_pattern(stream: &mut TcpStream, len: u64, piece: usize, pause: Duration) -> u64 {
+    let deadline = Instant::now() + TRANSFER;
+    let mut buf = vec![0u8; piece];
+    let mut at = 0u64;
+    while at < len {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        let want = (len - at).min(piece as u64) as usize;
+        let n = match stream.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(bad) = (0..n).find(|&i| buf[i] != pattern(at + i as u64)) {
+            return at + bad as u64;
+        }
+        at += n as u64;
+        if !pause.is_zero() {
+            thread::sleep(pause);
+        }
+    }
+    at
+}
+
+#[test]
+fn a_slow_reader_gets_every_byte_and_each_wait_ends_in_a_real_piece() {
+    const SIZE: u64 = 32 << 20;
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append_pattern(&path, 0, SIZE);
+    let server = InProcess::start(&path, &[]);
+    let handle = server.handle.clone();
+
+    let mut client = Client::connect(server.port());
+    client.send(b"0\n");
+    let mut stream = client.into_stream();
+    // 64 KiB reads with a pause: the server fills the socket and waits, again and again.
+    let got = read_pattern(&mut stream, SIZE, 64 << 10, Duration::from_micros(300));
+    assert_eq!(got, SIZE, "the slow reader got {got} good bytes of {SIZE}");
+    assert!(
+        poll_until(PATIENCE, || handle.bytes_sent() == SIZE),
+        "sent {} of {SIZE}",
+        handle.bytes_sent()
+    );
+
+    // Why count the waits? A wait that a too-early wake-up ends sends little or nothing,
+    // and the client waits again: the data still arrives, but at a cost in CPU that only
+    // the count shows. (An earlier design sent one byte per wake-up in that state.) Each
+    // wait should end when the kernel has room for a good part of the send buffer, many KiB;
+    // 4 KiB per wait on average is far below that and far above a byte.
+    let waits = handle.full_waits();
+    assert!(
+        waits > 0,
+        "the socket was never full: the test did not test waiting"
+    );
+    assert!(
+        SIZE / waits >= 4096,
+        "{waits} waits for {SIZE} bytes: {} bytes per wait",
+        SIZE / waits
+    );
+    assert_eq!(handle.blocked(), 0, "a client still counted as blocked");
+}
+
+#[test]
+fn a_crowd_catching_up_at_once_all_reach_the_end() {
+    // Why many clients at once, with two shards? Sends cut short early in a connection,
+    // while the kernel grows the socket's buffer, once left clients waiting for room that
+    // never came; it took dozens of fresh connections sending at full speed to see it.
+    const SIZE: u64 = 4 << 20;
+    const CLIENTS: usize = 128;
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append_pattern(&path, 0, SIZE);
+    let server = bind_in_process(&path, &["--shards", "2"]);
+    let handle = server.handle();
+    let port = server.local_addr().port();
+    let serving = thread::spawn(move || server.serve(std::future::pending()));
+
+    let readers: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let mut client = Client::connect(port);
+            client.send(b"0\n");
+            let mut stream = client.into_stream();
+            // Some read in big gulps, some in small sips, a few pause: the sockets fill and
+            // drain at different times.
+            let piece = [1 << 20, 64 << 10, 4 << 10][i % 3];
+            let pause = if i % 8 == 0 {
+                Duration::from_micros(200)
+            } else {
+                Duration::ZERO
+            };
+            thread::spawn(move || read_pattern(&mut stream, SIZE, piece, pause))
+        })
+        .collect();
+    let got: Vec<u64> = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader panicked"))
+        .collect();
+    let short: Vec<(usize, u64)> = got
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, n)| n != SIZE)
+        .collect();
+    assert!(
+        short.is_empty(),
+        "{} of {CLIENTS} clients did not get all {SIZE} bytes right (client, good bytes): {short:?}; \
+         still blocked: {}",
+        short.len(),
+        handle.blocked()
+    );
+    assert!(
+        poll_until(PATIENCE, || handle.bytes_sent() == SIZE * CLIENTS as u64),
+        "sent {} of {}",
+        handle.bytes_sent(),
+        SIZE * CLIENTS as u64
+    );
+    handle.shutdown();
+    serving
+        .join()
+        .expect("serve panicked")
+        .unwrap_or_else(|e| panic!("serve failed: {e}"));
+}
