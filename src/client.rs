@@ -28,9 +28,10 @@ use tracing::{debug, warn};
 /// append. Most calls stop short of it anyway, when the socket's buffer is full (Linux lets
 /// a TCP send buffer grow to 4 MiB by default); the bound matters for a reader that drains
 /// as fast as the shard sends. Why 4 MiB? Measured with 100 clients catching up, server
-/// pinned to one CPU: server CPU per GiB was 1.5x a single-thread epoll server's with
-/// 1 MiB (a turn-taking timer after most calls), 1.2x with 4 MiB, no better with 16 MiB;
-/// 4.0x with the 256 KiB of earlier versions.
+/// pinned to one CPU (2 runs each, after full sockets moved to the epoll wait): server CPU
+/// per GiB was about 2.5x a single-thread epoll server's with 256 KiB, whose full chunks
+/// each end in a turn-taking timer, and 1.2-1.4x with 1, 4 or 16 MiB alike, where most
+/// calls end on a full socket instead.
 pub const CHUNK: usize = 4 << 20;
 
 /// After sending to a client that has half-closed, check this long after that it is still
