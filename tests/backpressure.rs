@@ -137,3 +137,41 @@ fn a_crowd_catching_up_at_once_all_reach_the_end() {
         .expect("serve panicked")
         .unwrap_or_else(|e| panic!("serve failed: {e}"));
 }
+
+#[test]
+fn a_full_socket_drains_while_the_server_has_no_descriptor_to_spare() {
+    // Why? Waiting for room goes through a shard's epoll set, awaited through io_uring with a
+    // duplicate descriptor; a server at its descriptor limit must still wake a client whose
+    // socket drains, and must not treat the shortage as the set failing.
+    const SIZE: u64 = 16 << 20;
+    let server = Server::builder()
+        .nofile(64)
+        .args(["--shards", "2", "--max-clients", "1000"])
+        .args(["--max-clients-per-ip", "0", "--metrics", "127.0.0.1:0"])
+        .start();
+    append_pattern(server.path(), 0, SIZE);
+    let mut reader = server.connect(b"0\n");
+    // It reads nothing yet: its socket fills and it waits for room.
+    assert!(
+        poll_until(PATIENCE, || server.metrics().sum("tailsrv_clients_blocked")
+            == 1),
+        "the reader never waited for room: {:?}",
+        server.metrics()
+    );
+    // Idle clients until the server has no descriptor left; the last ones wait in the
+    // listen backlog.
+    let _idle: Vec<Client> = (0..64).map(|_| server.connect(b"-0\n")).collect();
+    server
+        .logs()
+        .wait_for("the start of the shortage", PATIENCE, |l| {
+            l.contains("WARN") && l.contains("out of descriptors:")
+        });
+
+    reader.expect_pattern(0, SIZE, TRANSFER);
+    let log = server.logs().dump();
+    assert!(
+        !log.contains("waiting for full sockets to drain")
+            && !log.contains("collecting sockets with room"),
+        "the room set failed: {log}"
+    );
+}
