@@ -632,12 +632,15 @@ pub async fn run(
                 Some(rang) => (rang, false),
                 None => (next.await, true),
             };
-            match rang {
+            let turn_first = match rang {
                 None => break,
-                Some(true) => ShardStats::add(&bell_shard.stats.doorbells, 1),
-                Some(false) => {}
-            }
-            if !waited || rang == Some(false) {
+                Some(true) => {
+                    ShardStats::add(&bell_shard.stats.doorbells, 1);
+                    !waited
+                }
+                Some(false) => true,
+            };
+            if turn_first {
                 client::take_turns().await;
             }
             bell_shard.refresh();

@@ -87,10 +87,9 @@ fn a_crowd_catching_up_at_once_all_reach_the_end() {
     let dir = TempDir::new();
     let path = dir.join("served.log");
     append_pattern(&path, 0, SIZE);
-    let server = bind_in_process(&path, &["--shards", "2"]);
-    let handle = server.handle();
-    let port = server.local_addr().port();
-    let serving = thread::spawn(move || server.serve(std::future::pending()));
+    let mut server = InProcess::with_shards(&path, 2, &[]);
+    let handle = server.handle.clone();
+    let port = server.port();
 
     let readers: Vec<_> = (0..CLIENTS)
         .map(|i| {
@@ -131,11 +130,8 @@ fn a_crowd_catching_up_at_once_all_reach_the_end() {
         handle.bytes_sent(),
         SIZE * CLIENTS as u64
     );
-    handle.shutdown();
-    serving
-        .join()
-        .expect("serve panicked")
-        .unwrap_or_else(|e| panic!("serve failed: {e}"));
+    server.stop.fire();
+    server.finish();
 }
 
 #[test]

@@ -5,40 +5,13 @@
 use crate::common::*;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::thread::{self, JoinHandle};
-use tailsrv::{Error, Handle, Outcome};
+use tailsrv::Handle;
 
 /// Appends made with no client connected, one write(2) each.
 const APPENDS: usize = 1000;
 /// Appends made one at a time while a client follows.
 const LOCKSTEP: usize = 200;
 const RECORD: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
-
-struct Running {
-    handle: Handle,
-    serving: Option<JoinHandle<Result<Outcome, Error>>>,
-}
-
-impl Running {
-    fn start(path: &std::path::Path, shards: &str) -> Running {
-        let server = bind_in_process(path, &["--shards", shards]);
-        let handle = server.handle();
-        let serving = thread::spawn(move || server.serve(std::future::pending()));
-        Running {
-            handle,
-            serving: Some(serving),
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(serving) = self.serving.take() {
-            self.handle.shutdown();
-            let _ = serving.join();
-        }
-    }
-}
 
 /// Appends `APPENDS` records, one write each, and waits until the watcher has published the
 /// new size and read at least one event for them.
@@ -62,7 +35,7 @@ fn growth_wakes_only_the_shards_with_clients_waiting() {
     let dir = TempDir::new();
     let path = dir.join("served.log");
     append(&path, b"start\n");
-    let server = Running::start(&path, "2");
+    let server = InProcess::with_shards(&path, 2, &[]);
     let handle = server.handle.clone();
     // Every shard hears the watcher once at start.
     assert!(

@@ -441,7 +441,7 @@ impl Trigger {
     }
 }
 
-/// A server bound to 127.0.0.1 on port 0 with one shard, serving on its own thread.
+/// A server bound to 127.0.0.1 on port 0 (one shard unless asked), serving on its own thread.
 pub struct InProcess {
     /// The server's state, and a way to stop it.
     pub handle: Handle,
@@ -464,7 +464,14 @@ pub fn bind_in_process(file: &Path, extra: &[&str]) -> tailsrv::Server {
 impl InProcess {
     #[track_caller]
     pub fn start(file: &std::path::Path, extra: &[&str]) -> InProcess {
-        let server = bind_in_process(file, &[&["--shards", "1"], extra].concat());
+        InProcess::with_shards(file, 1, extra)
+    }
+
+    /// As [`InProcess::start`], with `shards` shards.
+    #[track_caller]
+    pub fn with_shards(file: &std::path::Path, shards: usize, extra: &[&str]) -> InProcess {
+        let shards = shards.to_string();
+        let server = bind_in_process(file, &[&["--shards", shards.as_str()], extra].concat());
         assert_ne!(server.local_addr().port(), 0);
         assert_eq!(server.handle().local_addr(), server.local_addr());
         let handle = server.handle();
