@@ -11,7 +11,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -240,66 +240,80 @@ pub enum Shortage {
 
 /// Tracks a shortage of descriptors across shards: when it started, how many accepts it
 /// failed, when it was last seen.
+///
+/// Why a mutex and not atomics? Two shards can fail an accept in the same instant. With
+/// the start and the reminder's clock in separate atomics, the second shard could see the
+/// shortage already on and the reminder not yet armed, and log "still out of descriptors"
+/// a microsecond after the start line. A failed accept is rare (each shard pauses 100 ms
+/// after one), so one uncontended lock costs nothing that matters.
 #[derive(Debug)]
 pub struct Exhaustion {
-    active: AtomicBool,
-    since_ms: AtomicU64,
-    last_ms: AtomicU64,
-    failed: AtomicU64,
-    reminder: RateLimit,
+    remind_every_ms: u64,
+    state: Mutex<ShortageState>,
+}
+
+/// What [`Exhaustion`] knows, changed only under its lock.
+#[derive(Debug, Default)]
+struct ShortageState {
+    active: bool,
+    since_ms: u64,
+    last_ms: u64,
+    failed: u64,
+    remind_at_ms: u64,
 }
 
 impl Exhaustion {
     pub fn new(remind_every: Duration) -> Exhaustion {
         Exhaustion {
-            active: AtomicBool::new(false),
-            since_ms: AtomicU64::new(0),
-            last_ms: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            reminder: RateLimit::new(remind_every),
+            remind_every_ms: remind_every.as_millis() as u64,
+            state: Mutex::new(ShortageState::default()),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ShortageState> {
+        // The state is plain numbers updated in one place each: a panic elsewhere while
+        // the lock was held cannot leave it inconsistent, so a poisoned lock is still good.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// An accept failed for want of a descriptor at `now_ms`.
     pub fn failed(&self, now_ms: u64) -> Shortage {
-        self.last_ms.store(now_ms, Ordering::Relaxed);
-        if !self.active.swap(true, Ordering::AcqRel) {
-            self.since_ms.store(now_ms, Ordering::Relaxed);
-            self.failed.store(1, Ordering::Relaxed);
+        let mut s = self.state();
+        s.last_ms = s.last_ms.max(now_ms);
+        if !s.active {
             // The start line is the first of this shortage; reminders come after it.
-            let _ = self.reminder.pass(now_ms);
+            s.active = true;
+            s.since_ms = now_ms;
+            s.failed = 1;
+            s.remind_at_ms = now_ms + self.remind_every_ms;
             return Shortage::Started;
         }
-        let failed = self.failed.fetch_add(1, Ordering::Relaxed) + 1;
-        match self.reminder.pass(now_ms) {
-            Some(_) => Shortage::Continues {
-                failed,
-                for_ms: now_ms.saturating_sub(self.since_ms.load(Ordering::Relaxed)),
-            },
-            None => Shortage::Quiet,
+        s.failed += 1;
+        if now_ms < s.remind_at_ms {
+            return Shortage::Quiet;
+        }
+        s.remind_at_ms = now_ms + self.remind_every_ms;
+        Shortage::Continues {
+            failed: s.failed,
+            for_ms: now_ms.saturating_sub(s.since_ms),
         }
     }
 
     /// At `now_ms`: if a shortage was on and no accept has failed for `quiet`, it is over:
     /// returns how long it lasted and how many accepts it failed. Says so only once.
     pub fn ended(&self, now_ms: u64, quiet: Duration) -> Option<(u64, u64)> {
-        if !self.active.load(Ordering::Acquire)
-            || now_ms.saturating_sub(self.last_ms.load(Ordering::Relaxed))
-                < quiet.as_millis() as u64
-        {
+        let mut s = self.state();
+        if !s.active || now_ms.saturating_sub(s.last_ms) < quiet.as_millis() as u64 {
             return None;
         }
-        self.active.swap(false, Ordering::AcqRel).then(|| {
-            let last = self.last_ms.load(Ordering::Relaxed);
-            (
-                last.saturating_sub(self.since_ms.load(Ordering::Relaxed)),
-                self.failed.load(Ordering::Relaxed),
-            )
-        })
+        s.active = false;
+        Some((s.last_ms.saturating_sub(s.since_ms), s.failed))
     }
 
     pub fn active(&self) -> bool {
-        self.active.load(Ordering::Acquire)
+        self.state().active
     }
 }
 
@@ -731,6 +745,32 @@ mod tests {
         assert_eq!(e.ended(13_900, quiet), Some((11_900, 120)));
         assert_eq!(e.ended(20_000, quiet), None);
         assert_eq!(e.failed(30_000), Shortage::Started);
+    }
+
+    #[test]
+    fn shards_failing_in_the_same_instant_log_one_start_and_no_reminder() {
+        // CI once saw "still out of descriptors" a millisecond after the start line: two
+        // shards failed together and the second found the shortage on before the first had
+        // armed the reminder. Race eight threads at one instant, many times over.
+        for round in 0..2000 {
+            let e = Arc::new(Exhaustion::new(Duration::from_secs(5)));
+            let gate = Arc::new(std::sync::Barrier::new(8));
+            let said: Vec<Shortage> = (0..8)
+                .map(|_| {
+                    let (e, gate) = (e.clone(), gate.clone());
+                    std::thread::spawn(move || {
+                        gate.wait();
+                        e.failed(1_000)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().expect("a racing thread panicked"))
+                .collect();
+            let started = said.iter().filter(|s| **s == Shortage::Started).count();
+            let quiet = said.iter().filter(|s| **s == Shortage::Quiet).count();
+            assert_eq!((started, quiet), (1, 7), "round {round}: {said:?}");
+        }
     }
 
     proptest! {
