@@ -296,14 +296,28 @@ impl MachineCpu {
         })
     }
 
-    /// Fractions of all CPUs' time between `self` and `later`: (busy, in softirq).
-    pub fn until(self, later: MachineCpu) -> (f64, f64) {
+    /// What the machine did between `self` and `later`.
+    pub fn until(self, later: MachineCpu) -> MachineUse {
         let total = later.total.saturating_sub(self.total).max(1) as f64;
-        (
-            later.busy.saturating_sub(self.busy) as f64 / total,
-            later.softirq.saturating_sub(self.softirq) as f64 / total,
-        )
+        let busy = later.busy.saturating_sub(self.busy) as f64;
+        MachineUse {
+            busy: busy / total,
+            softirq: later.softirq.saturating_sub(self.softirq) as f64 / total,
+            busy_cpu_s: busy / sys::clock_ticks(),
+        }
     }
+}
+
+/// The whole machine's CPU use over a stretch of time.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineUse {
+    /// Fraction of all CPUs' time busy.
+    pub busy: f64,
+    /// Fraction of all CPUs' time in softirq.
+    pub softirq: f64,
+    /// CPU seconds busy, over all CPUs: every process's and the kernel's work, wherever the
+    /// kernel charged it.
+    pub busy_cpu_s: f64,
 }
 
 /// Whether the tailsrv binary at `bin` lists `option` in its `--help`.

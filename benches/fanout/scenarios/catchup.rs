@@ -27,6 +27,7 @@ figures! {
         generator_cpu_s,
         machine_busy,
         machine_softirq,
+        machine_cpu_s_per_gib,
     }
 }
 
@@ -136,8 +137,9 @@ impl Bench {
         f.server_cpu_s = cost.server_cpu_s;
         f.server_cpu_s_per_gib = cost.server_cpu_s.map(|cpu| cpu / gib);
         f.generator_cpu_s = Some(cost.generator_cpu_s);
-        f.machine_busy = cost.machine.map(|m| m.0);
-        f.machine_softirq = cost.machine.map(|m| m.1);
+        f.machine_busy = cost.machine.map(|m| m.busy);
+        f.machine_softirq = cost.machine.map(|m| m.softirq);
+        f.machine_cpu_s_per_gib = cost.machine.map(|m| m.busy_cpu_s / gib);
         Ok(())
     }
 }
@@ -152,6 +154,7 @@ pub(super) fn table(r: &Results<CatchupFigures>) -> Table {
         "client ms: min / median / max",
         "max / median",
         "server CPU s per GiB",
+        "machine CPU s per GiB",
         "generator CPU s",
         "failed runs",
     ]);
@@ -172,6 +175,7 @@ pub(super) fn table(r: &Results<CatchupFigures>) -> Table {
                 ),
                 spread(st(|f| f.max_over_median), 2),
                 spread(st(|f| f.server_cpu_s_per_gib), 3),
+                spread(st(|f| f.machine_cpu_s_per_gib), 3),
                 median(st(|f| f.generator_cpu_s), 2),
                 r.failed(&target, n, &v),
             ]);

@@ -6,7 +6,7 @@ use super::Bench;
 use crate::data::{self, Content, FileView, Kind};
 use crate::engine::{Engine, Group, Outcome, Plan};
 use crate::report::Sample;
-use crate::server::{MachineCpu, Server, Target, Usage};
+use crate::server::{MachineCpu, MachineUse, Server, Target, Usage};
 use crate::sys;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -155,8 +155,8 @@ pub(super) struct Cost {
     pub server_cpu_s: Option<f64>,
     /// This process: the clients and the appender.
     pub generator_cpu_s: f64,
-    /// Fractions of all CPUs' time: (busy, in softirq).
-    pub machine: Option<(f64, f64)>,
+    /// The whole machine's use; `None` without /proc/stat.
+    pub machine: Option<MachineUse>,
 }
 
 impl Snapshot {
