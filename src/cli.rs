@@ -50,12 +50,16 @@ pub struct Options {
     pub max_clients: Option<u32>,
 
     /// Most clients connected at once from one peer: one IPv4 address, or one IPv6 prefix
-    /// (--ipv6-prefix); 0 for no limit [default: 1024, or half of --max-clients if less]
+    /// (--ipv6-prefix); 0 for no per-peer limit
     ///
-    /// Connections over it are closed at once, before any data. A client that vanished
-    /// without a word holds its slot until TCP finds it gone: docs/operations.md says how long.
-    #[arg(long, value_name = "N")]
-    pub max_clients_per_ip: Option<u32>,
+    /// Set it when many untrusted peers share the server and one of them must not take
+    /// every slot of --max-clients. It is off by default because fan-out from one host is
+    /// normal: a relay with many consumers, a load test, everyone behind one NAT or proxy.
+    /// --max-clients is what protects the descriptors. Connections over it are closed at
+    /// once, before any data. A client that vanished without a word holds its slot until
+    /// TCP finds it gone: docs/operations.md says how long.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_clients_per_ip: u32,
 
     /// Length of the IPv6 prefix that counts as one peer for --max-clients-per-ip
     #[arg(long, value_name = "BITS", default_value_t = crate::admission::DEFAULT_IPV6_PREFIX,
@@ -137,7 +141,7 @@ mod tests {
         assert_eq!(o.header_timeout, Duration::from_millis(500));
         assert_eq!(
             (o.max_clients, o.max_clients_per_ip, o.ipv6_prefix),
-            (None, None, 64)
+            (None, 0, 64)
         );
         assert!(o.allow.is_empty());
         let o = Options::try_parse_from([
@@ -147,7 +151,7 @@ mod tests {
             "--max-clients",
             "500",
             "--max-clients-per-ip",
-            "0",
+            "8",
             "--ipv6-prefix",
             "56",
             "--allow",
@@ -159,7 +163,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (o.max_clients, o.max_clients_per_ip, o.ipv6_prefix),
-            (Some(500), Some(0), 56)
+            (Some(500), 8, 56)
         );
         let allow: Vec<String> = o.allow.iter().map(ToString::to_string).collect();
         assert_eq!(allow, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);

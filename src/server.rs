@@ -270,6 +270,7 @@ impl Server {
         let jobs = SideJobs {
             stats: all_stats,
             label: format!("{} on {addr}", opts.file.display()),
+            limits: admission.limits().clone(),
             metrics,
             notifier,
             status_changes,
@@ -509,9 +510,8 @@ fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
     let fits = Limits::default_max_clients(descriptor_limit, shards);
     let max_clients = opts.max_clients.map_or(fits, |n| n as usize);
     let max_per_peer = match opts.max_clients_per_ip {
-        None => Some(Limits::default_per_peer(max_clients)),
-        Some(0) => None,
-        Some(n) => Some(n as usize),
+        0 => None,
+        n => Some(n as usize),
     };
     Limits {
         allow: opts.allow.clone(),
