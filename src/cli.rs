@@ -92,6 +92,69 @@ pub struct Options {
     pub file: PathBuf,
 }
 
+impl Options {
+    /// Parses the process's command line, as [`Parser::parse`], and exits with status 2 and
+    /// a message on a bad one; a port given without `-p` gets a message that says so.
+    pub fn parse_or_exit() -> Options {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        match Options::try_parse_from(&args) {
+            Ok(opts) => opts,
+            Err(e) => {
+                let words: Vec<String> = args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                if e.use_stderr() {
+                    if let Some(hint) = missing_port_hint(&words) {
+                        use clap::CommandFactory;
+                        let kind = clap::error::ErrorKind::MissingRequiredArgument;
+                        Options::command().error(kind, hint).exit();
+                    }
+                }
+                e.exit()
+            }
+        }
+    }
+}
+
+/// What to say about a command line that has a port but not `-p`, as `tailsrv 4321 app.log`
+/// (clap alone would call `app.log` an unexpected argument); `None` for any other.
+pub(crate) fn missing_port_hint(args: &[String]) -> Option<String> {
+    let words = args.get(1..)?;
+    let is_port_flag =
+        |w: &String| w == "-p" || w == "--port" || w.starts_with("--port=") || w.starts_with("-p");
+    if words.iter().any(is_port_flag) {
+        return None;
+    }
+    let [.., before, number, file] = words else {
+        // `tailsrv 4321 app.log` itself: the two words are all there is.
+        let [number, file] = words else { return None };
+        return hint(number, file);
+    };
+    // `--shards 2 app.log` is a complete option: its 2 is not a port. Every option but
+    // the flags takes a value, unless it is given with `=`.
+    let takes_value = before.starts_with('-')
+        && !before.contains('=')
+        && !matches!(
+            before.as_str(),
+            "--journald" | "-h" | "--help" | "-V" | "--version"
+        );
+    if takes_value {
+        return None;
+    }
+    hint(number, file)
+}
+
+fn hint(number: &str, file: &str) -> Option<String> {
+    number.parse::<u16>().ok()?;
+    if file.starts_with('-') {
+        return None;
+    }
+    Some(format!(
+        "the port is missing: it is given with -p (did you mean `tailsrv -p {number} {file}`?)"
+    ))
+}
+
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
     text.parse()
 }
@@ -223,6 +286,37 @@ mod tests {
             &["tailsrv", "-p", "1", "--allow", "localhost", "log"],
         ] {
             assert!(Options::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_port_without_p_is_named_as_missing() {
+        let hint = |line: &str| {
+            let words: Vec<String> = line.split(' ').map(String::from).collect();
+            missing_port_hint(&words)
+        };
+        let said =
+            "the port is missing: it is given with -p (did you mean `tailsrv -p 4321 app.log`?)";
+        for line in [
+            "tailsrv 4321 app.log",
+            "tailsrv --shards 2 4321 app.log",
+            "tailsrv --journald 4321 app.log",
+            "tailsrv --max-clients=9 4321 app.log",
+        ] {
+            assert_eq!(hint(line).as_deref(), Some(said), "{line}");
+        }
+        for line in [
+            "tailsrv",
+            "tailsrv app.log",
+            "tailsrv -p 4321 app.log",
+            "tailsrv -p4321 app.log",
+            "tailsrv --port=4321 app.log",
+            "tailsrv --shards 2 app.log",
+            "tailsrv 70000 app.log",
+            "tailsrv four app.log",
+            "tailsrv 4321 --journald",
+        ] {
+            assert_eq!(hint(line), None, "{line}");
         }
     }
 
