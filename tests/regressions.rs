@@ -309,6 +309,13 @@ fn a_second_server_on_the_same_port_exits_1_and_the_first_keeps_every_client() {
     ] {
         let run = run_to_exit(&args, PATIENCE);
         assert_eq!(run.code, Some(1), "{args:?}: {}", run.stderr);
+        // Its bind tries again for a quarter of a second (a port held by a process that
+        // has just exited), no longer: a port that is really in use fails promptly.
+        assert!(
+            run.elapsed < Duration::from_secs(3),
+            "{args:?} took {:?} to give up",
+            run.elapsed
+        );
         assert!(run.stderr.starts_with("tailsrv: error:"), "{}", run.stderr);
         assert!(!run.stderr.contains(" listening "), "{}", run.stderr);
     }
