@@ -74,6 +74,11 @@ pub struct Options {
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
     pub allow: Vec<Cidr>,
 
+    /// Serve the raw protocol only: no HTTP on the port (by default a connection whose first
+    /// line is an HTTP request, e.g. `curl -N http://HOST:PORT/stream`, is answered in HTTP)
+    #[arg(long)]
+    pub no_http: bool,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100, [::1]:9100 or
     /// localhost:9100)
     ///

@@ -4,7 +4,7 @@
 use crate::admission::{RateLimit, LOG_EVERY};
 use crate::control::View;
 use crate::state::Bells;
-use crate::stats::{Rejection, ShardStats, LAG_BOUNDS};
+use crate::stats::{Protocol, Rejection, ShardStats, HTTP_STATUSES, LAG_BOUNDS};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
@@ -140,6 +140,31 @@ pub fn render(view: &View) -> String {
             "tailsrv_clients_rejected_total{{reason=\"{}\"}} {n}",
             why.name()
         );
+    }
+
+    family(
+        o,
+        "tailsrv_clients_serving",
+        "gauge",
+        "Clients past their header or request head, by protocol: raw (an integer or line-count header) or http.",
+    );
+    for protocol in Protocol::ALL {
+        let n: u64 = view.stats.iter().map(|s| s.served(protocol)).sum();
+        let _ = writeln!(
+            o,
+            "tailsrv_clients_serving{{protocol=\"{}\"}} {n}",
+            protocol.name()
+        );
+    }
+    family(
+        o,
+        "tailsrv_http_responses_total",
+        "counter",
+        "HTTP responses begun on the streaming port, by status.",
+    );
+    for status in HTTP_STATUSES {
+        let n: u64 = view.stats.iter().map(|s| s.responses(status)).sum();
+        let _ = writeln!(o, "tailsrv_http_responses_total{{status=\"{status}\"}} {n}");
     }
 
     // Why gauges counting clients "more than N bytes behind", and not a histogram? These

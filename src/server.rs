@@ -14,7 +14,7 @@ use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::shard::{self, ShardSetup};
 use crate::state::{Interest, Phase, Published};
-use crate::stats::{ShardStats, WatcherStats};
+use crate::stats::{Protocol, ShardStats, WatcherStats};
 use crate::sys;
 use crate::watcher::{SideJobs, Watch};
 use futures_lite::future;
@@ -111,6 +111,21 @@ impl Handle {
         self.total(|s| ShardStats::get(&s.connected))
     }
 
+    /// Clients being served the raw protocol now (header read).
+    pub fn raw_clients(&self) -> u64 {
+        self.total(|s| s.served(Protocol::Raw))
+    }
+
+    /// Clients being served HTTP now (request head read).
+    pub fn http_clients(&self) -> u64 {
+        self.total(|s| s.served(Protocol::Http))
+    }
+
+    /// HTTP responses begun with `status` since start (200, 400, 404, 405, 408, 431, 500).
+    pub fn http_responses(&self, status: u16) -> u64 {
+        self.total_with(|s| s.responses(status))
+    }
+
     /// Connections accepted since start.
     pub fn accepted(&self) -> u64 {
         self.total(|s| ShardStats::get(&s.accepted))
@@ -174,6 +189,10 @@ impl Handle {
     fn total(&self, get: fn(&ShardStats) -> u64) -> u64 {
         self.stats.iter().map(|s| get(s)).sum()
     }
+
+    fn total_with(&self, get: impl Fn(&ShardStats) -> u64) -> u64 {
+        self.stats.iter().map(|s| get(s)).sum()
+    }
 }
 
 impl Server {
@@ -231,6 +250,7 @@ impl Server {
                 status,
                 stats,
                 room,
+                http: !opts.no_http,
             });
         }
         // Handed out in reverse by pop(); the index inside each setup is what counts.

@@ -68,6 +68,19 @@ pub fn recv_now(socket: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
+/// Sends what the socket takes of `buf` now, without waiting; never raises SIGPIPE.
+pub(crate) fn send_now(socket: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    check_size(unsafe {
+        libc::send(
+            socket,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
+}
+
 /// Discards whatever the peer has sent and is waiting in the socket, without copying it.
 /// Returns how many bytes were dropped; `Ok(0)` means the peer closed its sending side.
 pub fn discard_input(socket: RawFd) -> io::Result<usize> {
