@@ -4,7 +4,7 @@
 use crate::admission::Ticket;
 use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
 use crate::shard::{ClientSlot, Shard};
-use crate::state::Phase;
+use crate::state::{Ending, Phase, Reader};
 use crate::stats::{Rejection, ShardStats};
 use crate::sys;
 use futures_lite::future::{self, poll_fn};
@@ -95,11 +95,13 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
         }
     };
     let offset = start.resolve(shard.fresh_size());
+    // The generation the offset was resolved against: the client reads it to its end.
+    let reader = shard.current().map(Reader::new);
     debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
-    let end = stream_file(&shard, &slot, &mut stream, offset, input_open).await;
+    let end = stream_file(&shard, &slot, &mut stream, offset, input_open, reader).await;
     slot.forget_room();
     debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
-    if shard.phase() == Phase::Aborting {
+    if shard.phase() == Phase::Aborting || matches!(end, End::Truncated) {
         abort(&stream);
     } else {
         close(&stream);
@@ -202,6 +204,10 @@ async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFail
 enum End {
     Shutdown,
     Drained,
+    /// The file it read was rotated away and the drain's time ran out.
+    DrainOver,
+    /// The file it read was truncated.
+    Truncated,
     /// The connection failed: reset, broken pipe, timed out.
     Gone(io::Error),
 }
@@ -211,6 +217,8 @@ impl std::fmt::Display for End {
         match self {
             End::Shutdown => f.write_str("server shutting down"),
             End::Drained => f.write_str("sent all the file held before it went away"),
+            End::DrainOver => f.write_str("the file went away and the drain's time ran out"),
+            End::Truncated => f.write_str("the file was truncated"),
             End::Gone(e) => write!(f, "connection lost: {e}"),
         }
     }
@@ -224,13 +232,16 @@ enum Woke {
     Failed(io::Error),
 }
 
-/// Sends the file from `offset` on, as it grows, until the client goes or the server stops.
+/// Sends the file from `offset` on, as it grows, until the client goes, the server stops or
+/// the generation it reads ends. `reader` is that generation; `None` while FILE does not
+/// exist, and then the client reads the first file that appears under its name.
 async fn stream_file(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
     mut offset: u64,
     mut input_open: bool,
+    mut reader: Option<Reader>,
 ) -> End {
     let sock = stream.as_raw_fd();
     slot.set_offset(offset);
@@ -246,7 +257,21 @@ async fn stream_file(
         if phase >= Phase::Closing {
             return End::Shutdown;
         }
-        let (size, file) = (shard.size(), shard.file());
+        if reader.is_none() {
+            reader = shard.current().map(Reader::new);
+        }
+        // Why read the size of a generation that is no longer current from the generation
+        // itself? Its size is final, and the shard keeps only the current one's.
+        let (size, file, current) = match &reader {
+            None => (0, None, true),
+            Some(r) => match r.ending() {
+                Ending::Reset => return End::Truncated,
+                Ending::Closed => return End::DrainOver,
+                Ending::Draining if offset >= r.size() => return End::Drained,
+                _ if shard.is_current(r) => (shard.size(), Some(r.file()), true),
+                _ => (r.size(), Some(r.file()), false),
+            },
+        };
         let file = match file {
             Some(file) if offset < size => file,
             _ => {
@@ -266,7 +291,10 @@ async fn stream_file(
                     };
                     verify = Some(Timer::new(after));
                 }
-                let woke = wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await;
+                // Only a client of the shard's current file can be sent to by the shard.
+                let direct = input_open && current;
+                let woke =
+                    wait_for_news(shard, slot, stream, input_open, direct, verify.as_mut()).await;
                 // The shard may have sent to the socket directly while this task slept.
                 offset = slot.offset().unwrap_or(offset);
                 match woke {
@@ -300,7 +328,9 @@ async fn stream_file(
             Ok(0) => {
                 // The file is shorter than the watcher said: it was truncated, and the watcher
                 // is about to say so. Send nothing; wait for its word.
-                if let Woke::Failed(e) = wait_for_news(shard, slot, stream, false, None).await {
+                if let Woke::Failed(e) =
+                    wait_for_news(shard, slot, stream, false, false, None).await
+                {
                     return End::Gone(e);
                 }
                 false
@@ -326,16 +356,21 @@ async fn stream_file(
             Err(e) => return End::Gone(e),
         };
         if full {
-            wait_for_room(shard, slot, sock).await;
+            wait_for_room(shard, slot, sock, reader.as_deref()).await;
         }
     }
 }
 
 /// Waits for a full socket to take more, counting the client as blocked meanwhile.
-async fn wait_for_room(shard: &Shard, slot: &ClientSlot, sock: RawFd) {
+async fn wait_for_room(
+    shard: &Shard,
+    slot: &ClientSlot,
+    sock: RawFd,
+    generation: Option<&crate::state::Generation>,
+) {
     ShardStats::add(&shard.stats.full_waits, 1);
     ShardStats::add(&shard.stats.blocked, 1);
-    slot.until_room(sock).await;
+    slot.until_room(sock, generation).await;
     ShardStats::sub(&shard.stats.blocked, 1);
 }
 
@@ -360,22 +395,24 @@ pub(crate) async fn take_turns() {
 }
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the
-/// client sends, which also tells at once when the client resets the connection.
+/// client sends, which also tells at once when the client resets the connection. With
+/// `direct`, the shard may send the client its appends itself (see `Shard::bump`).
 async fn wait_for_news(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
     input_open: bool,
+    direct: bool,
     mut verify: Option<&mut Timer>,
 ) -> Woke {
-    let seen = shard.generation();
+    let seen = shard.changes();
     let sock = stream.as_raw_fd();
     let mut junk = [0u8; 64];
     // Why only with input open? A half-closed client's reset shows only in the check that
     // follows a send, which its task must arm; the shard cannot do that for it.
-    let direct = input_open.then_some(sock);
+    let direct = (input_open && direct).then_some(sock);
     let woke = poll_fn(|cx| {
-        if shard.generation() != seen {
+        if shard.changes() != seen {
             return Poll::Ready(Woke::Changed);
         }
         slot.wait_growth(cx.waker(), direct);
