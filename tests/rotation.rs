@@ -320,11 +320,16 @@ fn copytruncate_with_racing_appends_resets_old_clients_and_serves_from_the_new_s
 
 /// Reads what arrives until `deadline`, the end of the stream, or an error; never panics.
 fn read_until(stream: &mut TcpStream, deadline: Instant) -> Vec<u8> {
+    read_up_to(stream, usize::MAX, deadline)
+}
+
+/// As [`read_until`], stopping as soon as `enough` bytes have arrived.
+fn read_up_to(stream: &mut TcpStream, enough: usize, deadline: Instant) -> Vec<u8> {
     let mut got = Vec::new();
     let mut buf = [0u8; 16 << 10];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || got.len() >= enough {
             return got;
         }
         let _ = stream.set_read_timeout(Some(left));
@@ -568,4 +573,118 @@ fn a_rotation_storm_never_mixes_generations_or_leaks_descriptors() {
         "{now} descriptors after the storm, {baseline} before"
     );
     assert_eq!(server.metrics().sum("tailsrv_open_files"), 1);
+}
+
+/// Where Debian's `logrotate` is (`.ci/run` installs it).
+fn logrotate() -> &'static str {
+    [
+        "/usr/sbin/logrotate",
+        "/usr/bin/logrotate",
+        "/sbin/logrotate",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("logrotate is not installed: apt-get install logrotate (.ci/run does)")
+}
+
+#[test]
+fn logrotate_create_and_copytruncate_keep_the_server_up() {
+    const OLD: u64 = 200_000;
+    let server = Server::builder()
+        .contents(&pattern_range(0, OLD as usize))
+        .args(["--metrics", "127.0.0.1:0"])
+        .start();
+    let path = server.path().to_path_buf();
+    let port = server.port();
+    // The port stays open throughout: a connection every 10 ms, each of which must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let (mut ok, mut refused) = (0u64, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(_) => ok += 1,
+                    Err(e) => refused.push(e.to_string()),
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            (ok, refused)
+        })
+    };
+    let mut old = server.connect(b"0\n");
+    old.expect_pattern(0, OLD, PATIENCE);
+    let info = || file_info(&server).expect("a file is served");
+    let mut id = info();
+
+    for (round, (mode, kind)) in [("create", "renamed"), ("copytruncate", "truncated")]
+        .into_iter()
+        .enumerate()
+    {
+        let conf = server.dir().join(&format!("{mode}.conf"));
+        let rules = format!(
+            "{} {{\n    rotate 3\n    {mode}\n    missingok\n    nocompress\n}}\n",
+            path.display()
+        );
+        fs::write(&conf, rules).unwrap();
+        let state = server.dir().join("logrotate.state");
+        let run = std::process::Command::new(logrotate())
+            .arg("-f")
+            .arg("-s")
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .expect("running logrotate");
+        assert!(
+            run.status.success(),
+            "logrotate ({mode}): {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let rotated = Instant::now();
+        let marker = format!("written after logrotate's {mode}\n").into_bytes();
+        append(&path, &marker);
+        // New clients get the new file: poll with fresh clients until one from byte 0 is
+        // served the marker, and the server shows the new identity.
+        let mut served_in = None;
+        assert!(
+            poll_until(PATIENCE, || {
+                let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                    return false;
+                };
+                let _ = stream.write_all(b"0\n");
+                let deadline = Instant::now() + Duration::from_millis(200);
+                let got = read_up_to(&mut stream, marker.len(), deadline);
+                if got.starts_with(&marker) && info() != id {
+                    served_in = Some(rotated.elapsed());
+                    return true;
+                }
+                false
+            }),
+            "after logrotate's {mode}, new clients were not served the new file"
+        );
+        eprintln!(
+            "logrotate {mode}: a new client was served the new file {:?} after logrotate returned",
+            served_in.unwrap()
+        );
+        id = info();
+        let counted = format!("tailsrv_rotations_total{{kind=\"{kind}\"}}");
+        assert_eq!(server.metrics().sum(&counted), 1, "{mode}");
+        // The old file's client: the rest (here nothing) and a FIN after a rename; a reset
+        // after a truncation.
+        let (rest, ending) = old.read_to_end(PATIENCE);
+        if round == 0 {
+            assert_eq!((rest.len(), ending), (0, Ending::Eof), "{mode}");
+        } else {
+            assert_eq!(ending, Ending::Reset, "{mode}");
+        }
+        old = server.connect(b"0\n");
+        old.expect_bytes(&marker, PATIENCE);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (connected, refused) = probe.join().unwrap();
+    assert!(refused.is_empty(), "connections refused: {refused:?}");
+    assert!(connected > 0);
+    let mut server = server;
+    assert!(server.wait_exit(Duration::ZERO).is_none(), "tailsrv exited");
+    assert!(server.dir().join("served.log.1").exists());
 }
