@@ -43,6 +43,8 @@ pub struct ShardSetup {
     pub stats: Arc<ShardStats>,
     /// An empty epoll set, for the shard's sockets that wait for room (see [`watch_room`]).
     pub room: OwnedFd,
+    /// Whether the HTTP face is on (`--no-http` turns it off).
+    pub http: bool,
 }
 
 #[derive(Default)]
@@ -68,6 +70,8 @@ pub struct Shard {
     pub index: usize,
     pub stats: Arc<ShardStats>,
     pub header_timeout: Duration,
+    /// Whether clients may speak HTTP.
+    pub http: bool,
     published: Arc<Published>,
     interest: Arc<Interest>,
     /// Whether this shard has raised its interest since the watcher last rang.
@@ -110,6 +114,7 @@ impl Shard {
             index,
             stats,
             header_timeout,
+            http: true,
             published,
             interest,
             interested: Cell::new(false),
@@ -632,6 +637,7 @@ pub async fn run(
         status,
         stats,
         room,
+        http,
     } = setup;
     let listener = sys::adopt_listener(listener);
     let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
@@ -641,6 +647,7 @@ pub async fn run(
     };
     let shard = Rc::new(Shard {
         status_bell,
+        http,
         ..Shard::new(index, stats, published, interest, header_timeout, room)
     });
     shard.refresh();

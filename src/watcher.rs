@@ -6,6 +6,7 @@
 //! do, while a shard has clients waiting. Shards only ever take an open file from
 //! [`Published`], so none of them ever blocks on the path.
 
+use crate::admission::Limits;
 use crate::cli::OnRotation;
 use crate::control::View;
 use crate::error::{Error, Outcome};
@@ -48,6 +49,8 @@ pub struct SideJobs {
     pub stats: Vec<Arc<ShardStats>>,
     /// "FILE on ADDR", for status lines.
     pub label: String,
+    /// The client limits in force, for the metrics.
+    pub limits: Limits,
     /// The bound `--metrics` listener.
     pub metrics: Option<std::net::TcpListener>,
     pub notifier: Notifier,
@@ -180,6 +183,7 @@ impl Watch {
             watcher: self.stats.clone(),
             published: self.published.clone(),
             label: jobs.label,
+            limits: jobs.limits,
         });
         if let Some(listener) = jobs.metrics {
             let listener = sys::adopt_listener(listener.into());

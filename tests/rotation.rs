@@ -688,3 +688,38 @@ fn logrotate_create_and_copytruncate_keep_the_server_up() {
     assert!(server.wait_exit(Duration::ZERO).is_none(), "tailsrv exited");
     assert!(server.dir().join("served.log.1").exists());
 }
+
+#[test]
+fn the_http_file_identity_changes_at_each_rotation_and_truncation_of_one_server() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, b"first file\n");
+    let server = InProcess::start(&path, &[]);
+    let identity = || {
+        let mut client = Client::http(server.port(), "HEAD", "/stream");
+        let head = client.read_http_head(PATIENCE);
+        head.field("Tailsrv-File")
+            .expect("Tailsrv-File")
+            .to_string()
+    };
+    let first = identity();
+    assert_eq!(first, server.handle.file_id().unwrap().to_string());
+    fs::rename(&path, dir.join("served.log.1")).unwrap();
+    append(&path, b"second file\n");
+    expect_serving(&server.handle, &path);
+    let second = identity();
+    assert_ne!(second, first);
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert!(poll_until(PATIENCE, || server
+        .handle
+        .rotations(Rotation::Truncated)
+        == 1));
+    let third = identity();
+    assert_ne!(third, second);
+    assert_eq!(third, server.handle.file_id().unwrap().to_string());
+}
