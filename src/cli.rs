@@ -39,6 +39,18 @@ pub struct Options {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub header_timeout: Duration,
 
+    /// Coalesce deliveries under load: growth that comes less than DURATION after the last
+    /// delivery to the readers waits until DURATION after it, and goes out with whatever
+    /// else was appended meanwhile (e.g. 500us, 2ms; 0 sends every append at once; at most 1s)
+    ///
+    /// The cost is latency under load only: while appends come more often than this, a
+    /// reader gets each up to DURATION later than it would have. An append to a file that
+    /// was calm for DURATION is sent at once. What it saves, and how the default was chosen:
+    /// docs/operations.md.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_LINGER,
+          value_parser = crate::linger::parse_window)]
+    pub linger: Duration,
+
     /// Most clients connected at once, over all shards; more are closed at once, before any
     /// data [default: the descriptor limit less a reserve for tailsrv's own; the start-up log
     /// says what it is]
@@ -88,6 +100,9 @@ pub struct Options {
     pub file: PathBuf,
 }
 
+/// The `--linger` default (see docs/operations.md, "Coalescing", for the measurements).
+pub const DEFAULT_LINGER: &str = "1ms";
+
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
     text.parse()
 }
@@ -119,6 +134,12 @@ mod tests {
         let o = Options::try_parse_from(["tailsrv", "-p", "4321", "log"]).unwrap();
         assert_eq!((o.port, o.bind, o.shards), (4321, None, None));
         assert_eq!(o.header_timeout, Duration::from_secs(10));
+        assert_eq!(
+            o.linger,
+            crate::linger::parse_window(DEFAULT_LINGER).unwrap()
+        );
+        let o = Options::try_parse_from(["tailsrv", "-p", "1", "--linger", "0", "log"]).unwrap();
+        assert_eq!(o.linger, Duration::ZERO);
         let o = Options::try_parse_from([
             "tailsrv",
             "-p",
@@ -211,6 +232,8 @@ mod tests {
             &["tailsrv", "-p", "1", "--metrics", "::1:9100", "log"],
             &["tailsrv", "-p", "1", "--metrics", "localhost", "log"],
             &["tailsrv", "-p", "1", "--header-timeout", "0", "log"],
+            &["tailsrv", "-p", "1", "--linger", "5", "log"],
+            &["tailsrv", "-p", "1", "--linger", "2s", "log"],
             &["tailsrv", "-p", "1"],
             &["tailsrv", "-p", "1", "--max-clients", "0", "log"],
             &["tailsrv", "-p", "1", "--max-clients-per-ip", "-1", "log"],

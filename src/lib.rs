@@ -50,6 +50,7 @@ pub(crate) mod control;
 pub mod error;
 pub mod fetch;
 pub(crate) mod header;
+pub(crate) mod linger;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub mod process;

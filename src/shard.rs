@@ -3,7 +3,7 @@
 
 use crate::admission::{Admission, Backoff};
 use crate::client;
-use crate::state::{Interest, Phase, Published};
+use crate::state::{Audience, Interest, Phase, Published};
 use crate::stats::ShardStats;
 use crate::sys;
 use futures_lite::future;
@@ -65,6 +65,8 @@ pub struct Shard {
     pub stats: Arc<ShardStats>,
     pub header_timeout: Duration,
     published: Arc<Published>,
+    /// Every shard's clients, counted for the watcher (see [`Audience`]).
+    audience: Arc<Audience>,
     interest: Arc<Interest>,
     /// Whether this shard has raised its interest since the watcher last rang.
     interested: Cell<bool>,
@@ -94,6 +96,7 @@ impl Shard {
         index: usize,
         stats: Arc<ShardStats>,
         published: Arc<Published>,
+        audience: Arc<Audience>,
         interest: Arc<Interest>,
         header_timeout: Duration,
         room: OwnedFd,
@@ -103,6 +106,7 @@ impl Shard {
             stats,
             header_timeout,
             published,
+            audience,
             interest,
             interested: Cell::new(false),
             waiting: Cell::new(0),
@@ -342,6 +346,7 @@ impl Shard {
     pub fn attach(self: &Rc<Self>) -> ClientSlot {
         self.clients.set(self.clients.get() + 1);
         ShardStats::add(&self.stats.connected, 1);
+        self.audience.arrive();
         self.clients_changed();
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -572,6 +577,7 @@ impl Drop for ClientSlot {
         }
         shard.clients.set(shard.clients.get() - 1);
         ShardStats::sub(&shard.stats.connected, 1);
+        shard.audience.leave();
         shard.clients_changed();
         if shard.clients.get() == 0 {
             if let Some(waker) = shard.idle.borrow_mut().take() {
@@ -585,6 +591,7 @@ impl Drop for ClientSlot {
 pub async fn run(
     setup: ShardSetup,
     published: Arc<Published>,
+    audience: Arc<Audience>,
     header_timeout: Duration,
     admission: Arc<Admission>,
     ready: impl FnOnce(),
@@ -606,7 +613,15 @@ pub async fn run(
     };
     let shard = Rc::new(Shard {
         status_bell,
-        ..Shard::new(index, stats, published, interest, header_timeout, room)
+        ..Shard::new(
+            index,
+            stats,
+            published,
+            audience,
+            interest,
+            header_timeout,
+            room,
+        )
     });
     shard.refresh();
 

@@ -438,6 +438,18 @@ pub(crate) fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
     check_size(unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) }).map(drop)
 }
 
+/// Takes an eventfd's counter back to zero, so that it is no longer readable; returns what it
+/// held (0 if it was not set).
+pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut count: u64 = 0;
+    // SAFETY: `count` is 8 writable bytes, the size an eventfd read fills.
+    match check_size(unsafe { libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) }) {
+        Ok(_) => Ok(count),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// Blocks the calling thread until `fd` is readable.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut poll = libc::pollfd {

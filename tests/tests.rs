@@ -17,6 +17,7 @@ mod fuzz;
 mod inprocess;
 mod lifecycle;
 mod limits;
+mod linger;
 mod load;
 mod metrics;
 mod ops;
