@@ -101,7 +101,7 @@ pub struct Options {
 }
 
 /// The `--linger` default (see docs/operations.md, "Coalescing", for the measurements).
-pub const DEFAULT_LINGER: &str = "1ms";
+pub const DEFAULT_LINGER: &str = "500us";
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
     text.parse()
