@@ -30,7 +30,7 @@ use backoff::Backoff;
 use check::{Check, Verdict};
 use error::{Ended, FetchError};
 use options::{FetchOptions, OnRotation, Start};
-use output::{Output, Wrote};
+use output::{Moved, Output, Wrote};
 use progress::Progress;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -293,19 +293,17 @@ impl Fetcher {
         };
         set_timeout(&sock, tick)?;
         loop {
-            let n = match sock.read(&mut self.buf) {
-                Ok(0) => return Ok(SessionEnd::Closed),
-                Ok(n) => n,
-                Err(e) if is_timeout(&e) => {
+            match output.copy_from(&mut sock, &mut self.buf)? {
+                Moved::Bytes => {}
+                Moved::End => return Ok(SessionEnd::Closed),
+                Moved::Closed => return Ok(SessionEnd::OutputClosed),
+                Moved::Socket(e) if is_timeout(&e) => {
                     self.progress.update(output.position());
                     output.tick()?;
                     continue;
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Ok(SessionEnd::Failed(e)),
-            };
-            if let Wrote::Closed = output.write(&self.buf[..n])? {
-                return Ok(SessionEnd::OutputClosed);
+                Moved::Socket(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Moved::Socket(e) => return Ok(SessionEnd::Failed(e)),
             }
             self.progress.update(output.position());
         }
