@@ -1,25 +1,29 @@
-//! One client: read its header, then send it the file from its offset for as long as it
-//! stays connected.
+//! One client: read its header (or HTTP request head), then send it the file from its offset
+//! for as long as it stays connected.
 
 use crate::admission::Ticket;
 use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
+use crate::http::{self, Head, HeadError, Kind, Route};
+use crate::lines;
 use crate::shard::{ClientSlot, Shard};
-use crate::state::Phase;
-use crate::stats::{Rejection, ShardStats};
+use crate::state::{Ending, Generation, Phase, Reader};
+use crate::stats::{Protocol, Rejection, ShardStats};
 use crate::sys;
 use futures_lite::future::{self, poll_fn};
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// The most one sendfile call may send before the client goes to the back of the queue.
 ///
@@ -71,7 +75,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
         debug!(shard = shard.index, client = slot.id(), error = %e, "setting socket options");
     }
 
-    let header = future::or(read_header(&mut stream), async {
+    // Whether the client's first bytes made it an HTTP client: a timeout is then answered 408.
+    let is_http = Cell::new(false);
+    let request = future::or(read_request(&mut stream, shard.http, &is_http), async {
         future::or(
             async {
                 Timer::new(shard.header_timeout).await;
@@ -86,29 +92,249 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
     })
     .await;
 
-    let (start, input_open) = match header {
-        Ok(h) => h,
+    let request = match request {
+        Ok(r) => r,
         Err(failure) => {
+            let answer = match &failure {
+                HeaderFailure::Timeout if is_http.get() => Some((408, http::timed_out())),
+                HeaderFailure::Http(e) => Some((
+                    match e {
+                        HeadError::Malformed => 400,
+                        HeadError::TooLarge => 431,
+                    },
+                    http::refusal(*e),
+                )),
+                _ => None,
+            };
+            if let Some((status, response)) = answer {
+                // Why not wait for room? A fresh socket's buffer takes a short answer whole;
+                // one that does not is a client not worth waiting for.
+                shard.stats.responded(status);
+                let _ = sys::send_now(fd, response.as_bytes());
+            }
             refuse(&shard, &slot, peer, failure);
             close(&stream);
             return;
         }
     };
-    let offset = start.resolve(shard.fresh_size());
-    debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
-    let end = stream_file(&shard, &slot, &mut stream, offset, input_open).await;
+    let end = match request {
+        Request::Raw { start, input_open } => {
+            let _serving = shard.stats.serving(Protocol::Raw);
+            let size = shard.fresh_size();
+            // The generation the offset is resolved against: the client reads it to its end.
+            let reader = shard.current().map(Reader::new);
+            let Some(offset) = resolve(&shard, &slot, peer, start, size, reader.as_ref()).await
+            else {
+                close(&stream);
+                return;
+            };
+            debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
+            stream_file(
+                &shard,
+                &slot,
+                &mut stream,
+                offset,
+                input_open,
+                false,
+                reader,
+            )
+            .await
+        }
+        Request::Http { route, host } => {
+            let _serving = shard.stats.serving(Protocol::Http);
+            match answer_http(&shard, &slot, &mut stream, peer, route, host).await {
+                Some(end) => end,
+                None => {
+                    close(&stream);
+                    return;
+                }
+            }
+        }
+    };
     slot.forget_room();
     debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
-    if shard.phase() == Phase::Aborting {
+    if shard.phase() == Phase::Aborting || matches!(end, End::Truncated) {
         abort(&stream);
     } else {
         close(&stream);
     }
 }
 
+/// What a client asked for, once its header or request head is read.
+enum Request {
+    /// A raw header: where to start, and whether the client's sending side is still open.
+    Raw { start: Start, input_open: bool },
+    /// An HTTP request: what to serve, and the `Host` it named (for the help text).
+    Http { route: Route, host: Option<String> },
+}
+
+/// Resolves a start to an offset in a file of `size` bytes; `None` (logged) if reading the
+/// file for a line count failed or the server is closing meanwhile.
+///
+/// Why on the shard's blocking thread? Counting lines reads the file backwards, up to
+/// `lines::MAX_SCAN` bytes; from a cold page cache that is disk reads, which would stall
+/// every client of the shard if made here. glommio keeps one such thread per executor
+/// anyway; the shard goes on serving while it reads.
+async fn resolve(
+    shard: &Rc<Shard>,
+    slot: &ClientSlot,
+    peer: Peer,
+    start: Start,
+    size: u64,
+    generation: Option<&Reader>,
+) -> Option<u64> {
+    let n = match start {
+        Start::Lines(n) if n > 0 && size > 0 => n,
+        Start::Lines(0) => return Some(size),
+        Start::Lines(_) => return Some(0),
+        other => return other.resolve(size),
+    };
+    // The file of the generation the start is resolved in, not whatever FILE is by the time
+    // the scan runs.
+    let file = generation.map(|g| g.shared_file());
+    let scan = glommio::executor().spawn_blocking(move || {
+        let Some(file) = file else {
+            return Ok(lines::Found {
+                offset: 0,
+                cut_short: false,
+            });
+        };
+        lines::start_of_last(n, size, lines::MAX_SCAN, |buf, at| {
+            file.read_exact_at(buf, at)
+        })
+    });
+    let closing = async {
+        shard.until_phase(Phase::Closing).await;
+        Err(io::Error::other("server closing"))
+    };
+    match future::or(scan, closing).await {
+        Ok(found) => {
+            if found.cut_short {
+                info!(
+                    shard = shard.index, client = slot.id(), %peer, lines = n, offset = found.offset,
+                    max_scan = lines::MAX_SCAN,
+                    "the lines asked for reach further back than the scan looks; starting mid-line"
+                );
+            }
+            Some(found.offset)
+        }
+        Err(e) => {
+            warn!(shard = shard.index, client = slot.id(), %peer, error = %e, "cannot count lines; closing connection");
+            None
+        }
+    }
+}
+
+/// Answers an HTTP request. For `GET /stream` that is the response head and then the file,
+/// as for a raw client, until either side closes; the reason is returned. `None` when the
+/// response is complete (HEAD, help, errors) or could not be sent: the caller closes.
+async fn answer_http(
+    shard: &Rc<Shard>,
+    slot: &ClientSlot,
+    stream: &mut TcpStream,
+    peer: Peer,
+    route: Route,
+    host: Option<String>,
+) -> Option<End> {
+    let sock = stream.as_raw_fd();
+    let (status, response) = match route {
+        Route::Stream { start, head_only } => {
+            let size = shard.fresh_size();
+            let reader = shard.current().map(Reader::new);
+            let Some(offset) = resolve(shard, slot, peer, start, size, reader.as_ref()).await
+            else {
+                shard.stats.responded(500);
+                let response = http::reply(
+                    "500 Internal Server Error",
+                    &[],
+                    "cannot read the file\n",
+                    head_only,
+                );
+                let _ = send_all(shard, slot, sock, response.as_bytes()).await;
+                return None;
+            };
+            let head = http::stream_head(offset, size, reader.as_ref().map(|g| g.id()));
+            shard.stats.responded(200);
+            if let Err(e) = send_all(shard, slot, sock, head.as_bytes()).await {
+                debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response head");
+                return None;
+            }
+            if head_only {
+                return None;
+            }
+            debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming (http)");
+            // Why treat a FIN as the end? An HTTP client does not half-close to keep
+            // reading; its FIN means it is gone, so its slot is freed now rather than at
+            // the next send's reset.
+            return Some(stream_file(shard, slot, stream, offset, true, true, reader).await);
+        }
+        Route::Help { head_only } => (
+            200,
+            http::reply("200 OK", &[], &http::help(host.as_deref()), head_only),
+        ),
+        Route::NotFound { head_only } => (
+            404,
+            http::reply(
+                "404 Not Found",
+                &[],
+                "no such path: try /stream, or / for help\n",
+                head_only,
+            ),
+        ),
+        Route::BadMethod => (
+            405,
+            http::reply(
+                "405 Method Not Allowed",
+                &[("Allow", http::ALLOW)],
+                "only GET and HEAD\n",
+                false,
+            ),
+        ),
+        Route::BadRequest(why) => (
+            400,
+            http::reply("400 Bad Request", &[], &format!("{why}\n"), false),
+        ),
+    };
+    shard.stats.responded(status);
+    if status >= 400 {
+        shard.stats.reject(Rejection::BadHeader);
+        warn!(shard = shard.index, client = slot.id(), %peer, status, "refused HTTP request; closing connection");
+    }
+    if let Err(e) = send_all(shard, slot, sock, response.as_bytes()).await {
+        debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response");
+    }
+    None
+}
+
+/// Sends all of `bytes`, waiting for room as a stream does; fails if the client fails or the
+/// server closes first.
+async fn send_all(
+    shard: &Shard,
+    slot: &ClientSlot,
+    sock: RawFd,
+    mut bytes: &[u8],
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match sys::send_now(sock, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if shard.phase() >= Phase::Closing {
+                    return Err(io::Error::other("server closing"));
+                }
+                wait_for_room(shard, slot, sock, None).await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 enum HeaderFailure {
     Bad(HeaderError),
+    /// An HTTP request head that was refused.
+    Http(HeadError),
     Timeout,
     /// The client closed before sending anything.
     Silent,
@@ -141,6 +367,13 @@ fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) 
             shard.stats.reject(why);
             warn!(shard = shard.index, client, %peer, reason = %e, "bad header; closing connection");
         }
+        HeaderFailure::Http(e) => {
+            shard.stats.reject(match e {
+                HeadError::TooLarge => Rejection::TooLong,
+                HeadError::Malformed => Rejection::BadHeader,
+            });
+            warn!(shard = shard.index, client, %peer, reason = ?e, "bad HTTP request head; closing connection");
+        }
         HeaderFailure::Timeout => {
             shard.stats.reject(Rejection::Timeout);
             warn!(
@@ -160,41 +393,93 @@ fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) 
     }
 }
 
-/// Reads up to the first newline, or to a half-close. Returns the start and whether the
-/// client's sending side is still open.
-async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFailure> {
+/// Reads a raw header up to the first newline, or to a half-close; or, with `http` and
+/// first bytes that start an HTTP request line, an HTTP request head (setting `is_http`).
+async fn read_request(
+    stream: &mut TcpStream,
+    http: bool,
+    is_http: &Cell<bool>,
+) -> Result<Request, HeaderFailure> {
     // Why a fixed array? The header is capped, so a slow or hostile client costs these
-    // 64 bytes in its task and nothing that grows.
+    // 64 bytes in its task and nothing that grows. An HTTP head gets a buffer of its own.
     let mut buf = [0u8; MAX_HEADER_LEN];
     let mut len = 0;
-    let sock = stream.as_raw_fd();
     loop {
-        // Why try a plain recv first? Clients send their header with the connection, so it
-        // is usually waiting when we accept; glommio's read would first wait for the poll it
-        // armed when the stream was made, a reactor round trip per connection.
-        let n = match sys::recv_now(sock, &mut buf[len..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf[len..]))
-                    .await
-                    .map_err(HeaderFailure::Io)?
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(HeaderFailure::Io(e)),
-        };
+        let n = recv_some(stream, &mut buf[len..]).await?;
         if n == 0 {
             if len == 0 {
                 return Err(HeaderFailure::Silent);
             }
             return header::at_eof(&buf[..len])
-                .map(|s| (s, false))
+                .map(|start| Request::Raw {
+                    start,
+                    input_open: false,
+                })
                 .map_err(HeaderFailure::Bad);
         }
         len += n;
+        if http && http::kind(&buf[..len]) == Kind::Http {
+            is_http.set(true);
+            return read_http_head(stream, &buf[..len]).await;
+        }
         match header::scan(&buf[..len]) {
-            Progress::Done(result) => return result.map(|s| (s, true)).map_err(HeaderFailure::Bad),
+            Progress::Done(result) => {
+                return result
+                    .map(|start| Request::Raw {
+                        start,
+                        input_open: true,
+                    })
+                    .map_err(HeaderFailure::Bad)
+            }
             Progress::NeedMore => {}
         }
+    }
+}
+
+/// Reads the rest of an HTTP request head, whose first bytes are `first`, and routes it.
+async fn read_http_head(stream: &mut TcpStream, first: &[u8]) -> Result<Request, HeaderFailure> {
+    let mut head = Vec::with_capacity(1024);
+    head.extend_from_slice(first);
+    loop {
+        match http::parse_head(&head) {
+            Head::Done { method, target } => {
+                return Ok(Request::Http {
+                    route: http::route(&method, &target),
+                    host: http::host(&head),
+                })
+            }
+            Head::Bad(e) => return Err(HeaderFailure::Http(e)),
+            Head::NeedMore => {}
+        }
+        // parse_head refuses a partial head of MAX_HEAD bytes, so there is room here.
+        let len = head.len();
+        head.resize(http::MAX_HEAD, 0);
+        let n = recv_some(stream, &mut head[len..]).await?;
+        head.truncate(len + n);
+        if n == 0 {
+            // The client stopped sending before the blank line that ends a head.
+            return Err(HeaderFailure::Http(HeadError::Malformed));
+        }
+    }
+}
+
+/// Receives what the client sent, waiting for it if there is nothing yet; 0 at its end.
+async fn recv_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, HeaderFailure> {
+    let sock = stream.as_raw_fd();
+    loop {
+        // Why try a plain recv first? Clients send their header with the connection, so it
+        // is usually waiting when we accept; glommio's read would first wait for the poll it
+        // armed when the stream was made, a reactor round trip per connection.
+        return match sys::recv_now(sock, buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, buf))
+                    .await
+                    .map_err(HeaderFailure::Io)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(HeaderFailure::Io(e)),
+        };
     }
 }
 
@@ -202,6 +487,12 @@ async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFail
 enum End {
     Shutdown,
     Drained,
+    /// The file it read was rotated away and the drain's time ran out.
+    DrainOver,
+    /// The file it read was truncated.
+    Truncated,
+    /// An HTTP client closed its sending side: it is gone.
+    Closed,
     /// The connection failed: reset, broken pipe, timed out.
     Gone(io::Error),
 }
@@ -211,6 +502,9 @@ impl std::fmt::Display for End {
         match self {
             End::Shutdown => f.write_str("server shutting down"),
             End::Drained => f.write_str("sent all the file held before it went away"),
+            End::DrainOver => f.write_str("the file went away and the drain's time ran out"),
+            End::Truncated => f.write_str("the file was truncated"),
+            End::Closed => f.write_str("client closed"),
             End::Gone(e) => write!(f, "connection lost: {e}"),
         }
     }
@@ -224,13 +518,18 @@ enum Woke {
     Failed(io::Error),
 }
 
-/// Sends the file from `offset` on, as it grows, until the client goes or the server stops.
+/// Sends the file from `offset` on, as it grows, until the client goes, the server stops or
+/// the generation it reads ends. With `fin_ends`, the client's end of input is its end
+/// (HTTP). `reader` is the generation; `None` while FILE does not exist, and then the
+/// client reads the first file that appears under its name.
 async fn stream_file(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
     mut offset: u64,
     mut input_open: bool,
+    fin_ends: bool,
+    mut reader: Option<Reader>,
 ) -> End {
     let sock = stream.as_raw_fd();
     slot.set_offset(offset);
@@ -246,7 +545,21 @@ async fn stream_file(
         if phase >= Phase::Closing {
             return End::Shutdown;
         }
-        let (size, file) = (shard.size(), shard.file());
+        if reader.is_none() {
+            reader = shard.current().map(Reader::new);
+        }
+        // Why read the size of a generation that is no longer current from the generation
+        // itself? Its size is final, and the shard keeps only the current one's.
+        let (size, file, current) = match &reader {
+            None => (0, None, true),
+            Some(r) => match r.ending() {
+                Ending::Reset => return End::Truncated,
+                Ending::Closed => return End::DrainOver,
+                Ending::Draining if offset >= r.size() => return End::Drained,
+                _ if shard.is_current(r) => (shard.size(), Some(r.file()), true),
+                _ => (r.size(), Some(r.file()), false),
+            },
+        };
         let file = match file {
             Some(file) if offset < size => file,
             _ => {
@@ -266,7 +579,10 @@ async fn stream_file(
                     };
                     verify = Some(Timer::new(after));
                 }
-                let woke = wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await;
+                // Only a client of the shard's current file can be sent to by the shard.
+                let direct = input_open && current;
+                let woke =
+                    wait_for_news(shard, slot, stream, input_open, direct, verify.as_mut()).await;
                 // The shard may have sent to the socket directly while this task slept.
                 offset = slot.offset().unwrap_or(offset);
                 match woke {
@@ -274,6 +590,7 @@ async fn stream_file(
                     // A client that keeps sending gets its input dropped in turns, like
                     // any other work on the shard.
                     Woke::Input => take_turns().await,
+                    Woke::InputClosed if fin_ends => return End::Closed,
                     Woke::InputClosed => {
                         input_open = false;
                         // The shard may have sent to it directly (only open clients get
@@ -300,7 +617,9 @@ async fn stream_file(
             Ok(0) => {
                 // The file is shorter than the watcher said: it was truncated, and the watcher
                 // is about to say so. Send nothing; wait for its word.
-                if let Woke::Failed(e) = wait_for_news(shard, slot, stream, false, None).await {
+                if let Woke::Failed(e) =
+                    wait_for_news(shard, slot, stream, false, false, None).await
+                {
                     return End::Gone(e);
                 }
                 false
@@ -326,16 +645,21 @@ async fn stream_file(
             Err(e) => return End::Gone(e),
         };
         if full {
-            wait_for_room(shard, slot, sock).await;
+            wait_for_room(shard, slot, sock, reader.as_deref()).await;
         }
     }
 }
 
 /// Waits for a full socket to take more, counting the client as blocked meanwhile.
-async fn wait_for_room(shard: &Shard, slot: &ClientSlot, sock: RawFd) {
+async fn wait_for_room(
+    shard: &Shard,
+    slot: &ClientSlot,
+    sock: RawFd,
+    generation: Option<&Generation>,
+) {
     ShardStats::add(&shard.stats.full_waits, 1);
     ShardStats::add(&shard.stats.blocked, 1);
-    slot.until_room(sock).await;
+    slot.until_room(sock, generation).await;
     ShardStats::sub(&shard.stats.blocked, 1);
 }
 
@@ -360,22 +684,24 @@ pub(crate) async fn take_turns() {
 }
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the
-/// client sends, which also tells at once when the client resets the connection.
+/// client sends, which also tells at once when the client resets the connection. With
+/// `direct`, the shard may send the client its appends itself (see `Shard::bump`).
 async fn wait_for_news(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
     input_open: bool,
+    direct: bool,
     mut verify: Option<&mut Timer>,
 ) -> Woke {
-    let seen = shard.generation();
+    let seen = shard.changes();
     let sock = stream.as_raw_fd();
     let mut junk = [0u8; 64];
     // Why only with input open? A half-closed client's reset shows only in the check that
     // follows a send, which its task must arm; the shard cannot do that for it.
-    let direct = input_open.then_some(sock);
+    let direct = (input_open && direct).then_some(sock);
     let woke = poll_fn(|cx| {
-        if shard.generation() != seen {
+        if shard.changes() != seen {
             return Poll::Ready(Woke::Changed);
         }
         slot.wait_growth(cx.waker(), direct);

@@ -11,18 +11,23 @@
 //! ```
 //!
 //! - `watcher`: owns the inotify watch on FILE and its directory, and waits on the stop
-//!   flag. It publishes the file's size and the server's phase in `Published` and
-//!   rings the doorbells of the shards that have clients waiting for growth, never waiting on
-//!   a shard.
-//! - `state`: what the watcher and the shards share: `Published` and the doorbells.
+//!   flag. It publishes the file's generation (the open file, its identity and size) and
+//!   the server's phase in `Published`, and rings the doorbells of the shards that have
+//!   clients waiting for growth, never waiting on a shard. When FILE is rotated or
+//!   truncated it opens what FILE is now and publishes it as a new generation.
+//! - `state`: what the watcher and the shards share: `Published`, its `Generation`s, and the
+//!   doorbells. Each client holds the generation it reads, so a rotated file stays open
+//!   until its last client ends.
 //! - `shard`: one glommio executor per core, each with its own listener on the shared port.
 //!   It answers the doorbell by waking the clients that were waiting for the file to grow.
 //! - `admission`: what every shard asks about a connection it accepts, before reading
 //!   from it: `--allow`, `--max-clients`, `--max-clients-per-ip`; and warnings about refused
 //!   connections and failed accepts that cannot flood the log.
-//! - `client`: one task per connection: reads the header (`header`), then moves file
-//!   bytes to the socket with sendfile ([`sys`]), waiting on a full socket without holding
-//!   up anyone else.
+//! - `client`: one task per connection: reads the header (`header`) or, when the first bytes
+//!   are an HTTP request line, the request head (`http`: parsing, routing, response heads),
+//!   then moves file bytes to the socket with sendfile ([`sys`]), waiting on a full socket
+//!   without holding up anyone else. A line-counted start (`nN`, `?lines=N`) is found by
+//!   `lines`, reading backwards from the end on the shard's blocking thread.
 //! - `server`: [`Server::bind`] wires it together and returns once every shard accepts;
 //!   [`Server::serve`] runs it until a shutdown future resolves, and a [`Handle`] reads its
 //!   state or stops it from any thread. Tests run whole servers in-process this way.
@@ -34,7 +39,7 @@
 //!
 //! What is public is what the binary, the tests and the bench use: [`Server`] and [`Handle`]
 //! with their [`cli::Options`] (and its [`addr`] and [`Cidr`] types), [`Error`] and
-//! [`Outcome`]; [`process`] for `main`; and
+//! [`Outcome`], [`FileId`] and [`Rotation`]; [`process`] for `main`; and
 //! [`sys`], whose safe system-call wrappers the bench builds its reference server from.
 //! Everything else is `pub(crate)` and may change freely.
 
@@ -50,6 +55,8 @@ pub(crate) mod control;
 pub mod error;
 pub mod fetch;
 pub(crate) mod header;
+pub(crate) mod http;
+pub(crate) mod lines;
 pub(crate) mod linger;
 pub(crate) mod metrics;
 pub(crate) mod notify;
@@ -65,3 +72,5 @@ pub(crate) mod watcher;
 pub use admission::Cidr;
 pub use error::{Error, Outcome};
 pub use server::{Handle, Server};
+pub use state::FileId;
+pub use stats::Rotation;

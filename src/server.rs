@@ -13,8 +13,8 @@ use crate::cli::Options;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::shard::{self, ShardSetup};
-use crate::state::{Interest, Phase, Published};
-use crate::stats::{ShardStats, WatcherStats};
+use crate::state::{FileId, Interest, Phase, Published};
+use crate::stats::{Protocol, Rotation, ShardStats, WatcherStats};
 use crate::sys;
 use crate::watcher::{SideJobs, Watch};
 use futures_lite::future;
@@ -96,9 +96,27 @@ impl Handle {
         self.published.size()
     }
 
-    /// Whether the file has been opened (it existed at start-up or has appeared since).
+    /// Whether the file is open: it existed at start-up or has appeared since, and has not
+    /// been rotated away without a new one appearing.
     pub fn file_open(&self) -> bool {
-        self.published.file().is_some()
+        self.published.current().is_some()
+    }
+
+    /// Which file new clients are served, if any: it changes at every rotation and
+    /// truncation.
+    pub fn file_id(&self) -> Option<FileId> {
+        self.published.current().map(|g| g.id())
+    }
+
+    /// How many times FILE was rotated (or truncated) in this way since start.
+    pub fn rotations(&self, kind: Rotation) -> u64 {
+        self.watcher.rotations(kind)
+    }
+
+    /// Files the server holds open: the current one, and rotated ones whose clients are
+    /// still reading (truncations of one file count once each, but share its descriptor).
+    pub fn open_generations(&self) -> u64 {
+        self.published.open_generations()
     }
 
     /// Whether the server has stopped accepting (the file is gone, or it is shutting down).
@@ -109,6 +127,21 @@ impl Handle {
     /// Clients connected now, whether or not their header has arrived.
     pub fn clients(&self) -> u64 {
         self.total(|s| ShardStats::get(&s.connected))
+    }
+
+    /// Clients being served the raw protocol now (header read).
+    pub fn raw_clients(&self) -> u64 {
+        self.total(|s| s.served(Protocol::Raw))
+    }
+
+    /// Clients being served HTTP now (request head read).
+    pub fn http_clients(&self) -> u64 {
+        self.total(|s| s.served(Protocol::Http))
+    }
+
+    /// HTTP responses begun with `status` since start (200, 400, 404, 405, 408, 431, 500).
+    pub fn http_responses(&self, status: u16) -> u64 {
+        self.total_with(|s| s.responses(status))
     }
 
     /// Connections accepted since start.
@@ -201,6 +234,10 @@ impl Handle {
     fn total(&self, get: fn(&ShardStats) -> u64) -> u64 {
         self.stats.iter().map(|s| get(s)).sum()
     }
+
+    fn total_with(&self, get: impl Fn(&ShardStats) -> u64) -> u64 {
+        self.stats.iter().map(|s| get(s)).sum()
+    }
 }
 
 impl Server {
@@ -210,7 +247,7 @@ impl Server {
     /// Nothing process-wide is touched: signals and resource limits are the caller's (see
     /// [`crate::process`]).
     pub fn bind(opts: &Options) -> Result<Server, Error> {
-        let watch = Watch::new(&opts.file, opts.linger)?;
+        let watch = Watch::new(&opts.file, opts.on_rotation, opts.linger)?;
         let published = watch.published();
 
         let cpus =
@@ -258,6 +295,7 @@ impl Server {
                 status,
                 stats,
                 room,
+                http: !opts.no_http,
             });
         }
         // Handed out in reverse by pop(); the index inside each setup is what counts.
@@ -299,6 +337,7 @@ impl Server {
         let jobs = SideJobs {
             stats: all_stats,
             label: format!("{} on {addr}", opts.file.display()),
+            limits: admission.limits().clone(),
             metrics,
             notifier,
             status_changes,
@@ -342,8 +381,13 @@ impl Server {
             addr = %addr, port = addr.port(), shards, pinned, file = %opts.file.display(),
             "listening"
         );
-        if published.file().is_none() {
-            info!(file = %opts.file.display(), "file does not exist yet; waiting for it");
+        if published.current().is_none() {
+            // Why WARN, and the full path? A typo in FILE starts a server that serves
+            // nothing, quietly; the path as resolved shows where tailsrv is looking.
+            warn!(
+                file = %full_path(&opts.file).display(),
+                "file does not exist; waiting for it to appear"
+            );
         }
         if let Some(at) = metrics_addr {
             info!(addr = %at, "serving metrics at http://{at}/metrics");
@@ -533,14 +577,26 @@ impl Drop for SetOnDrop {
     }
 }
 
+/// `path` made absolute, with its directory's symbolic links and `..` resolved when the
+/// directory can be; the file itself need not exist.
+fn full_path(path: &std::path::Path) -> std::path::PathBuf {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    match (dir.canonicalize(), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+    }
+}
+
 /// Resolves the client limits from the options and the descriptor limit.
 fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
     let fits = Limits::default_max_clients(descriptor_limit, shards);
     let max_clients = opts.max_clients.map_or(fits, |n| n as usize);
     let max_per_peer = match opts.max_clients_per_ip {
-        None => Some(Limits::default_per_peer(max_clients)),
-        Some(0) => None,
-        Some(n) => Some(n as usize),
+        0 => None,
+        n => Some(n as usize),
     };
     Limits {
         allow: opts.allow.clone(),
@@ -595,5 +651,29 @@ fn placement(shards: usize, cpus: &[usize]) -> (PoolPlacement, bool) {
             warn!(error = %e, "cannot read the CPU topology; shards run unpinned");
             (PoolPlacement::Unbound(shards), false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn full_path_resolves_the_directory_of_a_missing_file() {
+        let here = std::env::current_dir().unwrap().canonicalize().unwrap();
+        assert_eq!(
+            full_path(Path::new("no-such.log")),
+            here.join("no-such.log")
+        );
+        assert_eq!(
+            full_path(Path::new("./src/../no-such.log")),
+            here.join("no-such.log")
+        );
+        // A directory that does not exist either: absolute, unresolved.
+        assert_eq!(
+            full_path(Path::new("no-such-dir/x.log")),
+            here.join("no-such-dir/x.log")
+        );
     }
 }

@@ -1,12 +1,20 @@
-//! The watcher executor: follows FILE with inotify, publishes its size and the server's
-//! phase ([`crate::state`]), and rings the shards that need to hear about it.
+//! The watcher executor: follows FILE with inotify, publishes its generation, its size and
+//! the server's phase ([`crate::state`]), and rings the shards that need to hear about it.
+//!
+//! Why does the watcher, and not a shard, open the file again after a rotation? Opening
+//! walks the path, which may block on a slow filesystem; the watcher has nothing else to
+//! do, while a shard has clients waiting. Shards only ever take an open file from
+//! [`Published`], so none of them ever blocks on the path.
 
+use crate::admission::Limits;
+use crate::cli::OnRotation;
 use crate::control::View;
 use crate::error::{Error, Outcome};
 use crate::linger::Linger;
 use crate::notify::Notifier;
-use crate::state::{Audience, Bell, Bells, Interest, Phase, Published};
-use crate::stats::{ShardStats, WatcherStats};
+use crate::shard::DRAIN_GRACE;
+use crate::state::{Audience, Bell, Bells, Ending, FileId, Generation, Interest, Phase, Published};
+use crate::stats::{Rotation, ShardStats, WatcherStats};
 use crate::sys;
 use crate::{metrics, systemd};
 use futures_lite::future;
@@ -22,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -50,6 +58,8 @@ pub struct SideJobs {
     pub stats: Vec<Arc<ShardStats>>,
     /// "FILE on ADDR", for status lines.
     pub label: String,
+    /// The client limits in force, for the metrics.
+    pub limits: Limits,
     /// The bound `--metrics` listener.
     pub metrics: Option<std::net::TcpListener>,
     pub notifier: Notifier,
@@ -64,6 +74,9 @@ pub struct Watch {
     name: OsString,
     inotify: Inotify,
     file_wd: Option<WatchDescriptor>,
+    /// The generation served now (also in `published`), if the file exists.
+    current: Option<Arc<Generation>>,
+    on_rotation: OnRotation,
     published: Arc<Published>,
     stats: Arc<WatcherStats>,
     /// Who is connected: appends are heard only while someone is.
@@ -90,13 +103,15 @@ enum News {
     Nothing,
     /// The file grew: shards with clients waiting for growth must hear of it.
     Grew,
-    /// The file appeared: every shard must pick it up.
-    Opened,
+    /// A new generation, or none, is published (the file appeared, was rotated or was
+    /// truncated): every shard must take it in. A generation rotated away comes along, for
+    /// the end of its drain.
+    Switched(Option<Weak<Generation>>),
 }
 
 impl Watch {
     /// Watches `path`; `linger` is the `--linger` window.
-    pub fn new(path: &Path, linger: Duration) -> Result<Watch, Error> {
+    pub fn new(path: &Path, on_rotation: OnRotation, linger: Duration) -> Result<Watch, Error> {
         let name = path
             .file_name()
             .ok_or_else(|| Error::Config(format!("{} does not name a file", path.display())))?
@@ -125,6 +140,8 @@ impl Watch {
             name,
             inotify,
             file_wd: None,
+            current: None,
+            on_rotation,
             published: Arc::new(Published::default()),
             stats: Arc::new(WatcherStats::default()),
             audience: Arc::new(
@@ -155,8 +172,8 @@ impl Watch {
         self.audience.clone()
     }
 
-    /// Opens the file if it is there, watches it and publishes its size.
-    fn open(&mut self) -> io::Result<()> {
+    /// Opens the file if it is there, watches it and publishes it as a new generation.
+    fn open(&mut self) -> io::Result<FileId> {
         let file = File::open(&self.path)?;
         let meta = file.metadata()?;
         if meta.is_dir() {
@@ -165,13 +182,24 @@ impl Watch {
                 "is a directory",
             ));
         }
+        let id = FileId::of(&file)?;
         // Watch first, size second: an append between the two is then never missed.
         self.file_wd = Some(self.inotify.watches().add(&self.path, FILE_EVENTS)?);
         self.set_following(true);
         let size = sys::fstat(file.as_fd())?.st_size as u64;
-        self.published.set_size(size);
-        self.published.set_file(file);
-        Ok(())
+        let generation = self.published.generation(Arc::new(file), id, size);
+        self.current = Some(generation.clone());
+        self.published.publish(Some(generation));
+        Ok(id)
+    }
+
+    /// Stops watching the file served until now: its events are no longer FILE's.
+    fn forget_file(&mut self) {
+        self.current = None;
+        if let Some(wd) = self.file_wd.take() {
+            // Fails only if the watch is gone already (the file was freed).
+            let _ = self.inotify.watches().remove(wd);
+        }
     }
 
     /// Runs on the watcher executor until `stop` (an eventfd) becomes readable, or the file
@@ -193,6 +221,7 @@ impl Watch {
             watcher: self.stats.clone(),
             published: self.published.clone(),
             label: jobs.label,
+            limits: jobs.limits,
         });
         if let Some(listener) = jobs.metrics {
             let listener = sys::adopt_listener(listener.into());
@@ -234,18 +263,17 @@ impl Watch {
         // Why kept across wake-ups? Each wait costs a duplicate descriptor and an io_uring
         // poll; the bell rings only when the first client comes or the last one leaves.
         let mut arrival = Box::pin(sys::readable_or_soon(audience.bell()));
-        let mut known = self.published.size();
         bells.ring_all();
         // First look at the audience: with nobody connected yet, stop hearing appends now.
         let mut wake = Wake::Audience;
         let outcome = loop {
-            let before = known;
+            let before = self.size();
             let news = match wake {
-                Wake::Events => self.take_events(&mut known)?,
-                Wake::Audience => self.follow_audience(&mut known)?,
+                Wake::Events => self.take_events()?,
+                Wake::Audience => self.follow_audience()?,
                 Wake::Look => {
                     ShardStats::add(&self.stats.idle_looks, 1);
-                    self.evaluate(false, false, &mut known)
+                    self.evaluate(false, false)
                 }
                 Wake::Stop => {
                     info!("asked to stop; closing all clients");
@@ -261,14 +289,20 @@ impl Watch {
                 }
                 Ok(News::Grew) => {
                     // Counted first: a test that sees the bytes arrive sees the count too.
-                    self.delivered(known - before);
+                    self.delivered(self.size().saturating_sub(before));
                     bells.ring_waiting();
                 }
-                Ok(News::Opened) => {
+                Ok(News::Switched(rotated)) => {
                     bells.ring_all();
-                    // The new file's watch hears appends; with nobody connected, stop that.
-                    if let Err(outcome) = self.follow(audience.anyone(), &mut known)? {
-                        break outcome;
+                    if let Some(rotated) = rotated {
+                        let end = end_drain(rotated, self.published.clone(), bells.clone());
+                        glommio::spawn_local(end).detach();
+                    }
+                    // A new file's watch hears appends; with nobody connected, stop that.
+                    match self.follow(audience.anyone())? {
+                        Ok(News::Grew) => bells.ring_waiting(),
+                        Ok(_) => {}
+                        Err(outcome) => break outcome,
                     }
                 }
                 Err(outcome) => break outcome,
@@ -284,6 +318,11 @@ impl Watch {
         notifier.stopping(outcome.status());
         bells.ring_all();
         Ok(outcome)
+    }
+
+    /// The size of the generation served now (0 without one).
+    fn size(&self) -> u64 {
+        self.current.as_ref().map_or(0, |g| g.size())
     }
 
     /// Counts a delivery of `grown` bytes, for the metrics and the linger window.
@@ -314,7 +353,7 @@ impl Watch {
             self.linger.held();
             return Ok(Wake::Events);
         }
-        let idle = !self.following && self.published.file().is_some();
+        let idle = !self.following && self.current.is_some();
         let wake = {
             let events = async {
                 sys::readable_or_soon(self.inotify.as_fd())
@@ -345,23 +384,23 @@ impl Watch {
     }
 
     /// Answers the audience bell: hears appends again if someone came, stops if everyone left.
-    fn follow_audience(&mut self, known: &mut u64) -> Result<Result<News, Outcome>, Error> {
+    fn follow_audience(&mut self) -> Result<Result<News, Outcome>, Error> {
         let anyone = self
             .audience
             .answer()
             .map_err(|e| Error::io("reading the audience bell", e))?;
-        self.follow(anyone, known)
+        self.follow(anyone)
     }
 
     /// Puts IN_MODIFY in the file's watch, or takes it out; coming back, takes the size again.
     ///
-    /// Why only IN_MODIFY? Deletion, renames and the link count (IN_ATTRIB) must stop or drain
-    /// the server whoever is connected; they are rare, and cost nothing while nothing happens.
-    /// Why watch first and size second when coming back? An append before the watch is in the
-    /// size; one after it raises an event: the first client cannot miss growth. A truncation
-    /// while nobody listened shows as a size below the last one published, as any other.
-    fn follow(&mut self, anyone: bool, known: &mut u64) -> Result<Result<News, Outcome>, Error> {
-        if anyone == self.following || self.published.file().is_none() {
+    /// Why only IN_MODIFY? Deletion, renames and the link count (IN_ATTRIB) must be heard
+    /// whoever is connected; they are rare, and cost nothing while nothing happens. Why watch
+    /// first and size second when coming back? An append before the watch is in the size;
+    /// one after it raises an event: the first client cannot miss growth. A truncation while
+    /// nobody listened shows as a size below the last one published, as any other.
+    fn follow(&mut self, anyone: bool) -> Result<Result<News, Outcome>, Error> {
+        if anyone == self.following || self.current.is_none() {
             return Ok(Ok(News::Nothing));
         }
         let mask = if anyone {
@@ -381,24 +420,26 @@ impl Watch {
         if !anyone {
             return Ok(Ok(News::Nothing));
         }
-        Ok(self.evaluate(false, false, known))
+        Ok(self.evaluate(false, false))
     }
 
-    /// Replaces the open file's watch mask.
+    /// Replaces the served file's watch mask.
     ///
     /// Why through /proc/self/fd? inotify watches what a path names when it is added; the path
-    /// may name another file by now (a rename the watcher has not read yet), while the open
+    /// may name another file by now (a rotation the watcher has not read yet), while the open
     /// descriptor is the file being served. Adding a watch on an inode that has one already
     /// replaces its mask and returns the same watch descriptor, which is checked.
     fn rewatch(&mut self, mask: WatchMask) -> io::Result<()> {
-        let Some(file) = self.published.file() else {
+        let Some(current) = self.current.as_ref() else {
             return Ok(());
         };
-        let by_fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let by_fd = format!("/proc/self/fd/{}", current.file().as_raw_fd());
         let wd = self.inotify.watches().add(&by_fd, mask)?;
         if Some(&wd) != self.file_wd.as_ref() {
             let _ = self.inotify.watches().remove(wd);
-            return Err(io::Error::other("the open file's watch descriptor changed"));
+            return Err(io::Error::other(
+                "the served file's watch descriptor changed",
+            ));
         }
         Ok(())
     }
@@ -410,7 +451,7 @@ impl Watch {
 
     /// Reads every pending inotify event and looks at the file if any came; says what the
     /// shards need to hear, or why to stop.
-    fn take_events(&mut self, known: &mut u64) -> Result<Result<News, Outcome>, Error> {
+    fn take_events(&mut self) -> Result<Result<News, Outcome>, Error> {
         let mut buffer = [0u8; 4096];
         let mut look_at_path = false;
         let mut dir_gone = false;
@@ -442,27 +483,22 @@ impl Watch {
         if !any {
             return Ok(Ok(News::Nothing));
         }
-        Ok(self.evaluate(look_at_path, dir_gone, known))
+        Ok(self.evaluate(look_at_path, dir_gone))
     }
 
     /// Looks at the file after events: what changed, or why to stop.
-    fn evaluate(
-        &mut self,
-        look_at_path: bool,
-        dir_gone: bool,
-        known: &mut u64,
-    ) -> Result<News, Outcome> {
-        let Some(file) = self.published.file() else {
+    fn evaluate(&mut self, look_at_path: bool, dir_gone: bool) -> Result<News, Outcome> {
+        let Some(current) = self.current.clone() else {
             if dir_gone {
                 error!(file = %self.path.display(), "the file's directory was removed; exiting");
                 self.published.set_phase(Phase::Closing);
                 return Err(Outcome::FileGone);
             }
             match self.open() {
-                Ok(()) => {
-                    *known = self.published.size();
-                    info!(file = %self.path.display(), size = *known, "file appeared; serving it");
-                    return Ok(News::Opened);
+                Ok(id) => {
+                    let size = self.published.size();
+                    info!(file = %self.path.display(), %id, size, "file appeared; serving it");
+                    return Ok(News::Switched(None));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -471,7 +507,7 @@ impl Watch {
             }
             return Ok(News::Nothing);
         };
-        let st = match sys::fstat(file.as_fd()) {
+        let st = match sys::fstat(current.file()) {
             Ok(st) => st,
             Err(e) => {
                 error!(error = %e, "cannot stat the open file; exiting");
@@ -480,35 +516,46 @@ impl Watch {
             }
         };
         let size = st.st_size as u64;
-        if size < *known {
-            error!(
-                file = %self.path.display(), was = *known, now = size,
-                "file shrank (truncated or copytruncate-rotated); resetting all clients and exiting"
-            );
-            self.published.set_phase(Phase::Aborting);
-            return Err(Outcome::Truncated);
+        let known = current.size();
+        if size < known {
+            self.stats.rotated(Rotation::Truncated);
+            if self.on_rotation == OnRotation::Exit {
+                error!(
+                    file = %self.path.display(), was = known, now = size,
+                    "file shrank (truncated or copytruncate-rotated); resetting all clients and exiting"
+                );
+                self.published.set_phase(Phase::Aborting);
+                return Err(Outcome::Truncated);
+            }
+            return Ok(self.truncated(&current, size));
         }
-        let grew = size > *known;
+        let grew = size > known;
         if grew {
-            *known = size;
-            self.published.set_size(size);
+            current.set_size(size);
         }
         if look_at_path || dir_gone || st.st_nlink == 0 {
             // Why look at the path even when the link count is 0? `mv other FILE` unlinks
             // the file we hold just as `rm` does; what is at the path now tells them apart.
-            let why = match std::fs::metadata(&self.path) {
+            let kind = match std::fs::metadata(&self.path) {
                 Ok(m) if m.dev() == st.st_dev && m.ino() == st.st_ino && st.st_nlink > 0 => None,
-                Ok(_) => Some("replaced by another file"),
-                Err(_) if st.st_nlink == 0 => Some("deleted"),
-                Err(_) => Some("renamed away"),
+                Ok(_) if st.st_nlink > 0 => Some(Rotation::Renamed),
+                Ok(_) => Some(Rotation::Replaced),
+                Err(_) if st.st_nlink == 0 => Some(Rotation::Deleted),
+                Err(_) => Some(Rotation::Renamed),
             };
-            if let Some(why) = why {
-                error!(
-                    file = %self.path.display(), why, size,
-                    "file is gone; clients get what it held, then tailsrv exits"
-                );
-                self.published.set_phase(Phase::Draining);
-                return Err(Outcome::FileGone);
+            if let Some(kind) = kind {
+                self.stats.rotated(kind);
+                // Why exit when the directory went, even when following? The name can only
+                // come back in a directory that has it, and that is not the one watched.
+                if self.on_rotation == OnRotation::Exit || dir_gone {
+                    error!(
+                        file = %self.path.display(), why = kind.why(), size,
+                        "file is gone; clients get what it held, then tailsrv exits"
+                    );
+                    self.published.set_phase(Phase::Draining);
+                    return Err(Outcome::FileGone);
+                }
+                return Ok(self.rotated(current, kind));
             }
         }
         if !grew {
@@ -516,6 +563,73 @@ impl Watch {
         }
         debug!(size, "file grew");
         Ok(News::Grew)
+    }
+
+    /// FILE's name no longer leads to the file served: its clients drain, and whatever FILE
+    /// is now (if anything) becomes the next generation.
+    fn rotated(&mut self, old: Arc<Generation>, kind: Rotation) -> News {
+        // Its size is final: what the writer appends to it from now on is not FILE's.
+        old.end(Ending::Draining);
+        self.forget_file();
+        let (size, clients) = (old.size(), old.readers());
+        let opened = self.open();
+        let file = self.path.display();
+        match opened {
+            Ok(new) => info!(
+                %file, why = kind.why(), old = %old.id(), %new, size, clients_draining = clients,
+                "file rotated; its clients get what it held, then an orderly end; serving the new file"
+            ),
+            Err(e) => {
+                self.published.publish(None);
+                if e.kind() == io::ErrorKind::NotFound {
+                    info!(
+                        %file, why = kind.why(), old = %old.id(), size, clients_draining = clients,
+                        "file rotated; its clients get what it held, then an orderly end; waiting for a new file"
+                    );
+                } else {
+                    warn!(
+                        %file, why = kind.why(), old = %old.id(), size, clients_draining = clients, error = %e,
+                        "file rotated; the new file cannot be opened yet"
+                    );
+                }
+            }
+        }
+        News::Switched(Some(Arc::downgrade(&old)))
+    }
+
+    /// The file shrank: its clients' offsets mean nothing now. They are reset, and the same
+    /// file, from its new length, is the next generation.
+    fn truncated(&mut self, old: &Arc<Generation>, size: u64) -> News {
+        old.end(Ending::Reset);
+        let new = self
+            .published
+            .generation(old.shared_file(), old.id().truncated(), size);
+        self.current = Some(new.clone());
+        self.published.publish(Some(new.clone()));
+        info!(
+            file = %self.path.display(), why = Rotation::Truncated.why(), old = %old.id(),
+            new = %new.id(), was = old.size(), size, clients_reset = old.readers(),
+            "file truncated; its clients are reset; serving it from its new length"
+        );
+        News::Switched(None)
+    }
+}
+
+/// Ends the drain of a rotated generation: after [`DRAIN_GRACE`], its clients still
+/// reading are closed.
+///
+/// Why a weak reference? The generation's file should close as soon as its last client
+/// ends, not stay open for the grace because this timer holds it.
+async fn end_drain(rotated: Weak<Generation>, published: Arc<Published>, bells: Rc<Bells>) {
+    glommio::timer::Timer::new(DRAIN_GRACE).await;
+    if let Some(generation) = rotated.upgrade() {
+        if generation.readers() > 0 {
+            debug!(id = %generation.id(), clients = generation.readers(), "drain over; closing the rotated file's clients");
+        }
+        generation.end(Ending::Closed);
+        drop(generation);
+        published.announce();
+        bells.ring_all();
     }
 }
 

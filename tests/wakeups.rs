@@ -6,7 +6,7 @@
 use crate::common::*;
 use std::fs::OpenOptions;
 use std::io::Write;
-use tailsrv::Handle;
+use tailsrv::{Handle, Rotation};
 
 /// Appends made with no client connected, one write(2) each.
 const APPENDS: usize = 1000;
@@ -119,25 +119,46 @@ fn with_nobody_connected_appends_wake_nobody_and_the_first_client_misses_nothing
 }
 
 /// A file truncated while nobody is connected is noticed on the slow timer, without any
-/// client, and handled as any truncation.
+/// client, and handled as any truncation: served from its new length, and, with
+/// `--on-rotation exit`, the end of the server.
 #[test]
 fn a_truncation_with_nobody_connected_is_noticed_on_the_slow_timer() {
-    let dir = TempDir::new();
-    let path = dir.join("served.log");
-    append(&path, &[b'x'; 1000]);
-    let mut server = InProcess::start(&path, &[]);
-    let handle = server.handle.clone();
-    assert!(poll_until(PATIENCE, || !handle.following_growth()));
-    let looks = handle.idle_looks();
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(10)
-        .unwrap();
-    assert_eq!(server.finish(), tailsrv::Outcome::Truncated);
-    assert!(handle.idle_looks() > looks, "noticed by something else");
-    assert_eq!(handle.watcher_wakeups(), 0, "no inotify wake-up for it");
+    for exit in [false, true] {
+        let dir = TempDir::new();
+        let path = dir.join("served.log");
+        append(&path, &[b'x'; 1000]);
+        let extra: &[&str] = if exit {
+            &["--on-rotation", "exit"]
+        } else {
+            &[]
+        };
+        let mut server = InProcess::start(&path, extra);
+        let handle = server.handle.clone();
+        assert!(poll_until(PATIENCE, || !handle.following_growth()));
+        let looks = handle.idle_looks();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        if exit {
+            assert_eq!(server.finish(), tailsrv::Outcome::Truncated);
+        } else {
+            assert!(
+                poll_until(PATIENCE, || handle.rotations(Rotation::Truncated) == 1
+                    && handle.file_size() == 10),
+                "the truncation was not noticed: size {}",
+                handle.file_size()
+            );
+            // Served from the new length: a client from the start gets the ten bytes left.
+            let mut client = Client::connect(handle.local_addr().port());
+            client.send(b"0\n");
+            client.expect_bytes(&[b'x'; 10], PATIENCE);
+        }
+        assert!(handle.idle_looks() > looks, "noticed by something else");
+        assert_eq!(handle.watcher_wakeups(), 0, "no inotify wake-up for it");
+    }
 }
 
 #[test]

@@ -37,6 +37,9 @@ const SPLICE_CHUNK: usize = 1 << 20;
 struct Splicer {
     pipe_read: OwnedFd,
     pipe_write: OwnedFd,
+    /// The pipe's capacity: the most one splice from the socket asks for, so that it never
+    /// waits for room in a pipe that only this thread empties.
+    capacity: usize,
     file: File,
 }
 
@@ -264,6 +267,17 @@ impl Output {
     }
 
     /// A last fsync before exiting, when fsync was asked for.
+    /// Flushes FILE to disk now, whatever --fsync says (stdout: nothing to do).
+    pub fn sync(&mut self) -> Result<(), FetchError> {
+        if let Output::File(o) = self {
+            o.file
+                .sync_data()
+                .map_err(|e| FetchError::file(&o.path, "flushing", e))?;
+            o.unsynced = false;
+        }
+        Ok(())
+    }
+
     pub fn finish(&mut self) -> Result<(), FetchError> {
         if let Output::File(o) = self {
             if o.fsync.is_some() && o.unsynced {
@@ -297,13 +311,8 @@ impl FileOutput {
         let Some(sp) = self.splicer.as_ref() else {
             return Ok(None);
         };
-        let taken = match sys::splice(
-            sock.as_fd(),
-            None,
-            sp.pipe_write.as_fd(),
-            None,
-            SPLICE_CHUNK,
-        ) {
+        let taken = match sys::splice(sock.as_fd(), None, sp.pipe_write.as_fd(), None, sp.capacity)
+        {
             Ok(0) => return Ok(Some(Moved::End)),
             Ok(n) => n,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
@@ -358,11 +367,12 @@ impl FileOutput {
         if self.splice_refused {
             return Err(io::Error::other("refused before"));
         }
-        let (pipe_read, pipe_write) = sys::pipe(SPLICE_CHUNK)?;
+        let (pipe_read, pipe_write, capacity) = sys::pipe(SPLICE_CHUNK)?;
         let file = OpenOptions::new().write(true).open(&self.path)?;
         Ok(Splicer {
             pipe_read,
             pipe_write,
+            capacity,
             file,
         })
     }

@@ -6,6 +6,7 @@
 //!   `Handle`.
 //! - `client`: [`Client`], a `TcpStream` with deadline-bound reads.
 //! - `file`: temp directories, deterministic content, appends, byte comparisons.
+//! - `http`: HTTP requests on the streaming port, and their response heads.
 //! - `logs`: the server's stderr, line by line.
 //! - `metrics`: scraping the server's Prometheus endpoint.
 //! - `systemd`: `systemd-analyze verify` on unit files.
@@ -15,6 +16,7 @@
 
 mod client;
 mod file;
+mod http;
 mod logs;
 mod metrics;
 mod server;
