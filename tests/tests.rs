@@ -24,4 +24,5 @@ mod ops;
 mod packaging;
 mod protocol;
 mod regressions;
+mod rotation;
 mod wakeups;
