@@ -560,7 +560,7 @@ fn a_replaced_file_with_the_same_bytes_is_noticed_by_its_identity() {
     let served = up_dir.join("up.log");
     fs::write(&served, pattern_range(0, OLD as usize)).unwrap();
     let port = low_port();
-    let mut upstream = serve_at(&served, port);
+    let _upstream = serve_at(&served, port);
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     // A long check timeout: nothing here may wait for it.
@@ -578,10 +578,9 @@ fn a_replaced_file_with_the_same_bytes_is_noticed_by_its_identity() {
     // Same bytes, new file (the old one kept so its inode number is not reused).
     fs::rename(&served, up_dir.join("up.log.1")).unwrap();
     let new = pattern_range(0, OLD as usize + 5_000);
-    fs::write(&served, &new).unwrap();
-    upstream.expect_exit(3, PATIENCE);
     let started = Instant::now();
-    let _upstream = serve_at(&served, port);
+    fs::write(&served, &new).unwrap();
+    // The upstream follows the rotation: it ends the fetcher's stream and serves the new file.
     expect_file(
         &dir.join("copy.log.1"),
         &pattern_range(0, OLD as usize),
@@ -603,7 +602,7 @@ fn a_restarted_fetcher_knows_the_identity_of_its_copy() {
     let served = up_dir.join("up.log");
     fs::write(&served, pattern_range(0, OLD as usize)).unwrap();
     let port = low_port();
-    let mut upstream = serve_at(&served, port);
+    let _upstream = serve_at(&served, port);
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     let mut fetch = Fetch::to_file(port, &copy, &[]);
@@ -612,14 +611,17 @@ fn a_restarted_fetcher_knows_the_identity_of_its_copy() {
         .join("copy.log.tailsrv-id")
         .exists()));
     fetch.kill9();
+    let first = identity_at(port);
 
     // While it is down, the file is replaced by one with the same bytes and more: only the
     // identity kept beside FILE can tell.
     fs::rename(&served, up_dir.join("up.log.1")).unwrap();
     let new = pattern_range(0, OLD as usize + 3_000);
     fs::write(&served, &new).unwrap();
-    upstream.expect_exit(3, PATIENCE);
-    let _upstream = serve_at(&served, port);
+    assert!(
+        poll_until(PATIENCE, || identity_at(port) != first),
+        "the upstream follows the rotation"
+    );
     let fetch = Fetch::to_file(port, &copy, &["--check-timeout", "60"]);
     expect_file(
         &dir.join("copy.log.1"),
