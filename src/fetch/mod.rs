@@ -39,7 +39,7 @@ use check::{Check, Verdict};
 use error::{Ended, FetchError};
 use http::Ask;
 use options::{FetchOptions, OnRotation, Start};
-use output::{Output, Wrote};
+use output::{Moved, Output, Wrote};
 use progress::Progress;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -468,27 +468,37 @@ impl Fetcher {
             if waited == Waited::Stopped {
                 return Ok(SessionEnd::Stopped);
             }
-            let read = match waited {
-                Waited::Ready => sock.read(&mut self.buf),
-                _ => Err(ErrorKind::TimedOut.into()),
+            let moved = match waited {
+                // --to-end: read and write, to stop exactly at the end.
+                Waited::Ready if self.end.is_some() => match sock.read(&mut self.buf) {
+                    Ok(0) => Moved::End,
+                    Ok(n) => {
+                        let bytes = std::mem::take(&mut self.buf);
+                        let wrote = self.write(output, &bytes[..n]);
+                        self.buf = bytes;
+                        if let Some(end) = wrote? {
+                            return Ok(end);
+                        }
+                        Moved::Bytes
+                    }
+                    Err(e) => Moved::Socket(e),
+                },
+                Waited::Ready => output.copy_from(&mut sock, &mut self.buf)?,
+                _ => Moved::Socket(ErrorKind::TimedOut.into()),
             };
-            let n = match read {
-                Ok(0) => return Ok(SessionEnd::Closed),
-                Ok(n) => n,
-                Err(e) if is_timeout(&e) => {
+            match moved {
+                Moved::Bytes => {}
+                Moved::End => return Ok(SessionEnd::Closed),
+                Moved::Closed => return Ok(SessionEnd::OutputClosed),
+                Moved::Socket(e) if is_timeout(&e) => {
                     self.progress.update(output.position());
                     output.tick()?;
                     continue;
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Ok(SessionEnd::Failed(e)),
-            };
-            let bytes = std::mem::take(&mut self.buf);
-            let wrote = self.write(output, &bytes[..n]);
-            self.buf = bytes;
-            if let Some(end) = wrote? {
-                return Ok(end);
+                Moved::Socket(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Moved::Socket(e) => return Ok(SessionEnd::Failed(e)),
             }
+            self.progress.update(output.position());
         }
     }
 
