@@ -676,12 +676,11 @@ fn sigint_and_sigterm_end_a_fetch_in_order_with_130_and_0() {
         fetch.signal(signal);
         fetch.expect_exit(code, PATIENCE);
         assert_bytes(&read(&copy), &pattern_range(0, 20_000), "the copy");
-        let last = fetch.logs.lines().last().cloned().unwrap_or_default();
-        assert!(
-            last.contains("stopped by a signal") && last.contains("at=20000"),
-            "{}",
-            fetch.logs.dump()
-        );
+        // Its stderr may still be on its way to the collector after the exit.
+        let line = fetch.logs.wait_for("saying it stopped", PATIENCE, |l| {
+            l.contains("stopped by a signal")
+        });
+        assert!(line.contains(" at=20000"), "{line}");
     }
 }
 
