@@ -71,6 +71,6 @@ pub(crate) mod watcher;
 
 pub use admission::Cidr;
 pub use error::{Error, Outcome};
-pub use server::{Handle, Server};
+pub use server::{Handle, Server, Streaming};
 pub use state::FileId;
 pub use stats::Rotation;

@@ -5,7 +5,7 @@
 use crate::admission::{Admission, Backoff};
 use crate::client;
 use crate::state::{Audience, Generation, Interest, Phase, Published};
-use crate::stats::ShardStats;
+use crate::stats::{ClientStart, ShardStats};
 use crate::sys;
 use futures_lite::future;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
@@ -63,6 +63,8 @@ struct Slot {
     room: Option<Waker>,
     /// The client's socket and its tag, once in the shard's room set.
     watched: Option<(RawFd, u32)>,
+    /// Whether the client's start is recorded in the shard's stats.
+    started: bool,
 }
 
 /// The shard's view of the world, shared by its tasks (one thread, so `Cell`s suffice).
@@ -495,6 +497,12 @@ pub struct ClientSlot {
 }
 
 impl ClientSlot {
+    /// Records where the client starts streaming, for [`crate::Handle::client_starts`].
+    pub fn started(&self, start: ClientStart) {
+        self.shard.slots.borrow_mut()[self.index].started = true;
+        self.shard.stats.started(self.index, start);
+    }
+
     /// A number naming this client in logs, unique within its shard.
     pub fn id(&self) -> u64 {
         self.id.unwrap_or(u64::MAX)
@@ -610,6 +618,9 @@ impl Drop for ClientSlot {
         let slot = std::mem::take(&mut shard.slots.borrow_mut()[self.index]);
         if slot.growth.is_some() {
             shard.waiting.set(shard.waiting.get() - 1);
+        }
+        if slot.started {
+            shard.stats.ended(self.index);
         }
         shard.free.borrow_mut().push(self.index);
         if self.id.is_none() {

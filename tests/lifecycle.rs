@@ -479,15 +479,28 @@ fn the_drain_gives_a_client_that_stopped_reading_2_s_then_closes_it() {
 
 #[test]
 fn sigterm_while_a_clients_socket_is_full_closes_it_and_exits_0() {
-    let mut server = Server::start(&pattern_range(0, FLOOD as usize));
+    let mut server = Server::in_process(&pattern_range(0, FLOOD as usize));
     let mut stalled = server.connect(b"0\n");
     let mut caught_up = server.connect(b"-0\n");
     assert_eq!(server.offset_of(&caught_up), FLOOD);
     assert_eq!(server.offset_of(&stalled), 0);
+    // The stalled client's socket is full: its task waits for room.
+    assert!(
+        poll_until(PATIENCE, || server.handle().blocked() == 1),
+        "the stalled client's socket never filled ({} blocked)",
+        server.handle().blocked()
+    );
     server.sigterm();
     caught_up.expect_eof(PATIENCE);
     // The full socket does not hold the server up: it exits, after a grace of 0.5 s at most.
     server.expect_exit(0, PATIENCE);
+    // The client waiting for room was woken and closed by the shutdown, not abandoned when
+    // its shard gave up on it (a task dropped mid-wait never counts itself unblocked).
+    assert_eq!(
+        server.handle().blocked(),
+        0,
+        "the full socket's client was abandoned"
+    );
     expect_cut_short_then_eof(&mut stalled);
 }
 

@@ -3,7 +3,7 @@
 //! Log wording is for people, not an API: prefer the in-process `Handle` or the metrics
 //! endpoint where a test needs the server's state.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -40,6 +40,24 @@ impl Logs {
             cond.notify_all();
         });
         logs
+    }
+
+    /// A log subscriber for an in-process server: every tailsrv event at debug level and
+    /// above, formatted as the binary writes it to stderr, goes into these logs.
+    pub fn dispatch(&self) -> tracing::Dispatch {
+        let sink = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("tailsrv=debug"))
+            .with_ansi(false)
+            .with_writer(move || LineSink(sink.clone(), Vec::new()))
+            .finish();
+        tracing::Dispatch::new(subscriber)
+    }
+
+    fn push(&self, line: String) {
+        let (lock, cond) = &*self.0;
+        lock.lock().unwrap().lines.push(line);
+        cond.notify_all();
     }
 
     /// All lines so far.
@@ -90,6 +108,34 @@ impl Logs {
                 self.dump()
             )
         })
+    }
+}
+
+/// Writes what it is given into [`Logs`], a line at a time.
+struct LineSink(Logs, Vec<u8>);
+
+impl Write for LineSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.1.extend_from_slice(buf);
+        while let Some(end) = self.1.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.1.drain(..=end).collect();
+            self.0
+                .push(String::from_utf8_lossy(&line[..end]).into_owned());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineSink {
+    fn drop(&mut self) {
+        if !self.1.is_empty() {
+            let rest = std::mem::take(&mut self.1);
+            self.0.push(String::from_utf8_lossy(&rest).into_owned());
+        }
     }
 }
 

@@ -11,6 +11,11 @@ impl Server {
     /// `--metrics 127.0.0.1:0`).
     #[track_caller]
     pub fn metrics_at(&self) -> String {
+        if let Some(at) = self.in_process_metrics() {
+            return at
+                .expect("an in-process server started without --metrics")
+                .to_string();
+        }
         let line = self.logs().wait_for("the metrics address", PATIENCE, |l| {
             l.contains("serving metrics at")
         });
