@@ -88,6 +88,22 @@ impl Logs {
         }
     }
 
+    /// Waits until the process has closed its stderr (it has exited) and every line it
+    /// wrote is in; false if the deadline passes first.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        while !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = cond.wait_timeout(state, deadline - now).unwrap().0;
+        }
+        true
+    }
+
     /// Waits for the first line that satisfies `matches` and returns it; panics with the log
     /// if none comes within `timeout`.
     #[track_caller]
@@ -156,24 +172,4 @@ pub fn port_of(peer: &str) -> Option<u16> {
 /// Whether a log line names the peer whose local (client-side) port is `port`.
 pub fn mentions_peer(line: &str, port: u16) -> bool {
     field(line, "peer").and_then(port_of) == Some(port)
-}
-
-/// What a "client streaming" debug line says about one client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Streaming {
-    pub port: u16,
-    pub shard: String,
-    pub offset: u64,
-}
-
-/// Parses a "client streaming" line (logged once a client's header has been resolved).
-pub fn parse_streaming(line: &str) -> Option<Streaming> {
-    if !line.contains("client streaming") {
-        return None;
-    }
-    Some(Streaming {
-        port: field(line, "peer").and_then(port_of)?,
-        shard: field(line, "shard")?.to_owned(),
-        offset: field(line, "offset")?.parse().ok()?,
-    })
 }

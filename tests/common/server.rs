@@ -347,56 +347,43 @@ impl Server {
         client
     }
 
-    /// Waits until the server has resolved `client`'s header and returns its start offset.
+    /// Waits until the server has resolved `client`'s header and returns its start offset,
+    /// as the in-process server's `Handle` says.
     #[track_caller]
     pub fn offset_of(&self, client: &Client) -> u64 {
         let port = client.local_port();
-        if let Run::InProcess { handle, .. } = &self.run {
-            let mut found = None;
-            poll_until(PATIENCE, || {
-                found = handle
-                    .client_starts()
-                    .into_iter()
-                    .find(|s| s.peer.is_some_and(|p| p.port() == port));
-                found.is_some()
-            });
-            return found
-                .unwrap_or_else(|| panic!("client port {port} never started streaming"))
-                .offset;
-        }
-        let line = self
-            .logs
-            .wait_for(&format!("streaming to client port {port}"), PATIENCE, |l| {
-                parse_streaming(l).is_some_and(|s| s.port == port)
-            });
-        parse_streaming(&line).expect("parsed above").offset
-    }
-
-    /// The clients streaming now (in-process), or every client the server has started
-    /// streaming to so far (the binary, from its log), by client-side port.
-    pub fn streaming(&self) -> HashMap<u16, Streaming> {
-        if let Run::InProcess { handle, .. } = &self.run {
-            return handle
+        let mut found = None;
+        poll_until(PATIENCE, || {
+            found = self
+                .handle()
                 .client_starts()
                 .into_iter()
-                .filter_map(|s| {
-                    let port = s.peer?.port();
-                    Some((
+                .find(|s| s.peer.is_some_and(|p| p.port() == port));
+            found.is_some()
+        });
+        found
+            .unwrap_or_else(|| panic!("client port {port} never started streaming"))
+            .offset
+    }
+
+    /// The clients streaming now, by client-side port, as the in-process server's `Handle`
+    /// says.
+    #[track_caller]
+    pub fn streaming(&self) -> HashMap<u16, Streaming> {
+        self.handle()
+            .client_starts()
+            .into_iter()
+            .filter_map(|s| {
+                let port = s.peer?.port();
+                Some((
+                    port,
+                    Streaming {
                         port,
-                        Streaming {
-                            port,
-                            shard: s.shard.to_string(),
-                            offset: s.offset,
-                        },
-                    ))
-                })
-                .collect();
-        }
-        self.logs
-            .lines()
-            .iter()
-            .filter_map(|l| parse_streaming(l))
-            .map(|s| (s.port, s))
+                        shard: s.shard,
+                        offset: s.offset,
+                    },
+                ))
+            })
             .collect()
     }
 
@@ -709,4 +696,12 @@ impl ParseArgs for Options {
         use clap::Parser;
         Options::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
+}
+
+/// A client past its header, as the server says: its port (client side), shard and start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streaming {
+    pub port: u16,
+    pub shard: usize,
+    pub offset: u64,
 }
