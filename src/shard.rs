@@ -4,7 +4,7 @@
 
 use crate::admission::{Admission, Backoff};
 use crate::client;
-use crate::state::{Generation, Interest, Phase, Published};
+use crate::state::{Audience, Generation, Interest, Phase, Published};
 use crate::stats::ShardStats;
 use crate::sys;
 use futures_lite::future;
@@ -73,6 +73,8 @@ pub struct Shard {
     /// Whether clients may speak HTTP.
     pub http: bool,
     published: Arc<Published>,
+    /// Every shard's clients, counted for the watcher (see [`Audience`]).
+    audience: Arc<Audience>,
     interest: Arc<Interest>,
     /// Whether this shard has raised its interest since the watcher last rang.
     interested: Cell<bool>,
@@ -106,6 +108,7 @@ impl Shard {
         index: usize,
         stats: Arc<ShardStats>,
         published: Arc<Published>,
+        audience: Arc<Audience>,
         interest: Arc<Interest>,
         header_timeout: Duration,
         room: OwnedFd,
@@ -116,6 +119,7 @@ impl Shard {
             header_timeout,
             http: true,
             published,
+            audience,
             interest,
             interested: Cell::new(false),
             waiting: Cell::new(0),
@@ -379,6 +383,7 @@ impl Shard {
     pub fn attach(self: &Rc<Self>) -> ClientSlot {
         self.clients.set(self.clients.get() + 1);
         ShardStats::add(&self.stats.connected, 1);
+        self.audience.arrive();
         self.clients_changed();
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -612,6 +617,7 @@ impl Drop for ClientSlot {
         }
         shard.clients.set(shard.clients.get() - 1);
         ShardStats::sub(&shard.stats.connected, 1);
+        shard.audience.leave();
         shard.clients_changed();
         if shard.clients.get() == 0 {
             if let Some(waker) = shard.idle.borrow_mut().take() {
@@ -625,6 +631,7 @@ impl Drop for ClientSlot {
 pub async fn run(
     setup: ShardSetup,
     published: Arc<Published>,
+    audience: Arc<Audience>,
     header_timeout: Duration,
     admission: Arc<Admission>,
     ready: impl FnOnce(),
@@ -648,7 +655,15 @@ pub async fn run(
     let shard = Rc::new(Shard {
         status_bell,
         http,
-        ..Shard::new(index, stats, published, interest, header_timeout, room)
+        ..Shard::new(
+            index,
+            stats,
+            published,
+            audience,
+            interest,
+            header_timeout,
+            room,
+        )
     });
     shard.refresh();
 

@@ -32,7 +32,7 @@ use backoff::Backoff;
 use check::{Check, Verdict};
 use error::{Ended, FetchError};
 use options::{FetchOptions, OnRotation, Start};
-use output::{Output, Wrote};
+use output::{Moved, Output, Wrote};
 use progress::Progress;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -352,23 +352,21 @@ impl Fetcher {
             if waited == Waited::Stopped {
                 return Ok(SessionEnd::Stopped);
             }
-            let read = match waited {
-                Waited::Ready => sock.read(&mut self.buf),
-                _ => Err(ErrorKind::TimedOut.into()),
+            let moved = match waited {
+                Waited::Ready => output.copy_from(&mut sock, &mut self.buf)?,
+                _ => Moved::Socket(ErrorKind::TimedOut.into()),
             };
-            let n = match read {
-                Ok(0) => return Ok(SessionEnd::Closed),
-                Ok(n) => n,
-                Err(e) if is_timeout(&e) => {
+            match moved {
+                Moved::Bytes => {}
+                Moved::End => return Ok(SessionEnd::Closed),
+                Moved::Closed => return Ok(SessionEnd::OutputClosed),
+                Moved::Socket(e) if is_timeout(&e) => {
                     self.progress.update(output.position());
                     output.tick()?;
                     continue;
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Ok(SessionEnd::Failed(e)),
-            };
-            if let Wrote::Closed = output.write(&self.buf[..n])? {
-                return Ok(SessionEnd::OutputClosed);
+                Moved::Socket(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Moved::Socket(e) => return Ok(SessionEnd::Failed(e)),
             }
             self.progress.update(output.position());
         }
