@@ -54,6 +54,13 @@ fn with_nobody_connected_appends_wake_nobody_and_the_first_client_misses_nothing
         poll_until(PATIENCE, || !handle.following_growth()),
         "the watcher still hears appends with nobody connected"
     );
+    // Every shard has answered the watcher's start-up ring: on a busy machine one answered
+    // it after the count below was taken, and looked like a shard woken by an append.
+    assert!(
+        poll_until(PATIENCE, || handle.shard_wakeups().iter().all(|&n| n >= 1)),
+        "a shard never answered the start-up ring: {:?}",
+        handle.shard_wakeups()
+    );
 
     let before = woken(&handle);
     let looks = handle.idle_looks();
