@@ -54,6 +54,12 @@ fn with_nobody_connected_appends_wake_nobody_and_the_first_client_misses_nothing
         poll_until(PATIENCE, || !handle.following_growth()),
         "the watcher still hears appends with nobody connected"
     );
+    // Every shard hears the watcher once at start; count from after that.
+    assert!(
+        poll_until(PATIENCE, || handle.shard_wakeups().iter().all(|&n| n >= 1)),
+        "shards never woke at start: {:?}",
+        handle.shard_wakeups()
+    );
 
     let before = woken(&handle);
     let looks = handle.idle_looks();
