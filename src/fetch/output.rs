@@ -62,11 +62,16 @@ pub struct StdoutOutput {
     position: u64,
     recent: VecDeque<u8>,
     keep: usize,
+    identity: Option<String>,
 }
 
 /// FILE, opened for appending and locked; its length is the position.
 pub struct FileOutput {
     path: PathBuf,
+    /// Where the identity of the server's file the copy comes from is kept (see
+    /// [`identity_path`]).
+    id_path: PathBuf,
+    identity: Option<String>,
     rotated: PathBuf,
     file: File,
     position: u64,
@@ -86,6 +91,7 @@ impl Output {
             position: start,
             recent: VecDeque::new(),
             keep: keep as usize,
+            identity: None,
         })
     }
 
@@ -100,8 +106,16 @@ impl Output {
             .metadata()
             .map_err(|e| FetchError::file(path, "reading the length of", e))?
             .len();
+        let id_path = identity_path(path);
+        let identity = match std::fs::read_to_string(&id_path) {
+            Ok(text) => Some(text.trim().to_string()).filter(|t| !t.is_empty()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(FetchError::file(&id_path, "reading", e)),
+        };
         Ok(Output::File(FileOutput {
             path: path.to_owned(),
+            id_path,
+            identity,
             rotated,
             file,
             position,
@@ -149,6 +163,42 @@ impl Output {
             o.position = at;
             o.recent.clear();
         }
+    }
+
+    /// The identity (`Tailsrv-File`) of the server's file the bytes held came from, if known.
+    pub fn identity(&self) -> Option<&str> {
+        match self {
+            Output::Stdout(o) => o.identity.as_deref(),
+            Output::File(o) => o.identity.as_deref(),
+        }
+    }
+
+    /// Records the identity of the server's file the next bytes come from. With FILE it is
+    /// kept beside it (see [`identity_path`]), written before any of those bytes, so that
+    /// a restarted fetcher knows it too.
+    pub fn set_identity(&mut self, id: Option<&str>) -> Result<(), FetchError> {
+        if self.identity() == id {
+            return Ok(());
+        }
+        match self {
+            Output::Stdout(o) => o.identity = id.map(str::to_string),
+            Output::File(o) => {
+                match id {
+                    Some(id) => {
+                        // Why write and rename? A crash mid-write must not leave half an
+                        // identity, which would read as another file's.
+                        let mut tmp = o.id_path.clone().into_os_string();
+                        tmp.push(".tmp");
+                        std::fs::write(&tmp, format!("{id}\n"))
+                            .and_then(|()| std::fs::rename(&tmp, &o.id_path))
+                            .map_err(|e| FetchError::file(&o.id_path, "writing", e))?;
+                    }
+                    None => remove_if_there(&o.id_path)?,
+                }
+                o.identity = id.map(str::to_string);
+            }
+        }
+        Ok(())
     }
 
     /// How many bytes just before the position are held and can be checked.
@@ -229,6 +279,7 @@ impl Output {
             Output::Stdout(o) => {
                 o.position = 0;
                 o.recent.clear();
+                o.identity = None;
                 Ok(None)
             }
             Output::File(o) => {
@@ -241,6 +292,9 @@ impl Output {
                 // which the next run starts from byte 0: the right place either way.
                 std::fs::rename(&o.path, &o.rotated)
                     .map_err(|e| FetchError::file(&o.path, "renaming", e))?;
+                // The new copy's identity is recorded once the server names it.
+                remove_if_there(&o.id_path)?;
+                o.identity = None;
                 o.file = open_locked(&o.path)?;
                 // The splicer's descriptor is the renamed copy's: open a new one on first use.
                 o.splicer = None;
@@ -415,6 +469,24 @@ impl FileOutput {
             self.unsynced = false;
         }
         Ok(())
+    }
+}
+
+/// Where the identity of the server's file is kept beside FILE: `FILE.tailsrv-id`.
+///
+/// Why a file of its own? It must survive tailsrv-fetch's restarts with FILE, and FILE
+/// itself must stay a byte-for-byte copy (a relay serves it).
+pub fn identity_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".tailsrv-id");
+    PathBuf::from(name)
+}
+
+fn remove_if_there(path: &Path) -> Result<(), FetchError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FetchError::file(path, "removing", e)),
     }
 }
 
