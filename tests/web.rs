@@ -1,0 +1,502 @@
+//! The web page at `/`, in a real browser: headless Chromium driven through WebDriver
+//! (`common::Browser`), used the way a person uses it: open, read, scroll, filter, and watch
+//! it ride out a server restart and a replaced file.
+//!
+//! Without Chromium and chromedriver these tests print a SKIP line and pass, except under
+//! `CI=true`, where they fail (`.ci/run` installs both).
+
+use crate::common::*;
+use serde_json::json;
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The most lines the page keeps (`CAP` in src/web/index.html).
+const CAP: usize = 10_000;
+
+/// How soon an appended line must show (the issue's "within 1 s").
+const SHOWN_WITHIN: Duration = Duration::from_secs(1);
+
+/// Every `.line` of the page, complete ones only (not the last line still being written).
+const LINES: &str = r##"[...document.querySelectorAll("#log > .line:not(.partial)")].map((d) => d.textContent)"##;
+
+/// The texts of the lines the filter lets through.
+const VISIBLE: &str = r##"[...document.querySelectorAll("#log > .line:not([hidden])")].map((d) => d.textContent)"##;
+
+/// A JS string literal holding `text`.
+fn js(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serialises")
+}
+
+/// Opens the page of the server on `port` (with `query`, e.g. `?lines=50`), or `None` when
+/// the test is skipped for want of a browser.
+fn open(test: &str, port: u16, query: &str) -> Option<Browser> {
+    let browser = Browser::start(test)?;
+    browser.goto(&format!("http://127.0.0.1:{port}/{query}"));
+    Some(browser)
+}
+
+/// Waits until the page's last complete line is `text`.
+#[track_caller]
+fn wait_last_line(browser: &Browser, text: &str, timeout: Duration) {
+    browser.wait_for(
+        &format!("the last line to be {text:?}"),
+        timeout,
+        &format!("{LINES}.at(-1) === {}", js(text)),
+    );
+}
+
+/// The page's complete lines.
+fn lines(browser: &Browser) -> Vec<String> {
+    strings(browser.script(&format!("return {LINES};"), json!([])))
+}
+
+fn strings(value: serde_json::Value) -> Vec<String> {
+    serde_json::from_value(value).expect("an array of strings")
+}
+
+/// `n` log lines in a realistic shape, numbered from `from`; line `i` is distinct from all
+/// others.
+fn log_lines(from: usize, n: usize) -> Vec<String> {
+    (from..from + n)
+        .map(|i| {
+            let (level, msg) = match i % 17 {
+                3 => ("WARN ", format!("slow upstream reply ms={}", 200 + i % 800)),
+                11 => ("ERROR", format!("upstream refused conn_id={} retry=1", i * 7)),
+                _ => (
+                    "INFO ",
+                    format!(
+                        "GET /api/items/{} status=200 bytes={} ms={}",
+                        i * 31 % 1000,
+                        100 + i * 13 % 4000,
+                        i % 40
+                    ),
+                ),
+            };
+            format!(
+                "2026-12-06T12:{:02}:{:02}.{:03}Z {level} req={i:06} {msg}",
+                i / 3600 % 60,
+                i / 60 % 60,
+                i * 37 % 1000
+            )
+        })
+        .collect()
+}
+
+/// The lines as file content, each ended by a newline.
+fn text(lines: &[String]) -> Vec<u8> {
+    lines.iter().flat_map(|l| [l.as_bytes(), b"\n"].concat()).collect()
+}
+
+/// Where the screenshot of the page goes: the README shows a copy of it (docs/web.png).
+fn screenshot_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-page.png")
+}
+
+#[test]
+fn the_page_shows_the_last_lines_and_an_appended_line_within_a_second() {
+    let file = log_lines(0, 1000);
+    let server = Server::start(&text(&file));
+    let Some(browser) = open("web::the_page_shows_the_last_lines", server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, &file[999], PATIENCE);
+    assert_eq!(lines(&browser), file[800..], "the last 200 lines, the default");
+    let title = browser.script("return document.title;", json!([]));
+    assert!(
+        title.as_str().is_some_and(|t| t.contains("served.log")),
+        "the file's name in the title: {title}"
+    );
+    browser.wait_for(
+        "the state to say live",
+        PATIENCE,
+        r#"document.getElementById("state").textContent === "live""#,
+    );
+    // Nothing but the page itself and its stream: no fonts, scripts or images from anywhere.
+    let resources = strings(browser.script(
+        "return performance.getEntriesByType('resource').map((e) => e.name);",
+        json!([]),
+    ));
+    let origin = format!("http://127.0.0.1:{}/", server.port());
+    assert!(
+        resources.iter().all(|r| r.starts_with(&origin)),
+        "resources from elsewhere: {resources:?}"
+    );
+    browser.screenshot(&screenshot_path());
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("note: screenshot at {}\n", screenshot_path().display()).as_bytes(),
+    );
+
+    let next = log_lines(1000, 1);
+    let appended = Instant::now();
+    server.append(&text(&next));
+    wait_last_line(&browser, &next[0], PATIENCE);
+    let took = appended.elapsed();
+    assert!(took < SHOWN_WITHIN, "the appended line showed after {took:?}");
+    assert_eq!(lines(&browser), file[800..].iter().chain(&next).cloned().collect::<Vec<_>>());
+}
+
+#[test]
+fn a_flood_of_20000_lines_leaves_at_most_the_cap_in_the_page_and_it_stays_responsive() {
+    let first = log_lines(0, 10);
+    let server = Server::start(&text(&first));
+    let Some(browser) = open("web::a_flood_of_20000_lines", server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, &first[9], PATIENCE);
+    // The longest gap between two animation frames while the flood comes in: a tab that
+    // freezes stops drawing frames.
+    browser.script(
+        r#"window.frames_ = { last: performance.now(), worst: 0 };
+           const tick = (now) => {
+               frames_.worst = Math.max(frames_.worst, now - frames_.last);
+               frames_.last = now;
+               requestAnimationFrame(tick);
+           };
+           requestAnimationFrame(tick);
+           return null;"#,
+        json!([]),
+    );
+    let flood = log_lines(10, 20_000);
+    for chunk in flood.chunks(500) {
+        server.append(&text(chunk));
+    }
+    let last = flood.last().expect("lines");
+    wait_last_line(&browser, last, PATIENCE);
+    let count = browser.script("return document.getElementById('log').childElementCount;", json!([]));
+    assert!(
+        count.as_u64().is_some_and(|n| n as usize <= CAP),
+        "{count} elements in the log, cap {CAP}"
+    );
+    let shown = lines(&browser);
+    let all: Vec<String> = first.iter().chain(&flood).cloned().collect();
+    assert!(
+        shown.len() >= CAP - 1 && all.ends_with(&shown),
+        "the page holds {} lines, not the file's last ones up to the cap",
+        shown.len()
+    );
+    let visible = browser.script(
+        r##"const log = document.getElementById("log").getBoundingClientRect();
+            const line = [...document.querySelectorAll("#log > .line")].at(-1).getBoundingClientRect();
+            return line.top >= log.top && line.bottom <= log.bottom;"##,
+        json!([]),
+    );
+    assert_eq!(visible, json!(true), "the last line is in view");
+    // The page still answers a person: frames kept coming, and the filter works at once.
+    let worst = browser.script("return frames_.worst;", json!([]));
+    assert!(
+        worst.as_f64().is_some_and(|ms| ms < 2000.0),
+        "the tab froze for {worst} ms"
+    );
+    browser.type_into("#filter", &last[..30]);
+    browser.wait_for(
+        "the filter to leave the one matching line",
+        PATIENCE,
+        &format!("{VISIBLE}.length === 1 && {VISIBLE}[0] === {}", js(last)),
+    );
+}
+
+#[test]
+fn scrolling_up_stops_following_and_the_jump_control_or_end_brings_it_back() {
+    let file = log_lines(0, 1000);
+    let server = Server::start(&text(&file));
+    let Some(browser) = open("web::scrolling_up_stops_following", server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, &file[999], PATIENCE);
+
+    // Home on the log scrolls it to the top, as it does for a person.
+    browser.type_into("#log", KEY_HOME);
+    browser.wait_for(
+        "the jump control",
+        PATIENCE,
+        "!document.getElementById('jump').hidden",
+    );
+    let more = log_lines(1000, 5);
+    server.append(&text(&more));
+    browser.wait_for(
+        "the jump control to count 5 new lines",
+        PATIENCE,
+        "document.getElementById('jump').textContent.includes('5 new lines')",
+    );
+    assert_eq!(lines(&browser).last(), Some(&file[999]), "new lines held back");
+    let top = browser.script("return document.getElementById('log').scrollTop;", json!([]));
+    assert_eq!(top, json!(0), "the view stays where the reader put it");
+
+    browser.click("#jump");
+    wait_last_line(&browser, &more[4], PATIENCE);
+    browser.wait_for(
+        "following again: at the bottom, the control gone",
+        PATIENCE,
+        r#"(() => { const l = document.getElementById("log");
+            return document.getElementById("jump").hidden
+                && l.scrollHeight - l.scrollTop - l.clientHeight < 8; })()"#,
+    );
+    assert_eq!(lines(&browser), file[805..].iter().chain(&more).cloned().collect::<Vec<_>>());
+
+    // Again, and back with the End key this time.
+    browser.type_into("#log", KEY_HOME);
+    browser.wait_for("the jump control", PATIENCE, "!document.getElementById('jump').hidden");
+    let last = log_lines(1005, 1);
+    server.append(&text(&last));
+    browser.wait_for(
+        "the jump control to count 1 new line",
+        PATIENCE,
+        "document.getElementById('jump').textContent.includes('1 new line)')",
+    );
+    browser.type_into("#log", KEY_END);
+    wait_last_line(&browser, &last[0], PATIENCE);
+    browser.wait_for("the control gone", PATIENCE, "document.getElementById('jump').hidden");
+}
+
+#[test]
+fn pause_holds_new_lines_until_resume() {
+    let file = log_lines(0, 50);
+    let server = Server::start(&text(&file));
+    let Some(browser) = open("web::pause_holds_new_lines", server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, &file[49], PATIENCE);
+    browser.click("#pause");
+    browser.wait_for(
+        "the state to say paused",
+        PATIENCE,
+        "document.getElementById('state').textContent === 'paused'",
+    );
+    let more = log_lines(50, 3);
+    server.append(&text(&more));
+    browser.wait_for(
+        "the resume control to count 3 new lines",
+        PATIENCE,
+        "document.getElementById('jump').textContent.includes('3 new lines')",
+    );
+    assert_eq!(lines(&browser), file, "nothing drawn while paused");
+    // The keyboard's way: p resumes.
+    browser.type_into("#log", "p");
+    wait_last_line(&browser, &more[2], PATIENCE);
+    assert_eq!(lines(&browser), [&file[..], &more[..]].concat());
+}
+
+#[test]
+fn the_filter_hides_and_shows_lines_and_marks_the_matches() {
+    let mut file = Vec::new();
+    for i in 0..30 {
+        file.push(format!("alpha {i}"));
+        file.push(format!("Beta {i}"));
+        file.push(format!("gamma-{i} [x]"));
+    }
+    let server = Server::start(&text(&file));
+    let Some(browser) = open("web::the_filter_hides_and_shows_lines", server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, "gamma-29 [x]", PATIENCE);
+    let betas: Vec<String> = file.iter().filter(|l| l.starts_with("Beta")).cloned().collect();
+
+    // Plain text, case-insensitive; the keyboard's way in: / focuses the box.
+    browser.type_into("#log", "/");
+    browser.wait_for(
+        "/ to focus the filter",
+        PATIENCE,
+        "document.activeElement === document.getElementById('filter')",
+    );
+    browser.type_into("#filter", "BETA");
+    browser.wait_for(
+        "only the Beta lines",
+        PATIENCE,
+        &format!("JSON.stringify({VISIBLE}) === {}", js(&serde_json::to_string(&betas).unwrap())),
+    );
+    let marks = strings(browser.script(
+        "return [...document.querySelectorAll('#log mark')].map((m) => m.textContent);",
+        json!([]),
+    ));
+    assert_eq!(marks, vec!["Beta".to_string(); 30], "each match marked");
+    // New lines are filtered as they come.
+    server.append(b"alpha new\nbeta new\n");
+    wait_last_line(&browser, "beta new", PATIENCE);
+    assert_eq!(
+        strings(browser.script(&format!("return {VISIBLE};"), json!([]))).last(),
+        Some(&"beta new".to_string())
+    );
+    let hidden = browser.script(
+        r##"return [...document.querySelectorAll("#log > .line")].find((d) => d.textContent === "alpha new").hidden;"##,
+        json!([]),
+    );
+    assert_eq!(hidden, json!(true), "a new line that does not match is hidden");
+
+    // Plain text means plain: brackets are not a character class.
+    browser.click("#clear");
+    browser.type_into("#filter", "[x]");
+    browser.wait_for(
+        "only the gamma lines",
+        PATIENCE,
+        &format!("{VISIBLE}.length === 30 && {VISIBLE}.every((l) => l.endsWith('[x]'))"),
+    );
+
+    // A regular expression.
+    browser.click("#regex");
+    browser.click("#clear");
+    browser.type_into("#filter", "^alpha [0-9]+$");
+    browser.wait_for(
+        "only the numbered alpha lines",
+        PATIENCE,
+        &format!("{VISIBLE}.length === 30 && {VISIBLE}.every((l) => /^alpha \\d+$/.test(l))"),
+    );
+    // One that does not compile says so and filters nothing away.
+    browser.click("#clear");
+    browser.type_into("#filter", "(");
+    browser.wait_for(
+        "the error",
+        PATIENCE,
+        "document.getElementById('error').textContent.includes('not a regular expression')",
+    );
+    assert_eq!(
+        browser.script("return document.getElementById('filter').getAttribute('aria-invalid');", json!([])),
+        json!("true")
+    );
+
+    // Clear shows everything again, unmarked.
+    browser.click("#clear");
+    browser.wait_for(
+        "every line again",
+        PATIENCE,
+        &format!("{VISIBLE}.length === {} && !document.querySelector('#log mark')", file.len() + 2),
+    );
+    assert_eq!(browser.script("return document.getElementById('error').textContent;", json!([])), json!(""));
+}
+
+#[test]
+fn utf8_split_across_reads_decodes_and_invalid_bytes_show_as_replacement_characters() {
+    let server = Server::start(b"caf\xc3\xa9 ok\nbad \xff\xfe bytes\n");
+    let Some(browser) = open("web::utf8_split_across_reads", server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, "bad \u{FFFD}\u{FFFD} bytes", PATIENCE);
+    assert_eq!(lines(&browser), ["café ok", "bad \u{FFFD}\u{FFFD} bytes"]);
+    // A euro sign (e2 82 ac) in two appends: the page gets the first two bytes on their own.
+    server.append(b"price \xe2\x82");
+    browser.wait_for(
+        "the unfinished line",
+        PATIENCE,
+        "document.querySelector('#log > .partial')?.textContent === 'price '",
+    );
+    server.append(b"\xac 5\n");
+    wait_last_line(&browser, "price € 5", PATIENCE);
+    assert_eq!(lines(&browser), ["café ok", "bad \u{FFFD}\u{FFFD} bytes", "price € 5"]);
+}
+
+#[test]
+fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
+    let dir = TempDir::new();
+    let path = dir.join("app.log");
+    fs::write(&path, text(&log_lines(0, 50))).unwrap();
+    let port = low_port();
+    let mut server = serve_at(&path, port);
+    let Some(browser) = open("web::a_server_restart_mid_stream", port, "") else {
+        return;
+    };
+    wait_last_line(&browser, &log_lines(49, 1)[0], PATIENCE);
+    append(&path, &text(&log_lines(50, 10)));
+    wait_last_line(&browser, &log_lines(59, 1)[0], PATIENCE);
+    // The server stops in the middle of a line, and of a character.
+    append(&path, b"split \xe2\x82");
+    browser.wait_for(
+        "the unfinished line",
+        PATIENCE,
+        "document.querySelector('#log > .partial')?.textContent === 'split '",
+    );
+    server.sigterm();
+    server.expect_exit(0, PATIENCE);
+    browser.wait_for(
+        "the page to notice",
+        PATIENCE,
+        "document.getElementById('state').dataset.state !== 'live'",
+    );
+    append(&path, b"\xac done\n");
+    append(&path, &text(&log_lines(60, 10)));
+    let _server = serve_at(&path, port);
+    append(&path, &text(&log_lines(70, 10)));
+    wait_last_line(&browser, &log_lines(79, 1)[0], PATIENCE);
+    // The file is under the 200 lines the page starts with: it must hold all of it, once.
+    let want: Vec<String> = String::from_utf8(fs::read(&path).unwrap())
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines(&browser), want);
+    assert!(want.contains(&"split € done".to_string()));
+    browser.wait_for(
+        "the state to say live",
+        PATIENCE,
+        "document.getElementById('state').textContent === 'live'",
+    );
+}
+
+#[test]
+fn a_replaced_file_shows_a_marker_and_the_new_file_from_its_start() {
+    let dir = TempDir::new();
+    let path = dir.join("app.log");
+    let old = log_lines(0, 20);
+    fs::write(&path, text(&old)).unwrap();
+    let port = low_port();
+    let mut server = serve_at(&path, port);
+    let Some(browser) = open("web::a_replaced_file_shows_a_marker", port, "") else {
+        return;
+    };
+    wait_last_line(&browser, &old[19], PATIENCE);
+    // Rotation by rename: the old file moves away, a new one takes its name.
+    let new: Vec<String> = (0..5).map(|i| format!("new file line {i}")).collect();
+    fs::rename(&path, dir.join("app.log.1")).unwrap();
+    fs::write(&path, text(&new[..3])).unwrap();
+    // Today tailsrv exits 3 when its file is replaced, and its supervisor starts it again
+    // on the new file; the page must carry on across that.
+    server.expect_exit(3, PATIENCE);
+    let _server = serve_at(&path, port);
+    append(&path, &text(&new[3..]));
+    wait_last_line(&browser, &new[4], PATIENCE);
+    let shown = strings(browser.script(
+        r##"return [...document.querySelectorAll("#log > div")].map((d) => d.className + ":" + d.textContent);"##,
+        json!([]),
+    ));
+    let (before, after) = shown.split_at(old.len());
+    assert_eq!(
+        before,
+        old.iter().map(|l| format!("line:{l}")).collect::<Vec<_>>(),
+        "the old file's lines first"
+    );
+    assert!(
+        after[0].starts_with("marker:file replaced"),
+        "then the marker, not {:?}",
+        after[0]
+    );
+    assert_eq!(
+        after[1..],
+        new.iter().map(|l| format!("line:{l}")).collect::<Vec<_>>(),
+        "then the new file from its first line"
+    );
+}
+
+#[test]
+fn the_page_fits_a_phone_screen() {
+    let server = Server::start(&text(&log_lines(0, 300)));
+    let Some(browser) = open("web::the_page_fits_a_phone_screen", server.port(), "?wrap=1") else {
+        return;
+    };
+    browser.window_size(390, 844);
+    wait_last_line(&browser, &log_lines(299, 1)[0], PATIENCE);
+    let fits = browser.script(
+        r#"const w = document.documentElement.clientWidth;
+           const controls = [...document.querySelectorAll("header input, header select, header button")];
+           return JSON.stringify({
+               page: document.documentElement.scrollWidth <= w,
+               controls: controls.every((c) => { const r = c.getBoundingClientRect(); return r.left >= 0 && r.right <= w; }),
+               wrapped: document.getElementById("log").scrollWidth <= document.getElementById("log").clientWidth,
+           });"#,
+        json!([]),
+    );
+    assert_eq!(
+        fits,
+        json!(r#"{"page":true,"controls":true,"wrapped":true}"#),
+        "at 390 px wide nothing sticks out, and wrapped lines need no sideways scrolling"
+    );
+}
