@@ -25,10 +25,6 @@ pub const LOG_EVERY: Duration = Duration::from_secs(5);
 /// log that the rate limit is there to protect.
 pub const EXHAUSTION_QUIET: Duration = Duration::from_secs(1);
 
-/// The per-peer limit when `--max-clients-per-ip` is not given, unless half of
-/// `--max-clients` is smaller.
-pub const DEFAULT_PER_PEER: usize = 1024;
-
 /// The IPv6 prefix length that groups peers when `--ipv6-prefix` is not given: a /64 is
 /// what one site or one host usually gets, and a host can pick any address inside it.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
@@ -154,12 +150,6 @@ impl Limits {
     pub fn default_max_clients(descriptor_limit: u64, shards: usize) -> usize {
         let n = descriptor_limit.saturating_sub(Self::reserve(descriptor_limit, shards));
         usize::try_from(n).unwrap_or(usize::MAX).max(1)
-    }
-
-    /// The default `--max-clients-per-ip`: [`DEFAULT_PER_PEER`], or half of `max_clients`
-    /// if that is smaller, so that no one peer takes every slot.
-    pub fn default_per_peer(max_clients: usize) -> usize {
-        DEFAULT_PER_PEER.min(max_clients / 2).max(1)
     }
 
     /// The allow list as one line for the log.
@@ -638,14 +628,11 @@ mod tests {
     }
 
     #[test]
-    fn defaults_leave_a_reserve_and_keep_one_peer_from_every_slot() {
+    fn the_default_max_clients_leaves_a_reserve() {
         assert_eq!(Limits::default_max_clients(1 << 20, 2), (1 << 20) - 80);
         assert_eq!(Limits::default_max_clients(1024, 2), 1024 - 80);
         assert_eq!(Limits::default_max_clients(128, 2), 64);
         assert_eq!(Limits::default_max_clients(1, 2), 1);
-        assert_eq!(Limits::default_per_peer(1 << 20), DEFAULT_PER_PEER);
-        assert_eq!(Limits::default_per_peer(64), 32);
-        assert_eq!(Limits::default_per_peer(1), 1);
     }
 
     #[test]

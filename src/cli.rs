@@ -50,12 +50,16 @@ pub struct Options {
     pub max_clients: Option<u32>,
 
     /// Most clients connected at once from one peer: one IPv4 address, or one IPv6 prefix
-    /// (--ipv6-prefix); 0 for no limit [default: 1024, or half of --max-clients if less]
+    /// (--ipv6-prefix); 0 for no per-peer limit
     ///
-    /// Connections over it are closed at once, before any data. A client that vanished
-    /// without a word holds its slot until TCP finds it gone: docs/operations.md says how long.
-    #[arg(long, value_name = "N")]
-    pub max_clients_per_ip: Option<u32>,
+    /// Set it when many untrusted peers share the server and one of them must not take
+    /// every slot of --max-clients. It is off by default because fan-out from one host is
+    /// normal: a relay with many consumers, a load test, everyone behind one NAT or proxy.
+    /// --max-clients is what protects the descriptors. Connections over it are closed at
+    /// once, before any data. A client that vanished without a word holds its slot until
+    /// TCP finds it gone: docs/operations.md says how long.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_clients_per_ip: u32,
 
     /// Length of the IPv6 prefix that counts as one peer for --max-clients-per-ip
     #[arg(long, value_name = "BITS", default_value_t = crate::admission::DEFAULT_IPV6_PREFIX,
@@ -69,6 +73,11 @@ pub struct Options {
     /// not authentication: see docs/operations.md.
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = parse_cidr)]
     pub allow: Vec<Cidr>,
+
+    /// Serve the raw protocol only: no HTTP on the port (by default a connection whose first
+    /// line is an HTTP request, e.g. `curl -N http://HOST:PORT/stream`, is answered in HTTP)
+    #[arg(long)]
+    pub no_http: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100, [::1]:9100 or
     /// localhost:9100)
@@ -86,6 +95,69 @@ pub struct Options {
     /// The file to serve. It need not exist yet, but its directory must.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+impl Options {
+    /// Parses the process's command line, as [`Parser::parse`], and exits with status 2 and
+    /// a message on a bad one; a port given without `-p` gets a message that says so.
+    pub fn parse_or_exit() -> Options {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        match Options::try_parse_from(&args) {
+            Ok(opts) => opts,
+            Err(e) => {
+                let words: Vec<String> = args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                if e.use_stderr() {
+                    if let Some(hint) = missing_port_hint(&words) {
+                        use clap::CommandFactory;
+                        let kind = clap::error::ErrorKind::MissingRequiredArgument;
+                        Options::command().error(kind, hint).exit();
+                    }
+                }
+                e.exit()
+            }
+        }
+    }
+}
+
+/// What to say about a command line that has a port but not `-p`, as `tailsrv 4321 app.log`
+/// (clap alone would call `app.log` an unexpected argument); `None` for any other.
+pub(crate) fn missing_port_hint(args: &[String]) -> Option<String> {
+    let words = args.get(1..)?;
+    let is_port_flag =
+        |w: &String| w == "-p" || w == "--port" || w.starts_with("--port=") || w.starts_with("-p");
+    if words.iter().any(is_port_flag) {
+        return None;
+    }
+    let [.., before, number, file] = words else {
+        // `tailsrv 4321 app.log` itself: the two words are all there is.
+        let [number, file] = words else { return None };
+        return hint(number, file);
+    };
+    // `--shards 2 app.log` is a complete option: its 2 is not a port. Every option but
+    // the flags takes a value, unless it is given with `=`.
+    let takes_value = before.starts_with('-')
+        && !before.contains('=')
+        && !matches!(
+            before.as_str(),
+            "--journald" | "-h" | "--help" | "-V" | "--version"
+        );
+    if takes_value {
+        return None;
+    }
+    hint(number, file)
+}
+
+fn hint(number: &str, file: &str) -> Option<String> {
+    number.parse::<u16>().ok()?;
+    if file.starts_with('-') {
+        return None;
+    }
+    Some(format!(
+        "the port is missing: it is given with -p (did you mean `tailsrv -p {number} {file}`?)"
+    ))
 }
 
 fn parse_cidr(text: &str) -> Result<Cidr, String> {
@@ -137,7 +209,7 @@ mod tests {
         assert_eq!(o.header_timeout, Duration::from_millis(500));
         assert_eq!(
             (o.max_clients, o.max_clients_per_ip, o.ipv6_prefix),
-            (None, None, 64)
+            (None, 0, 64)
         );
         assert!(o.allow.is_empty());
         let o = Options::try_parse_from([
@@ -147,7 +219,7 @@ mod tests {
             "--max-clients",
             "500",
             "--max-clients-per-ip",
-            "0",
+            "8",
             "--ipv6-prefix",
             "56",
             "--allow",
@@ -159,7 +231,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (o.max_clients, o.max_clients_per_ip, o.ipv6_prefix),
-            (Some(500), Some(0), 56)
+            (Some(500), 8, 56)
         );
         let allow: Vec<String> = o.allow.iter().map(ToString::to_string).collect();
         assert_eq!(allow, ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]);
@@ -219,6 +291,37 @@ mod tests {
             &["tailsrv", "-p", "1", "--allow", "localhost", "log"],
         ] {
             assert!(Options::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_port_without_p_is_named_as_missing() {
+        let hint = |line: &str| {
+            let words: Vec<String> = line.split(' ').map(String::from).collect();
+            missing_port_hint(&words)
+        };
+        let said =
+            "the port is missing: it is given with -p (did you mean `tailsrv -p 4321 app.log`?)";
+        for line in [
+            "tailsrv 4321 app.log",
+            "tailsrv --shards 2 4321 app.log",
+            "tailsrv --journald 4321 app.log",
+            "tailsrv --max-clients=9 4321 app.log",
+        ] {
+            assert_eq!(hint(line).as_deref(), Some(said), "{line}");
+        }
+        for line in [
+            "tailsrv",
+            "tailsrv app.log",
+            "tailsrv -p 4321 app.log",
+            "tailsrv -p4321 app.log",
+            "tailsrv --port=4321 app.log",
+            "tailsrv --shards 2 app.log",
+            "tailsrv 70000 app.log",
+            "tailsrv four app.log",
+            "tailsrv 4321 --journald",
+        ] {
+            assert_eq!(hint(line), None, "{line}");
         }
     }
 

@@ -1,25 +1,29 @@
-//! One client: read its header, then send it the file from its offset for as long as it
-//! stays connected.
+//! One client: read its header (or HTTP request head), then send it the file from its offset
+//! for as long as it stays connected.
 
 use crate::admission::Ticket;
 use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
+use crate::http::{self, Head, HeadError, Kind, Route};
+use crate::lines;
 use crate::shard::{ClientSlot, Shard};
 use crate::state::Phase;
-use crate::stats::{Rejection, ShardStats};
+use crate::stats::{Protocol, Rejection, ShardStats};
 use crate::sys;
 use futures_lite::future::{self, poll_fn};
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// The most one sendfile call may send before the client goes to the back of the queue.
 ///
@@ -71,7 +75,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
         debug!(shard = shard.index, client = slot.id(), error = %e, "setting socket options");
     }
 
-    let header = future::or(read_header(&mut stream), async {
+    // Whether the client's first bytes made it an HTTP client: a timeout is then answered 408.
+    let is_http = Cell::new(false);
+    let request = future::or(read_request(&mut stream, shard.http, &is_http), async {
         future::or(
             async {
                 Timer::new(shard.header_timeout).await;
@@ -86,17 +92,53 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
     })
     .await;
 
-    let (start, input_open) = match header {
-        Ok(h) => h,
+    let request = match request {
+        Ok(r) => r,
         Err(failure) => {
+            let answer = match &failure {
+                HeaderFailure::Timeout if is_http.get() => Some((408, http::timed_out())),
+                HeaderFailure::Http(e) => Some((
+                    match e {
+                        HeadError::Malformed => 400,
+                        HeadError::TooLarge => 431,
+                    },
+                    http::refusal(*e),
+                )),
+                _ => None,
+            };
+            if let Some((status, response)) = answer {
+                // Why not wait for room? A fresh socket's buffer takes a short answer whole;
+                // one that does not is a client not worth waiting for.
+                shard.stats.responded(status);
+                let _ = sys::send_now(fd, response.as_bytes());
+            }
             refuse(&shard, &slot, peer, failure);
             close(&stream);
             return;
         }
     };
-    let offset = start.resolve(shard.fresh_size());
-    debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
-    let end = stream_file(&shard, &slot, &mut stream, offset, input_open).await;
+    let end = match request {
+        Request::Raw { start, input_open } => {
+            let _serving = shard.stats.serving(Protocol::Raw);
+            let size = shard.fresh_size();
+            let Some(offset) = resolve(&shard, &slot, peer, start, size).await else {
+                close(&stream);
+                return;
+            };
+            debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
+            stream_file(&shard, &slot, &mut stream, offset, input_open, false).await
+        }
+        Request::Http { route, host } => {
+            let _serving = shard.stats.serving(Protocol::Http);
+            match answer_http(&shard, &slot, &mut stream, peer, route, host).await {
+                Some(end) => end,
+                None => {
+                    close(&stream);
+                    return;
+                }
+            }
+        }
+    };
     slot.forget_room();
     debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
     if shard.phase() == Phase::Aborting {
@@ -106,9 +148,176 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
     }
 }
 
+/// What a client asked for, once its header or request head is read.
+enum Request {
+    /// A raw header: where to start, and whether the client's sending side is still open.
+    Raw { start: Start, input_open: bool },
+    /// An HTTP request: what to serve, and the `Host` it named (for the help text).
+    Http { route: Route, host: Option<String> },
+}
+
+/// Resolves a start to an offset in a file of `size` bytes; `None` (logged) if reading the
+/// file for a line count failed or the server is closing meanwhile.
+///
+/// Why on the shard's blocking thread? Counting lines reads the file backwards, up to
+/// `lines::MAX_SCAN` bytes; from a cold page cache that is disk reads, which would stall
+/// every client of the shard if made here. glommio keeps one such thread per executor
+/// anyway; the shard goes on serving while it reads.
+async fn resolve(
+    shard: &Rc<Shard>,
+    slot: &ClientSlot,
+    peer: Peer,
+    start: Start,
+    size: u64,
+) -> Option<u64> {
+    let n = match start {
+        Start::Lines(n) if n > 0 && size > 0 => n,
+        Start::Lines(0) => return Some(size),
+        Start::Lines(_) => return Some(0),
+        other => return other.resolve(size),
+    };
+    let published = shard.published();
+    let scan = glommio::executor().spawn_blocking(move || {
+        let Some(file) = published.file() else {
+            return Ok(lines::Found {
+                offset: 0,
+                cut_short: false,
+            });
+        };
+        lines::start_of_last(n, size, lines::MAX_SCAN, |buf, at| {
+            file.read_exact_at(buf, at)
+        })
+    });
+    let closing = async {
+        shard.until_phase(Phase::Closing).await;
+        Err(io::Error::other("server closing"))
+    };
+    match future::or(scan, closing).await {
+        Ok(found) => {
+            if found.cut_short {
+                info!(
+                    shard = shard.index, client = slot.id(), %peer, lines = n, offset = found.offset,
+                    max_scan = lines::MAX_SCAN,
+                    "the lines asked for reach further back than the scan looks; starting mid-line"
+                );
+            }
+            Some(found.offset)
+        }
+        Err(e) => {
+            warn!(shard = shard.index, client = slot.id(), %peer, error = %e, "cannot count lines; closing connection");
+            None
+        }
+    }
+}
+
+/// Answers an HTTP request. For `GET /stream` that is the response head and then the file,
+/// as for a raw client, until either side closes; the reason is returned. `None` when the
+/// response is complete (HEAD, help, errors) or could not be sent: the caller closes.
+async fn answer_http(
+    shard: &Rc<Shard>,
+    slot: &ClientSlot,
+    stream: &mut TcpStream,
+    peer: Peer,
+    route: Route,
+    host: Option<String>,
+) -> Option<End> {
+    let sock = stream.as_raw_fd();
+    let (status, response) = match route {
+        Route::Stream { start, head_only } => {
+            let size = shard.fresh_size();
+            let Some(offset) = resolve(shard, slot, peer, start, size).await else {
+                shard.stats.responded(500);
+                let response = http::reply(
+                    "500 Internal Server Error",
+                    &[],
+                    "cannot read the file\n",
+                    head_only,
+                );
+                let _ = send_all(shard, slot, sock, response.as_bytes()).await;
+                return None;
+            };
+            let head = http::stream_head(offset, size, shard.file_id());
+            shard.stats.responded(200);
+            if let Err(e) = send_all(shard, slot, sock, head.as_bytes()).await {
+                debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response head");
+                return None;
+            }
+            if head_only {
+                return None;
+            }
+            debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming (http)");
+            // Why treat a FIN as the end? An HTTP client does not half-close to keep
+            // reading; its FIN means it is gone, so its slot is freed now rather than at
+            // the next send's reset.
+            return Some(stream_file(shard, slot, stream, offset, true, true).await);
+        }
+        Route::Help { head_only } => (
+            200,
+            http::reply("200 OK", &[], &http::help(host.as_deref()), head_only),
+        ),
+        Route::NotFound { head_only } => (
+            404,
+            http::reply(
+                "404 Not Found",
+                &[],
+                "no such path: try /stream, or / for help\n",
+                head_only,
+            ),
+        ),
+        Route::BadMethod => (
+            405,
+            http::reply(
+                "405 Method Not Allowed",
+                &[("Allow", http::ALLOW)],
+                "only GET and HEAD\n",
+                false,
+            ),
+        ),
+        Route::BadRequest(why) => (
+            400,
+            http::reply("400 Bad Request", &[], &format!("{why}\n"), false),
+        ),
+    };
+    shard.stats.responded(status);
+    if status >= 400 {
+        shard.stats.reject(Rejection::BadHeader);
+        warn!(shard = shard.index, client = slot.id(), %peer, status, "refused HTTP request; closing connection");
+    }
+    if let Err(e) = send_all(shard, slot, sock, response.as_bytes()).await {
+        debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response");
+    }
+    None
+}
+
+/// Sends all of `bytes`, waiting for room as a stream does; fails if the client fails or the
+/// server closes first.
+async fn send_all(
+    shard: &Shard,
+    slot: &ClientSlot,
+    sock: RawFd,
+    mut bytes: &[u8],
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match sys::send_now(sock, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if shard.phase() >= Phase::Closing {
+                    return Err(io::Error::other("server closing"));
+                }
+                wait_for_room(shard, slot, sock).await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 enum HeaderFailure {
     Bad(HeaderError),
+    /// An HTTP request head that was refused.
+    Http(HeadError),
     Timeout,
     /// The client closed before sending anything.
     Silent,
@@ -141,6 +350,13 @@ fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) 
             shard.stats.reject(why);
             warn!(shard = shard.index, client, %peer, reason = %e, "bad header; closing connection");
         }
+        HeaderFailure::Http(e) => {
+            shard.stats.reject(match e {
+                HeadError::TooLarge => Rejection::TooLong,
+                HeadError::Malformed => Rejection::BadHeader,
+            });
+            warn!(shard = shard.index, client, %peer, reason = ?e, "bad HTTP request head; closing connection");
+        }
         HeaderFailure::Timeout => {
             shard.stats.reject(Rejection::Timeout);
             warn!(
@@ -160,41 +376,93 @@ fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) 
     }
 }
 
-/// Reads up to the first newline, or to a half-close. Returns the start and whether the
-/// client's sending side is still open.
-async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFailure> {
+/// Reads a raw header up to the first newline, or to a half-close; or, with `http` and
+/// first bytes that start an HTTP request line, an HTTP request head (setting `is_http`).
+async fn read_request(
+    stream: &mut TcpStream,
+    http: bool,
+    is_http: &Cell<bool>,
+) -> Result<Request, HeaderFailure> {
     // Why a fixed array? The header is capped, so a slow or hostile client costs these
-    // 64 bytes in its task and nothing that grows.
+    // 64 bytes in its task and nothing that grows. An HTTP head gets a buffer of its own.
     let mut buf = [0u8; MAX_HEADER_LEN];
     let mut len = 0;
-    let sock = stream.as_raw_fd();
     loop {
-        // Why try a plain recv first? Clients send their header with the connection, so it
-        // is usually waiting when we accept; glommio's read would first wait for the poll it
-        // armed when the stream was made, a reactor round trip per connection.
-        let n = match sys::recv_now(sock, &mut buf[len..]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf[len..]))
-                    .await
-                    .map_err(HeaderFailure::Io)?
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(HeaderFailure::Io(e)),
-        };
+        let n = recv_some(stream, &mut buf[len..]).await?;
         if n == 0 {
             if len == 0 {
                 return Err(HeaderFailure::Silent);
             }
             return header::at_eof(&buf[..len])
-                .map(|s| (s, false))
+                .map(|start| Request::Raw {
+                    start,
+                    input_open: false,
+                })
                 .map_err(HeaderFailure::Bad);
         }
         len += n;
+        if http && http::kind(&buf[..len]) == Kind::Http {
+            is_http.set(true);
+            return read_http_head(stream, &buf[..len]).await;
+        }
         match header::scan(&buf[..len]) {
-            Progress::Done(result) => return result.map(|s| (s, true)).map_err(HeaderFailure::Bad),
+            Progress::Done(result) => {
+                return result
+                    .map(|start| Request::Raw {
+                        start,
+                        input_open: true,
+                    })
+                    .map_err(HeaderFailure::Bad)
+            }
             Progress::NeedMore => {}
         }
+    }
+}
+
+/// Reads the rest of an HTTP request head, whose first bytes are `first`, and routes it.
+async fn read_http_head(stream: &mut TcpStream, first: &[u8]) -> Result<Request, HeaderFailure> {
+    let mut head = Vec::with_capacity(1024);
+    head.extend_from_slice(first);
+    loop {
+        match http::parse_head(&head) {
+            Head::Done { method, target } => {
+                return Ok(Request::Http {
+                    route: http::route(&method, &target),
+                    host: http::host(&head),
+                })
+            }
+            Head::Bad(e) => return Err(HeaderFailure::Http(e)),
+            Head::NeedMore => {}
+        }
+        // parse_head refuses a partial head of MAX_HEAD bytes, so there is room here.
+        let len = head.len();
+        head.resize(http::MAX_HEAD, 0);
+        let n = recv_some(stream, &mut head[len..]).await?;
+        head.truncate(len + n);
+        if n == 0 {
+            // The client stopped sending before the blank line that ends a head.
+            return Err(HeaderFailure::Http(HeadError::Malformed));
+        }
+    }
+}
+
+/// Receives what the client sent, waiting for it if there is nothing yet; 0 at its end.
+async fn recv_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, HeaderFailure> {
+    let sock = stream.as_raw_fd();
+    loop {
+        // Why try a plain recv first? Clients send their header with the connection, so it
+        // is usually waiting when we accept; glommio's read would first wait for the poll it
+        // armed when the stream was made, a reactor round trip per connection.
+        return match sys::recv_now(sock, buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, buf))
+                    .await
+                    .map_err(HeaderFailure::Io)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(HeaderFailure::Io(e)),
+        };
     }
 }
 
@@ -202,6 +470,8 @@ async fn read_header(stream: &mut TcpStream) -> Result<(Start, bool), HeaderFail
 enum End {
     Shutdown,
     Drained,
+    /// An HTTP client closed its sending side: it is gone.
+    Closed,
     /// The connection failed: reset, broken pipe, timed out.
     Gone(io::Error),
 }
@@ -211,6 +481,7 @@ impl std::fmt::Display for End {
         match self {
             End::Shutdown => f.write_str("server shutting down"),
             End::Drained => f.write_str("sent all the file held before it went away"),
+            End::Closed => f.write_str("client closed"),
             End::Gone(e) => write!(f, "connection lost: {e}"),
         }
     }
@@ -225,12 +496,14 @@ enum Woke {
 }
 
 /// Sends the file from `offset` on, as it grows, until the client goes or the server stops.
+/// With `fin_ends`, the client's end of input is its end (HTTP).
 async fn stream_file(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
     mut offset: u64,
     mut input_open: bool,
+    fin_ends: bool,
 ) -> End {
     let sock = stream.as_raw_fd();
     slot.set_offset(offset);
@@ -274,6 +547,7 @@ async fn stream_file(
                     // A client that keeps sending gets its input dropped in turns, like
                     // any other work on the shard.
                     Woke::Input => take_turns().await,
+                    Woke::InputClosed if fin_ends => return End::Closed,
                     Woke::InputClosed => {
                         input_open = false;
                         // The shard may have sent to it directly (only open clients get

@@ -6,6 +6,7 @@
 //! otherwise idle, and they reach the shards only through the atomics in [`ShardStats`]
 //! and the doorbells, never by locking.
 
+use crate::admission::Limits;
 use crate::state::{Bells, Published};
 use crate::stats::{ShardStats, WatcherStats};
 use glommio::timer::Timer;
@@ -19,6 +20,8 @@ pub struct View {
     pub published: Arc<Published>,
     /// "FILE on ADDR", for status lines.
     pub label: String,
+    /// The client limits in force.
+    pub limits: Limits,
 }
 
 impl View {
@@ -75,6 +78,13 @@ mod tests {
                 watcher: Arc::new(WatcherStats::default()),
                 published: Arc::new(Published::default()),
                 label: "app.log on [::]:4321".into(),
+                limits: Limits {
+                    allow: Vec::new(),
+                    max_clients: 100,
+                    max_per_peer: None,
+                    ipv6_prefix: 64,
+                    descriptor_limit: 180,
+                },
             }
         };
         assert_eq!(

@@ -1,7 +1,11 @@
 //! The client header: parsing it and turning it into a byte offset. Pure logic, no I/O.
 //!
 //! A header is the bytes a client sends before its first `\n`: an optional sign and a
-//! decimal integer that fits in an `i64`, with ASCII spaces, tabs and `\r` allowed around it.
+//! decimal integer that fits in an `i64`, or `n` and such an integer without a sign (the
+//! last so many lines), with ASCII spaces, tabs and `\r` allowed around it.
+//!
+//! Why `n`? The integer grammar refuses every header that starts with a letter, so no header
+//! a client sends today changes meaning; and `echo n10` reads as `tail -n 10`.
 
 use std::fmt;
 
@@ -18,17 +22,22 @@ pub enum Start {
     At(u64),
     /// `-n`: `n` bytes before the end of the file; `-0` is the end itself.
     FromEnd(u64),
+    /// `nN`: the start of the last `N` lines, as `tail -n N` counts them (see
+    /// `crate::lines`); `n0` is the end itself. Resolving it reads the file.
+    Lines(u64),
 }
 
 impl Start {
     /// The offset to start at, given the file's size when the header is processed.
     ///
     /// `At(n)` may lie beyond `size`: the client then waits for the file to grow past it.
-    /// `FromEnd(n)` is clamped at the start of the file.
-    pub fn resolve(self, size: u64) -> u64 {
+    /// `FromEnd(n)` is clamped at the start of the file. `None` for `Lines`, which only the
+    /// file's bytes can resolve (`crate::lines::start_of_last`).
+    pub fn resolve(self, size: u64) -> Option<u64> {
         match self {
-            Start::At(n) => n,
-            Start::FromEnd(n) => size.saturating_sub(n),
+            Start::At(n) => Some(n),
+            Start::FromEnd(n) => Some(size.saturating_sub(n)),
+            Start::Lines(_) => None,
         }
     }
 }
@@ -40,7 +49,7 @@ pub enum HeaderError {
     Empty,
     /// A byte outside ASCII.
     NotAscii,
-    /// Not of the form `[+-]?[0-9]+`.
+    /// Not of the form `[+-]?[0-9]+` or `n[0-9]+`.
     Malformed,
     /// The number does not fit in an `i64`.
     Overflow,
@@ -53,7 +62,9 @@ impl fmt::Display for HeaderError {
         f.write_str(match self {
             HeaderError::Empty => "empty header",
             HeaderError::NotAscii => "header is not ASCII",
-            HeaderError::Malformed => "header is not an integer of the form [+-]?[0-9]+",
+            HeaderError::Malformed => {
+                "header is not of the form [+-]?[0-9]+ (a byte offset) or n[0-9]+ (a line count)"
+            }
             HeaderError::Overflow => "header does not fit in a 64-bit signed integer",
             HeaderError::TooLong => "header longer than 64 bytes",
         })
@@ -83,10 +94,11 @@ pub fn parse(line: &[u8]) -> Result<Start, HeaderError> {
         .rposition(|&b| !is_padding(b))
         .map_or(start, |e| e + 1);
     let text = &line[start..end];
-    let (negative, digits) = match text.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        Some((b'+', rest)) => (false, rest),
-        _ => (false, text),
+    let (negative, lines, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, false, rest),
+        Some((b'+', rest)) => (false, false, rest),
+        Some((b'n', rest)) => (false, true, rest),
+        _ => (false, false, text),
     };
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Err(HeaderError::Malformed);
@@ -103,6 +115,8 @@ pub fn parse(line: &[u8]) -> Result<Start, HeaderError> {
     }
     Ok(if negative {
         Start::FromEnd(value)
+    } else if lines {
+        Start::Lines(value)
     } else {
         Start::At(value)
     })
@@ -172,6 +186,18 @@ mod tests {
             ("1.0", Err(Malformed)),
             ("- 1", Err(Malformed)),
             ("\x0b1", Err(Malformed)),
+            ("n10", Ok(Lines(10))),
+            (" n0\r", Ok(Lines(0))),
+            ("n007", Ok(Lines(7))),
+            ("n9223372036854775807", Ok(Lines(i64::MAX as u64))),
+            ("n9223372036854775808", Err(Overflow)),
+            ("n", Err(Malformed)),
+            ("n-1", Err(Malformed)),
+            ("n+1", Err(Malformed)),
+            ("-n1", Err(Malformed)),
+            ("N10", Err(Malformed)),
+            ("n 10", Err(Malformed)),
+            ("10n", Err(Malformed)),
             ("１", Err(NotAscii)),
             ("1\u{e9}", Err(NotAscii)),
         ];
@@ -215,7 +241,7 @@ mod tests {
             (Start::At(5 << 30), 0, 5 << 30),
         ];
         for (start, size, want) in cases {
-            assert_eq!(start.resolve(size), want, "{start:?} at size {size}");
+            assert_eq!(start.resolve(size), Some(want), "{start:?} at size {size}");
         }
     }
 
@@ -228,6 +254,11 @@ mod tests {
         }
 
         #[test]
+        fn every_line_count_round_trips(n in 0..=i64::MAX, pad_l in "[ \t\r]{0,4}", pad_r in "[ \t\r]{0,4}") {
+            prop_assert_eq!(parse(format!("{pad_l}n{n}{pad_r}").as_bytes()), Ok(Start::Lines(n as u64)));
+        }
+
+        #[test]
         fn explicit_plus_is_the_same_as_no_sign(n in 0..=i64::MAX) {
             prop_assert_eq!(parse(format!("+{n}").as_bytes()), parse(n.to_string().as_bytes()));
         }
@@ -237,6 +268,13 @@ mod tests {
             if let Ok(start) = parse(&bytes) {
                 let text = std::str::from_utf8(&bytes).expect("accepted headers are ASCII");
                 let core = text.trim_matches([' ', '\t', '\r']);
+                if let Some(count) = core.strip_prefix('n') {
+                    prop_assert!(count.bytes().all(|b| b.is_ascii_digit()));
+                    let value: u64 = count.parse().expect("a line count");
+                    prop_assert!(value <= i64::MAX as u64);
+                    prop_assert_eq!(start, Start::Lines(value));
+                    return Ok(());
+                }
                 let value: i128 = core.parse().expect("accepted headers are integers");
                 prop_assert!(value >= i128::from(i64::MIN) && value <= i128::from(i64::MAX));
                 let want = if core.starts_with('-') { Start::FromEnd(value.unsigned_abs() as u64) } else { Start::At(value as u64) };
@@ -254,10 +292,11 @@ mod tests {
 
         #[test]
         fn resolved_offsets_never_precede_the_start_or_overshoot_the_end(n in any::<u64>(), size in any::<u64>()) {
-            let from_end = Start::FromEnd(n).resolve(size);
+            let from_end = Start::FromEnd(n).resolve(size).expect("bytes resolve");
             prop_assert!(from_end <= size);
             prop_assert_eq!(size - from_end, n.min(size));
-            prop_assert_eq!(Start::At(n).resolve(size), n);
+            prop_assert_eq!(Start::At(n).resolve(size), Some(n));
+            prop_assert_eq!(Start::Lines(n).resolve(size), None);
         }
     }
 }

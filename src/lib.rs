@@ -20,9 +20,11 @@
 //! - `admission`: what every shard asks about a connection it accepts, before reading
 //!   from it: `--allow`, `--max-clients`, `--max-clients-per-ip`; and warnings about refused
 //!   connections and failed accepts that cannot flood the log.
-//! - `client`: one task per connection: reads the header (`header`), then moves file
-//!   bytes to the socket with sendfile ([`sys`]), waiting on a full socket without holding
-//!   up anyone else.
+//! - `client`: one task per connection: reads the header (`header`) or, when the first bytes
+//!   are an HTTP request line, the request head (`http`: parsing, routing, response heads),
+//!   then moves file bytes to the socket with sendfile ([`sys`]), waiting on a full socket
+//!   without holding up anyone else. A line-counted start (`nN`, `?lines=N`) is found by
+//!   `lines`, reading backwards from the end on the shard's blocking thread.
 //! - `server`: [`Server::bind`] wires it together and returns once every shard accepts;
 //!   [`Server::serve`] runs it until a shutdown future resolves, and a [`Handle`] reads its
 //!   state or stops it from any thread. Tests run whole servers in-process this way.
@@ -50,6 +52,8 @@ pub(crate) mod control;
 pub mod error;
 pub mod fetch;
 pub(crate) mod header;
+pub(crate) mod http;
+pub(crate) mod lines;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub mod process;

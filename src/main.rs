@@ -1,7 +1,6 @@
 //! The tailsrv binary: parse options, set up logging, signals and limits, run the server,
 //! turn the result into an exit status.
 
-use clap::Parser;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tailsrv::cli::Options;
@@ -11,7 +10,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let opts = Options::parse();
+    let opts = Options::parse_or_exit();
     if let Err(e) = init_logging(&opts) {
         eprintln!("tailsrv: error: {e}");
         return ExitCode::from(tailsrv::error::EXIT_ERROR);

@@ -4,7 +4,7 @@
 use crate::admission::{RateLimit, LOG_EVERY};
 use crate::control::View;
 use crate::state::Bells;
-use crate::stats::{Rejection, ShardStats, LAG_BOUNDS};
+use crate::stats::{Protocol, Rejection, ShardStats, HTTP_STATUSES, LAG_BOUNDS};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
@@ -46,6 +46,24 @@ pub fn render(view: &View) -> String {
     let _ = writeln!(o, "tailsrv_file_size_bytes {}", view.published.size());
     family(o, "tailsrv_shards", "gauge", "Shard executors.");
     let _ = writeln!(o, "tailsrv_shards {}", view.stats.len());
+    // Why gauges for settings? An alert can then compare tailsrv_clients_connected with
+    // the limit in force, whether it was set or derived from the descriptor limit.
+    family(
+        o,
+        "tailsrv_max_clients",
+        "gauge",
+        "Most clients connected at once (--max-clients, or what the descriptor limit allows).",
+    );
+    let _ = writeln!(o, "tailsrv_max_clients {}", view.limits.max_clients);
+    if let Some(most) = view.limits.max_per_peer {
+        family(
+            o,
+            "tailsrv_max_clients_per_ip",
+            "gauge",
+            "Most clients connected at once from one peer (--max-clients-per-ip); absent when there is no per-peer limit.",
+        );
+        let _ = writeln!(o, "tailsrv_max_clients_per_ip {most}");
+    }
 
     family(
         o,
@@ -122,6 +140,31 @@ pub fn render(view: &View) -> String {
             "tailsrv_clients_rejected_total{{reason=\"{}\"}} {n}",
             why.name()
         );
+    }
+
+    family(
+        o,
+        "tailsrv_clients_serving",
+        "gauge",
+        "Clients past their header or request head, by protocol: raw (an integer or line-count header) or http.",
+    );
+    for protocol in Protocol::ALL {
+        let n: u64 = view.stats.iter().map(|s| s.served(protocol)).sum();
+        let _ = writeln!(
+            o,
+            "tailsrv_clients_serving{{protocol=\"{}\"}} {n}",
+            protocol.name()
+        );
+    }
+    family(
+        o,
+        "tailsrv_http_responses_total",
+        "counter",
+        "HTTP responses begun on the streaming port, by status.",
+    );
+    for status in HTTP_STATUSES {
+        let n: u64 = view.stats.iter().map(|s| s.responses(status)).sum();
+        let _ = writeln!(o, "tailsrv_http_responses_total{{status=\"{status}\"}} {n}");
     }
 
     // Why gauges counting clients "more than N bytes behind", and not a histogram? These
@@ -330,6 +373,7 @@ fn reply(status: &str, headers: &[(&str, &str)], body: &str, head_only: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::Limits;
     use crate::state::Published;
     use crate::stats::WatcherStats;
     use std::sync::Arc;
@@ -380,6 +424,37 @@ mod tests {
         assert!(refused.contains("\r\nAllow: GET, HEAD\r\n"), "{refused:?}");
     }
 
+    fn limits(max_per_peer: Option<usize>) -> Limits {
+        Limits {
+            allow: Vec::new(),
+            max_clients: 1000,
+            max_per_peer,
+            ipv6_prefix: 64,
+            descriptor_limit: 1080,
+        }
+    }
+
+    #[test]
+    fn the_limits_are_gauges_and_the_per_peer_one_only_when_set() {
+        let view = |max_per_peer| View {
+            stats: vec![Arc::new(ShardStats::default())],
+            watcher: Arc::new(WatcherStats::default()),
+            published: Arc::new(Published::default()),
+            label: String::new(),
+            limits: limits(max_per_peer),
+        };
+        let off = render(&view(None));
+        assert!(off.contains("\ntailsrv_max_clients 1000\n"), "{off}");
+        assert!(!off.contains("tailsrv_max_clients_per_ip"), "{off}");
+        let on = render(&view(Some(7)));
+        assert!(on.contains("\ntailsrv_max_clients 1000\n"), "{on}");
+        assert!(
+            on.contains("# TYPE tailsrv_max_clients_per_ip gauge\n"),
+            "{on}"
+        );
+        assert!(on.contains("\ntailsrv_max_clients_per_ip 7\n"), "{on}");
+    }
+
     #[test]
     fn lag_families_count_clients_more_than_each_bound_behind() {
         let shards = [ShardStats::default(), ShardStats::default()];
@@ -390,6 +465,7 @@ mod tests {
             watcher: Arc::new(WatcherStats::default()),
             published: Arc::new(Published::default()),
             label: String::new(),
+            limits: limits(None),
         };
         let text = render(&view);
         let value = |series: &str| -> u64 {

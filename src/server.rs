@@ -14,7 +14,7 @@ use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::shard::{self, ShardSetup};
 use crate::state::{Interest, Phase, Published};
-use crate::stats::{ShardStats, WatcherStats};
+use crate::stats::{Protocol, ShardStats, WatcherStats};
 use crate::sys;
 use crate::watcher::{SideJobs, Watch};
 use futures_lite::future;
@@ -111,6 +111,21 @@ impl Handle {
         self.total(|s| ShardStats::get(&s.connected))
     }
 
+    /// Clients being served the raw protocol now (header read).
+    pub fn raw_clients(&self) -> u64 {
+        self.total(|s| s.served(Protocol::Raw))
+    }
+
+    /// Clients being served HTTP now (request head read).
+    pub fn http_clients(&self) -> u64 {
+        self.total(|s| s.served(Protocol::Http))
+    }
+
+    /// HTTP responses begun with `status` since start (200, 400, 404, 405, 408, 431, 500).
+    pub fn http_responses(&self, status: u16) -> u64 {
+        self.total_with(|s| s.responses(status))
+    }
+
     /// Connections accepted since start.
     pub fn accepted(&self) -> u64 {
         self.total(|s| ShardStats::get(&s.accepted))
@@ -174,6 +189,10 @@ impl Handle {
     fn total(&self, get: fn(&ShardStats) -> u64) -> u64 {
         self.stats.iter().map(|s| get(s)).sum()
     }
+
+    fn total_with(&self, get: impl Fn(&ShardStats) -> u64) -> u64 {
+        self.stats.iter().map(|s| get(s)).sum()
+    }
 }
 
 impl Server {
@@ -231,6 +250,7 @@ impl Server {
                 status,
                 stats,
                 room,
+                http: !opts.no_http,
             });
         }
         // Handed out in reverse by pop(); the index inside each setup is what counts.
@@ -270,6 +290,7 @@ impl Server {
         let jobs = SideJobs {
             stats: all_stats,
             label: format!("{} on {addr}", opts.file.display()),
+            limits: admission.limits().clone(),
             metrics,
             notifier,
             status_changes,
@@ -314,7 +335,12 @@ impl Server {
             "listening"
         );
         if published.file().is_none() {
-            info!(file = %opts.file.display(), "file does not exist yet; waiting for it");
+            // Why WARN, and the full path? A typo in FILE starts a server that serves
+            // nothing, quietly; the path as resolved shows where tailsrv is looking.
+            warn!(
+                file = %full_path(&opts.file).display(),
+                "file does not exist; waiting for it to appear"
+            );
         }
         if let Some(at) = metrics_addr {
             info!(addr = %at, "serving metrics at http://{at}/metrics");
@@ -504,14 +530,26 @@ impl Drop for SetOnDrop {
     }
 }
 
+/// `path` made absolute, with its directory's symbolic links and `..` resolved when the
+/// directory can be; the file itself need not exist.
+fn full_path(path: &std::path::Path) -> std::path::PathBuf {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    match (dir.canonicalize(), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+    }
+}
+
 /// Resolves the client limits from the options and the descriptor limit.
 fn limits(opts: &Options, descriptor_limit: u64, shards: usize) -> Limits {
     let fits = Limits::default_max_clients(descriptor_limit, shards);
     let max_clients = opts.max_clients.map_or(fits, |n| n as usize);
     let max_per_peer = match opts.max_clients_per_ip {
-        None => Some(Limits::default_per_peer(max_clients)),
-        Some(0) => None,
-        Some(n) => Some(n as usize),
+        0 => None,
+        n => Some(n as usize),
     };
     Limits {
         allow: opts.allow.clone(),
@@ -566,5 +604,29 @@ fn placement(shards: usize, cpus: &[usize]) -> (PoolPlacement, bool) {
             warn!(error = %e, "cannot read the CPU topology; shards run unpinned");
             (PoolPlacement::Unbound(shards), false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn full_path_resolves_the_directory_of_a_missing_file() {
+        let here = std::env::current_dir().unwrap().canonicalize().unwrap();
+        assert_eq!(
+            full_path(Path::new("no-such.log")),
+            here.join("no-such.log")
+        );
+        assert_eq!(
+            full_path(Path::new("./src/../no-such.log")),
+            here.join("no-such.log")
+        );
+        // A directory that does not exist either: absolute, unresolved.
+        assert_eq!(
+            full_path(Path::new("no-such-dir/x.log")),
+            here.join("no-such-dir/x.log")
+        );
     }
 }

@@ -41,6 +41,8 @@ pub struct ShardSetup {
     pub stats: Arc<ShardStats>,
     /// An empty epoll set, for the shard's sockets that wait for room (see [`watch_room`]).
     pub room: OwnedFd,
+    /// Whether the HTTP face is on (`--no-http` turns it off).
+    pub http: bool,
 }
 
 #[derive(Default)]
@@ -64,6 +66,8 @@ pub struct Shard {
     pub index: usize,
     pub stats: Arc<ShardStats>,
     pub header_timeout: Duration,
+    /// Whether clients may speak HTTP.
+    pub http: bool,
     published: Arc<Published>,
     interest: Arc<Interest>,
     /// Whether this shard has raised its interest since the watcher last rang.
@@ -102,6 +106,7 @@ impl Shard {
             index,
             stats,
             header_timeout,
+            http: true,
             published,
             interest,
             interested: Cell::new(false),
@@ -146,6 +151,17 @@ impl Shard {
 
     pub fn phase(&self) -> Phase {
         self.phase.get()
+    }
+
+    /// What the watcher publishes, for work done off the shard's thread.
+    pub fn published(&self) -> Arc<Published> {
+        self.published.clone()
+    }
+
+    /// The served file's identity, if the shard knows the file is open.
+    pub fn file_id(&self) -> Option<crate::state::FileId> {
+        self.file()?;
+        self.published.file_id()
     }
 
     /// Bumped whenever the size or the phase changes.
@@ -597,6 +613,7 @@ pub async fn run(
         status,
         stats,
         room,
+        http,
     } = setup;
     let listener = sys::adopt_listener(listener);
     let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
@@ -606,6 +623,7 @@ pub async fn run(
     };
     let shard = Rc::new(Shard {
         status_bell,
+        http,
         ..Shard::new(index, stats, published, interest, header_timeout, room)
     });
     shard.refresh();

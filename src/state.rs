@@ -49,6 +49,11 @@ impl Published {
         self.file.get()
     }
 
+    /// The served file's identity (see [`FileId`]), once it exists.
+    pub fn file_id(&self) -> Option<FileId> {
+        self.file().and_then(|f| FileId::of(f).ok())
+    }
+
     /// The file's size as the watcher last saw it.
     ///
     /// Why sequentially consistent? It pairs with [`Interest`]: see [`Bells::ring_waiting`].
@@ -77,6 +82,49 @@ impl Published {
     /// Moves the phase forward; it never goes back.
     pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.fetch_max(phase as u8, Ordering::AcqRel);
+    }
+}
+
+/// Which file is served: the same across server restarts, different once the file is
+/// replaced. Clients compare it for equality only (HTTP's `Tailsrv-File`, tailsrv-fetch's
+/// rotation check); its text is otherwise opaque and may gain parts.
+///
+/// Why device, inode and birth time? Device and inode name the file while it exists, but a
+/// file system reuses a deleted file's inode number, often at once (rotate, then recreate);
+/// the birth time (statx) tells the new file from the old. Where the file system keeps no
+/// birth time, that part is 0 and the identity is device and inode alone.
+///
+/// This is the one place the identity is made: whatever else should change it (a rotation
+/// followed, a truncation) belongs here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    /// Nanoseconds since the epoch; 0 when unknown.
+    birth: u128,
+}
+
+impl FileId {
+    /// The identity of an open file (one statx).
+    pub fn of(file: &File) -> std::io::Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata()?;
+        let birth = meta
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            birth,
+        })
+    }
+}
+
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}-{:x}-{:x}", self.dev, self.ino, self.birth)
     }
 }
 
@@ -176,6 +224,32 @@ mod tests {
         interest.raise();
         assert!(interest.take());
         assert!(!interest.take());
+    }
+
+    #[test]
+    fn file_id_is_stable_for_a_file_and_changes_when_it_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("tailsrv-fileid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, b"one").unwrap();
+        let first = FileId::of(&File::open(&path).unwrap()).unwrap();
+        // Reopened (as a restarted server would) and grown: the same file.
+        std::fs::write(&path, b"one two").unwrap();
+        assert_eq!(FileId::of(&File::open(&path).unwrap()).unwrap(), first);
+        // Replaced by rename, with the old one kept open so its inode cannot be reused.
+        let _old = File::open(&path).unwrap();
+        std::fs::write(dir.join("g"), b"new").unwrap();
+        std::fs::rename(dir.join("g"), &path).unwrap();
+        let second = FileId::of(&File::open(&path).unwrap()).unwrap();
+        assert_ne!(second, first);
+        assert_ne!(second.to_string(), first.to_string());
+        let text = first.to_string();
+        assert_eq!(text.split('-').count(), 3, "{text}");
+        assert!(
+            text.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

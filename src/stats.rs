@@ -45,6 +45,29 @@ impl Rejection {
     }
 }
 
+/// The statuses the HTTP face answers with, in the order [`ShardStats`] counts them.
+pub const HTTP_STATUSES: [u16; 7] = [200, 400, 404, 405, 408, 431, 500];
+
+/// How a client talks to the server, once its first line has said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The integer (or line-count) header.
+    Raw,
+    /// An HTTP request.
+    Http,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Raw, Protocol::Http];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Raw => "raw",
+            Protocol::Http => "http",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct ShardStats {
@@ -53,6 +76,10 @@ pub struct ShardStats {
     /// Connections accepted since start.
     pub accepted: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
+    /// Clients being served now, by protocol (header read; not yet gone).
+    serving: [AtomicU64; Protocol::ALL.len()],
+    /// HTTP responses begun, by status ([`HTTP_STATUSES`]).
+    http_responses: [AtomicU64; HTTP_STATUSES.len()],
     /// File bytes sent to clients.
     pub bytes_sent: AtomicU64,
     /// Clients waiting for their socket to drain right now.
@@ -92,6 +119,42 @@ impl ShardStats {
 
     pub fn rejected(&self, why: Rejection) -> u64 {
         Self::get(&self.rejected[why as usize])
+    }
+
+    /// Counts a client as served by `protocol` until the returned guard drops.
+    pub fn serving(&self, protocol: Protocol) -> Serving<'_> {
+        let counter = &self.serving[protocol as usize];
+        Self::add(counter, 1);
+        Serving(counter)
+    }
+
+    /// Clients served by `protocol` now.
+    pub fn served(&self, protocol: Protocol) -> u64 {
+        Self::get(&self.serving[protocol as usize])
+    }
+
+    /// Counts an HTTP response with `status` (one of [`HTTP_STATUSES`]).
+    pub fn responded(&self, status: u16) {
+        if let Some(i) = HTTP_STATUSES.iter().position(|&s| s == status) {
+            Self::add(&self.http_responses[i], 1);
+        }
+    }
+
+    /// HTTP responses with `status` since start.
+    pub fn responses(&self, status: u16) -> u64 {
+        HTTP_STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .map_or(0, |i| Self::get(&self.http_responses[i]))
+    }
+}
+
+/// A client counted in [`ShardStats::serving`]; uncounts it when dropped.
+pub struct Serving<'a>(&'a AtomicU64);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        ShardStats::sub(self.0, 1);
     }
 }
 

@@ -68,6 +68,19 @@ pub fn recv_now(socket: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
+/// Sends what the socket takes of `buf` now, without waiting; never raises SIGPIPE.
+pub(crate) fn send_now(socket: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    check_size(unsafe {
+        libc::send(
+            socket,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
+}
+
 /// Discards whatever the peer has sent and is waiting in the socket, without copying it.
 /// Returns how many bytes were dropped; `Ok(0)` means the peer closed its sending side.
 pub fn discard_input(socket: RawFd) -> io::Result<usize> {
@@ -614,6 +627,87 @@ pub(crate) fn epoll_ready(epoll: BorrowedFd<'_>, keys: &mut [u64]) -> io::Result
         *key = event.u64;
     }
     Ok(n)
+}
+
+/// Waits until `fd` (if any) is ready for `events` (`libc::POLLIN`, `libc::POLLOUT`) or `stop`
+/// is readable, for at most `timeout` (`None`: as long as it takes). Returns whether each
+/// was ready: `(false, false)` when the time ran out or the wait was interrupted.
+pub(crate) fn wait_ready_or(
+    fd: Option<BorrowedFd<'_>>,
+    events: i16,
+    stop: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            // A negative descriptor is skipped by poll(2).
+            fd: fd.map_or(-1, |f| f.as_raw_fd()),
+            events,
+            revents: 0,
+        },
+    ];
+    // Rounded up, so a wait of 0.1 ms does not become a busy loop of zero-length polls.
+    let ms = timeout.map_or(-1, |t| {
+        t.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+    });
+    // SAFETY: `fds` is an array of two valid pollfd structs.
+    match check(unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) }) {
+        Ok(_) => Ok((fds[1].revents != 0, fds[0].revents != 0)),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok((false, false)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Starts connecting a non-blocking TCP socket to `addr`; it is writable once the attempt
+/// has ended, and [`take_socket_error`] then says how.
+pub(crate) fn connect_nonblocking(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+    // SAFETY: plain syscall; the result is checked before it is owned.
+    let fd = check(unsafe { libc::socket(family, kind, 0) })?;
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
+    match check(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    }) {
+        Ok(_) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(fd),
+        Err(e) => Err(e),
+    }
+}
+
+/// The error a socket's last asynchronous operation (a connect) ended with, if any.
+pub(crate) fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` is a writable c_int and `len` says so.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    match err {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
 }
 
 #[cfg(test)]

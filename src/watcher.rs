@@ -1,6 +1,7 @@
 //! The watcher executor: follows FILE with inotify, publishes its size and the server's
 //! phase ([`crate::state`]), and rings the shards that need to hear about it.
 
+use crate::admission::Limits;
 use crate::control::View;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
@@ -41,6 +42,8 @@ pub struct SideJobs {
     pub stats: Vec<Arc<ShardStats>>,
     /// "FILE on ADDR", for status lines.
     pub label: String,
+    /// The client limits in force, for the metrics.
+    pub limits: Limits,
     /// The bound `--metrics` listener.
     pub metrics: Option<std::net::TcpListener>,
     pub notifier: Notifier,
@@ -155,6 +158,7 @@ impl Watch {
             watcher: self.stats.clone(),
             published: self.published.clone(),
             label: jobs.label,
+            limits: jobs.limits,
         });
         if let Some(listener) = jobs.metrics {
             let listener = sys::adopt_listener(listener.into());

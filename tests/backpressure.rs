@@ -143,7 +143,7 @@ fn a_full_socket_drains_while_the_server_has_no_descriptor_to_spare() {
     let server = Server::builder()
         .nofile(64)
         .args(["--shards", "2", "--max-clients", "1000"])
-        .args(["--max-clients-per-ip", "0", "--metrics", "127.0.0.1:0"])
+        .args(["--metrics", "127.0.0.1:0"])
         .start();
     append_pattern(server.path(), 0, SIZE);
     let mut reader = server.connect(b"0\n");

@@ -96,6 +96,12 @@ impl Fetch {
         self.stdout.lock().unwrap().len()
     }
 
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the child we spawned and have not reaped.
+        let ret = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(ret, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
     fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.status = Some(self.child.wait().expect("reaping tailsrv-fetch"));
@@ -417,6 +423,45 @@ fn once_exits_0_when_the_server_closes_the_stream() {
     expect_file(&copy, &pattern_range(0, 10_000), LONG, &fetch);
     upstream.sigterm();
     fetch.expect_exit(0, PATIENCE);
+}
+
+#[test]
+fn sigint_and_sigterm_end_a_fetch_in_order_with_130_and_0() {
+    let upstream = Server::start(&pattern_range(0, 20_000));
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 0)] {
+        // Streaming: the copy is complete and the fetcher waits for more.
+        let dir = TempDir::new();
+        let copy = dir.join("copy.log");
+        let mut fetch = Fetch::to_file(upstream.port(), &copy, &[]);
+        expect_file(&copy, &pattern_range(0, 20_000), LONG, &fetch);
+        fetch.signal(signal);
+        fetch.expect_exit(code, PATIENCE);
+        assert_bytes(&read(&copy), &pattern_range(0, 20_000), "the copy");
+        let last = fetch.logs.lines().last().cloned().unwrap_or_default();
+        assert!(
+            last.contains("stopped by a signal") && last.contains("at=20000"),
+            "{}",
+            fetch.logs.dump()
+        );
+    }
+}
+
+#[test]
+fn a_signal_ends_a_fetch_that_waits_for_data_or_to_reconnect() {
+    // Upstreams the test owns: one that takes the header and says nothing, one that closes
+    // each connection at once (the fetcher then waits to reconnect). An accepted connection
+    // also shows the fetcher is running, with its signals in hand.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing = TcpListener::bind("127.0.0.1:0").unwrap();
+    let none: Vec<OsString> = vec![];
+    let mut waiting = Fetch::start(silent.local_addr().unwrap().port(), &none);
+    let mut pausing = Fetch::start(closing.local_addr().unwrap().port(), &none);
+    let (_held, _) = silent.accept().expect("the fetcher connects");
+    drop(closing.accept().expect("the other fetcher connects"));
+    waiting.signal(libc::SIGINT);
+    pausing.signal(libc::SIGTERM);
+    waiting.expect_exit(130, PATIENCE);
+    pausing.expect_exit(0, PATIENCE);
 }
 
 #[test]

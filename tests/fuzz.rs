@@ -34,8 +34,17 @@ enum Verdict {
     /// `-n`: starts n bytes before the end when the header is read.
     FromEnd(u64),
     /// Near a boundary (19 or more digits): either answer is acceptable here; the unit
-    /// tests pin it down.
+    /// tests pin it down. Also a line-count header (`nN`), which tests/http.rs checks.
     Unsure,
+    /// An upper-case word and a space: an HTTP request, answered in HTTP; these random
+    /// bytes are never a valid one, so no file data, only an error status.
+    Http,
+}
+
+/// Whether bytes start the way the server takes for HTTP (an upper-case method and a space).
+fn looks_like_http(bytes: &[u8]) -> bool {
+    let word = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    (1..=16).contains(&word) && bytes.get(word) == Some(&b' ')
 }
 
 /// Judges a header line (the bytes before the newline, or all of them at a half-close).
@@ -54,6 +63,9 @@ fn judge(line: &[u8]) -> Verdict {
         b'+' => (false, &text[1..]),
         _ => (false, text),
     };
+    if text[0] == b'n' && text.len() > 1 && text[1..].iter().all(u8::is_ascii_digit) {
+        return Verdict::Unsure;
+    }
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return Verdict::Invalid;
     }
@@ -84,6 +96,8 @@ fn the_grammar_oracle_agrees_with_the_documented_examples() {
         (b"\xff1", Verdict::Invalid),
         (b"9223372036854775807", Verdict::Unsure),
         (&[b'1'; 64], Verdict::Invalid),
+        (b"n12", Verdict::Unsure),
+        (b"n", Verdict::Invalid),
     ] {
         assert_eq!(judge(line), want, "{:?}", String::from_utf8_lossy(line));
     }
@@ -204,6 +218,7 @@ fn fuzz_one(port: u16, rng: &mut Rng, size: &AtomicU64, case: u64, tally: &Tally
         _ => Leave::HalfClose,
     };
     let verdict = match newline {
+        _ if looks_like_http(&bytes) => Verdict::Http,
         Some(i) => judge(&bytes[..i]),
         None if bytes.len() >= 64 => Verdict::Invalid,
         // A half-close or a close ends the header as a newline would.
@@ -291,6 +306,16 @@ fn fuzz_one(port: u16, rng: &mut Rng, size: &AtomicU64, case: u64, tally: &Tally
             tally.served.fetch_add(1, Ordering::Relaxed);
         }
         Verdict::Unsure => return Some(u64::MAX),
+        Verdict::Http => {
+            let (got, _) = read_up_to(&mut stream, 1 << 16);
+            assert!(
+                got.is_empty() || (got.starts_with(b"HTTP/1.1 4") && got.len() < 1024),
+                "{}: an invalid HTTP request got {:?}",
+                what(),
+                String::from_utf8_lossy(&got)
+            );
+            tally.refused.fetch_add(1, Ordering::Relaxed);
+        }
     }
     // Leaving with a FIN after data flowed: the server's next send draws a reset.
     None
@@ -427,4 +452,264 @@ fn read_along(mut stream: TcpStream, target: &AtomicU64) {
             Err(e) => panic!("an ordinary client at {at}: {e}"),
         }
     }
+}
+
+/// A random HTTP request head: valid ones, valid ones cut short or with bytes changed,
+/// oversized ones, and ones that start like HTTP and go on as garbage.
+fn http_head(rng: &mut Rng, size: u64) -> (Vec<u8>, &'static str) {
+    let pick = |rng: &mut Rng, from: &[&'static str]| from[rng.below(from.len() as u64) as usize];
+    let method = pick(
+        rng,
+        &["GET", "GET", "GET", "HEAD", "POST", "PUT", "OPTIONS"],
+    );
+    let query = match rng.below(8) {
+        0 => String::new(),
+        1 => format!("?from={}", rng.below(size)),
+        2 => format!("?last={}", rng.below(2 * size)),
+        3 => format!("?lines={}", rng.below(50)),
+        4 => "?new".to_string(),
+        5 => format!("?from={}&lines=2", rng.below(size)),
+        6 => format!("?lines=-{}", rng.below(9)),
+        _ => format!("?x{}", rng.below(100)),
+    };
+    let path = pick(
+        rng,
+        &[
+            "/stream",
+            "/stream",
+            "/stream",
+            "/",
+            "/metrics",
+            "/stream/x",
+        ],
+    );
+    let mut head = format!(
+        "{method} {path}{query} HTTP/1.{}\r\nHost: fuzz\r\n",
+        rng.below(2)
+    );
+    for i in 0..rng.below(4) {
+        head.push_str(&format!("X-Fuzz-{i}: {}\r\n", rng.next_u64()));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    let kind = match rng.below(10) {
+        0..=3 => "whole",
+        4 => {
+            bytes.truncate(rng.below(bytes.len() as u64) as usize + 1);
+            "truncated"
+        }
+        5 | 6 => {
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(bytes.len() as u64) as usize;
+                bytes[at] = rng.below(256) as u8;
+            }
+            "mutated"
+        }
+        7 => {
+            let at = bytes.len() - 2;
+            let filler: Vec<u8> = format!("X-Big: {}\r\n", "a".repeat(1000)).into_bytes();
+            for _ in 0..8 + rng.below(12) {
+                bytes.splice(at..at, filler.iter().copied());
+            }
+            "oversized"
+        }
+        8 => {
+            bytes.truncate(4 + rng.below(8) as usize);
+            bytes.extend((0..rng.below(200)).map(|_| rng.below(256) as u8));
+            "garbage"
+        }
+        _ => "whole",
+    };
+    (bytes, kind)
+}
+
+/// One HTTP fuzz client; returns whether it checked a response (as opposed to leaving early).
+fn http_fuzz_one(port: u16, rng: &mut Rng, size: u64, case: u64) -> bool {
+    let (bytes, kind) = http_head(rng, size);
+    let what = || {
+        format!(
+            "http case {case} ({kind}): {:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        )
+    };
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{}: {e}", what()));
+    stream.set_nodelay(true).unwrap();
+    // Slow: a few pieces with pauses; some clients never finish (the header timeout answers).
+    let slow = rng.below(12) == 0;
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let n = if slow {
+            1 + rng.below(rest.len() as u64) as usize
+        } else {
+            rest.len()
+        };
+        if stream.write_all(&rest[..n]).is_err() {
+            break;
+        }
+        rest = &rest[n..];
+        if slow {
+            thread::sleep(Duration::from_millis(rng.below(150)));
+        }
+    }
+    match rng.below(10) {
+        0 => return false,
+        1 => {
+            let _ = tailsrv::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&stream));
+            return false;
+        }
+        2 => {
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+        _ => {}
+    }
+    // The response head, or the end of the connection.
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break usize::MAX,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                break usize::MAX
+            }
+            Err(e) => panic!("{}: waiting for a response: {e}", what()),
+        }
+    };
+    if got.is_empty() {
+        // Closed without a word: a client that cut its head short before the method's
+        // space (a raw header, then), or one the server reset.
+        return true;
+    }
+    assert_ne!(
+        end,
+        usize::MAX,
+        "{}: no response head in {:?}",
+        what(),
+        String::from_utf8_lossy(&got)
+    );
+    // The rest: a stream's first bytes (it does not end), or an error body and the close.
+    let streaming = got.starts_with(b"HTTP/1.1 200") && !bytes.starts_with(b"HEAD ");
+    let stream_start = String::from_utf8_lossy(&got[..end]).lines().find_map(|l| {
+        l.strip_prefix("Tailsrv-Start: ")
+            .map(|v| v.trim().parse::<u64>().unwrap())
+    });
+    match stream_start {
+        Some(start) if streaming => {
+            let want = INITIAL.saturating_sub(start).min(TASTE as u64) as usize;
+            let have = got.len() - end - 4;
+            if want > have {
+                let (more, ended) = read_up_to(&mut stream, want - have);
+                assert!(!ended, "{}: the stream ended early", what());
+                got.extend(more);
+            }
+        }
+        _ => {
+            let (more, _) = read_up_to(&mut stream, 64 << 10);
+            got.extend(more);
+        }
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut fields);
+    assert!(
+        matches!(response.parse(&got), Ok(s) if s.is_complete()),
+        "{}: bad response {:?}",
+        what(),
+        String::from_utf8_lossy(&got)
+    );
+    let status = response.code.unwrap();
+    let field = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let body = &got[end + 4..];
+    match (status, field("Tailsrv-Start")) {
+        (200, Some(start)) => {
+            // A stream (or its head): whatever body came is the file from the start.
+            let start: u64 = start.parse().unwrap();
+            assert!(
+                starts_in(body, start, start),
+                "{}: body not from {start}",
+                what()
+            );
+        }
+        _ => {
+            assert!(
+                [200, 400, 404, 405, 408, 431].contains(&status),
+                "{}: status {status}",
+                what()
+            );
+            let length: usize = field("Content-Length")
+                .unwrap_or_else(|| panic!("{}: no Content-Length", what()))
+                .parse()
+                .unwrap();
+            if !bytes.starts_with(b"HEAD ") {
+                assert_eq!(body.len(), length, "{}: data beyond the error body", what());
+            }
+            assert!(
+                status != 200
+                    || bytes
+                        .get(..6)
+                        .is_some_and(|m| m.starts_with(b"GET /") || m.starts_with(b"HEAD /")),
+                "{}: a 200 without a stream",
+                what()
+            );
+        }
+    }
+    true
+}
+
+#[test]
+fn random_http_heads_get_statuses_never_data_and_leave_no_descriptor_behind() {
+    let seed: u64 = std::env::var("TAILSRV_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x4177_9e7f);
+    eprintln!("http fuzz seed {seed} (TAILSRV_FUZZ_SEED replays it)");
+    let mut server = Server::builder()
+        .contents(&pattern_range(0, INITIAL as usize))
+        .args(["--header-timeout", "1"])
+        .start();
+    let port = server.port();
+    let baseline = server.fd_count();
+    let checked = AtomicU64::new(0);
+    thread::scope(|s| {
+        for w in 0..4u64 {
+            let checked = &checked;
+            s.spawn(move || {
+                let mut rng = Rng::new(seed.wrapping_add(w));
+                for i in 0..150 {
+                    if http_fuzz_one(port, &mut rng, INITIAL, w * 150 + i) {
+                        checked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let checked = checked.into_inner();
+    eprintln!("http fuzz: {checked} responses checked");
+    assert!(checked >= 300, "too few checked: {checked}");
+    assert_eq!(server.wait_exit(Duration::ZERO), None, "tailsrv stopped");
+    // Streams left with a FIN (an HTTP client's FIN is its end) or a reset are let go at
+    // once; nothing may be held.
+    assert!(
+        poll_until(PATIENCE, || server.fd_count() <= baseline),
+        "descriptors: {} now, {baseline} at the start",
+        server.fd_count()
+    );
+    let log = server.logs().dump();
+    assert!(!log.contains("panicked"), "{log}");
 }

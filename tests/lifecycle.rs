@@ -17,6 +17,15 @@ const EXIT_WITHIN: Duration = Duration::from_secs(5);
 fn a_file_created_after_startup_is_served() {
     let server = Server::builder().no_file().start();
     assert!(!server.path().exists());
+    // A typo in FILE must be visible: a warning with the full path.
+    let dir = server.dir().path().canonicalize().unwrap();
+    let full = dir.join("served.log").display().to_string();
+    let line = server
+        .logs()
+        .wait_for("warning of the missing file", PATIENCE, |l| {
+            l.contains("WARN") && l.contains("file does not exist; waiting for it to appear")
+        });
+    assert_eq!(field(&line, "file"), Some(full.as_str()), "{line}");
     let mut whole = server.connect(b"0\n");
     let mut new_only = server.connect(b"-0\n");
     let mut from_five = server.connect(b"5\n");
@@ -374,6 +383,29 @@ fn bad_command_lines_exit_2() {
             run.stderr
         );
     }
+}
+
+#[test]
+fn a_port_given_without_p_is_called_missing() {
+    let dir = TempDir::new();
+    let file = dir.join("served.log");
+    let file = file.to_str().unwrap();
+    let run = run_to_exit(&["4321", file], PATIENCE);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let first = run.stderr.lines().next().unwrap_or_default();
+    assert_eq!(
+        first,
+        format!(
+            "error: the port is missing: it is given with -p (did you mean `tailsrv -p 4321 {file}`?)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("unexpected argument"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

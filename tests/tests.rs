@@ -14,6 +14,7 @@ mod binding;
 mod docs;
 mod fetch;
 mod fuzz;
+mod http;
 mod inprocess;
 mod lifecycle;
 mod limits;

@@ -103,10 +103,11 @@ impl Server {
             Target::Tailsrv { bin, shards } | Target::Baseline { bin, shards } => {
                 let mut cmd = Command::new(bin);
                 cmd.args(["-p", "0", "--bind", "127.0.0.1"]);
-                // Why lift the per-peer limit? Every bench client comes from 127.0.0.1, and
-                // the scenarios run up to 10,000 of them. A baseline built before the option
-                // existed has no such limit, and would refuse the option.
-                if knows_option(bin, "--max-clients-per-ip") {
+                // Every bench client comes from 127.0.0.1, up to 10,000 of them: tailsrv has
+                // no per-peer limit by default. Only a baseline built while it defaulted to
+                // 1,024 (its --help then says "[default: 1024") needs it lifted.
+                let is_baseline = matches!(target, Target::Baseline { .. });
+                if is_baseline && help_mentions(bin, "[default: 1024") {
                     cmd.args(["--max-clients-per-ip", "0"]);
                 }
                 if let Some(n) = shards {
@@ -320,12 +321,12 @@ pub struct MachineUse {
     pub busy_cpu_s: f64,
 }
 
-/// Whether the tailsrv binary at `bin` lists `option` in its `--help`.
-fn knows_option(bin: &Path, option: &str) -> bool {
+/// Whether the tailsrv binary at `bin` says `text` in its `--help`.
+fn help_mentions(bin: &Path, text: &str) -> bool {
     Command::new(bin)
         .arg("--help")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(option))
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(text))
 }

@@ -5,10 +5,19 @@ use clap::Parser;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use tailsrv::fetch::options::FetchOptions;
+use tailsrv::fetch::stop::Stop;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let opts = FetchOptions::parse();
+    // Before any thread exists, so that every thread inherits the blocked signals.
+    let stop = match Stop::install() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("tailsrv-fetch: error: setting up signal handling: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // --quiet wins over RUST_LOG: it promises errors only.
     let filter = if opts.quiet {
         EnvFilter::new("error")
@@ -21,8 +30,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(terminal)
         .init();
-    match tailsrv::fetch::run(opts, terminal) {
-        Ok(_) => ExitCode::SUCCESS,
+    match tailsrv::fetch::run(opts, terminal, stop) {
+        Ok(ended) => ExitCode::from(ended.exit_status()),
         Err(e) => {
             eprintln!("tailsrv-fetch: error: {e}");
             ExitCode::from(e.exit_status())

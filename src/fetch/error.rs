@@ -15,6 +15,22 @@ pub enum Ended {
     ServerClosed,
     /// Whoever reads stdout closed it (as `head` does).
     OutputClosed,
+    /// SIGINT, SIGTERM or SIGHUP: FILE was synced first.
+    Stopped {
+        /// The signal's number.
+        signal: i32,
+    },
+}
+
+impl Ended {
+    /// The exit status tailsrv-fetch ends with: 130 after SIGINT (what a shell reports for
+    /// Ctrl-C), 0 otherwise (SIGTERM and SIGHUP are how a supervisor asks for a stop).
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Ended::Stopped { signal } if *signal == libc::SIGINT => super::stop::EXIT_INTERRUPTED,
+            _ => 0,
+        }
+    }
 }
 
 /// A fatal error: printed as one line, then tailsrv-fetch exits with [`FetchError::exit_status`].

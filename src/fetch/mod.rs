@@ -14,6 +14,7 @@
 //! - `backoff`: waits between attempts.
 //! - `output`: stdout or FILE; owns the position and the bytes to check against.
 //! - `progress`: the progress line on a terminal.
+//! - [`stop`]: SIGINT, SIGTERM and SIGHUP, watched by every wait.
 //! - [`error`]: fatal errors and exit statuses.
 //!
 //! Plain blocking std I/O: one connection at a time needs no runtime.
@@ -24,6 +25,7 @@ pub mod error;
 pub mod options;
 pub(crate) mod output;
 pub(crate) mod progress;
+pub mod stop;
 
 use crate::addr::{Host, HostPort};
 use backoff::Backoff;
@@ -34,8 +36,9 @@ use output::{Output, Wrote};
 use progress::Progress;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
+use stop::{Stop, Waited};
 use tracing::{debug, info, warn};
 
 /// Read buffer size: large enough that a catch-up costs few system calls.
@@ -60,10 +63,13 @@ enum SessionEnd {
     Rotated { at: u64, verdict: Verdict },
     /// stdout was closed.
     OutputClosed,
+    /// A stop signal arrived.
+    Stopped,
 }
 
-/// Runs until `--once` sees the end, stdout closes, or a fatal error.
-pub fn run(opts: FetchOptions, show_progress: bool) -> Result<Ended, FetchError> {
+/// Runs until `--once` sees the end, stdout closes, a signal watched by `stop` arrives, or
+/// a fatal error.
+pub fn run(opts: FetchOptions, show_progress: bool, stop: Stop) -> Result<Ended, FetchError> {
     let mut output = match (&opts.file, opts.rotated_path()) {
         (Some(file), Some(rotated)) => {
             if &rotated == file {
@@ -90,9 +96,17 @@ pub fn run(opts: FetchOptions, show_progress: bool) -> Result<Ended, FetchError>
         resolved_once: false,
         buf: vec![0; BUF],
         opts,
+        stop,
     };
     let result = fetcher.run(&mut output);
     fetcher.progress.clear();
+    if let Ok(Ended::Stopped { signal }) = result {
+        // Why sync even without --fsync? Whoever stopped us may be about to shut the
+        // machine down; one fdatasync on the way out is cheap.
+        output.sync()?;
+        info!(signal, at = output.position(), "stopped by a signal");
+        return result;
+    }
     output.finish()?;
     result
 }
@@ -103,6 +117,7 @@ struct Fetcher {
     progress: Progress,
     resolved_once: bool,
     buf: Vec<u8>,
+    stop: Stop,
 }
 
 impl Fetcher {
@@ -111,7 +126,9 @@ impl Fetcher {
             output.set_start(at);
         }
         if let (Output::Stdout(_), Start::BeforeEnd(n)) = (&*output, self.opts.start()) {
-            let end = self.find_end()?;
+            let Some(end) = self.find_end()? else {
+                return Ok(self.stopped());
+            };
             let at = end.saturating_sub(n);
             info!(end, start = at, "found the end of the server's file");
             output.set_start(at);
@@ -121,6 +138,7 @@ impl Fetcher {
             self.progress.clear();
             match end {
                 SessionEnd::OutputClosed => return Ok(Ended::OutputClosed),
+                SessionEnd::Stopped => return Ok(self.stopped()),
                 SessionEnd::Rotated { at, verdict } => {
                     if self.opts.on_rotation == OnRotation::Exit {
                         return Err(FetchError::NotTheSameFile {
@@ -175,8 +193,39 @@ impl Fetcher {
                 delay_ms = delay.as_millis() as u64,
                 "reconnecting after a pause"
             );
-            std::thread::sleep(delay);
+            if !self.pause(delay)? {
+                return Ok(self.stopped());
+            }
         }
+    }
+
+    /// How the run ended once a stop signal has arrived.
+    fn stopped(&self) -> Ended {
+        Ended::Stopped {
+            signal: self.stop.signal().unwrap_or(0),
+        }
+    }
+
+    /// Waits `delay` between attempts; `false` if a stop signal came first.
+    fn pause(&mut self, delay: Duration) -> Result<bool, FetchError> {
+        self.stop.sleep(delay).map_err(|e| FetchError::Io {
+            context: "waiting for a signal".into(),
+            source: e,
+        })
+    }
+
+    /// Waits until `sock` has input, for at most `timeout`, watching for a stop signal.
+    fn readable(
+        &mut self,
+        sock: &TcpStream,
+        timeout: Option<Duration>,
+    ) -> Result<Waited, FetchError> {
+        self.stop
+            .wait(sock.as_fd(), libc::POLLIN, timeout)
+            .map_err(|e| FetchError::Io {
+                context: "waiting for the server".into(),
+                source: e,
+            })
     }
 
     /// Resolves HOST:PORT and connects to the first address that answers.
@@ -198,14 +247,15 @@ impl Fetcher {
         self.resolved_once = true;
         let mut last = None;
         for addr in addrs {
-            match TcpStream::connect_timeout(&addr, self.opts.connect_timeout) {
+            match self.stop.connect(&addr, self.opts.connect_timeout) {
+                Ok(None) => return Err(SessionEnd::Stopped),
                 // Why look at our own address? Connecting to a local port nobody listens on
                 // can, rarely, pick that same port as the source and connect to itself
                 // (TCP simultaneous open); the header would then come back as data.
-                Ok(s) if s.local_addr().ok() == Some(addr) => {
+                Ok(Some(s)) if s.local_addr().ok() == Some(addr) => {
                     last = Some(io::Error::from(ErrorKind::ConnectionRefused));
                 }
-                Ok(s) => {
+                Ok(Some(s)) => {
                     let (idle, interval, count) = KEEPALIVE;
                     if let Err(e) = crate::sys::set_keepalive(s.as_raw_fd(), idle, interval, count)
                     {
@@ -250,6 +300,11 @@ impl Fetcher {
                     });
                 }
                 set_timeout(&sock, Some(left))?;
+                match self.readable(&sock, Some(left))? {
+                    Waited::Stopped => return Ok(SessionEnd::Stopped),
+                    Waited::TimedOut => continue,
+                    Waited::Ready => {}
+                }
                 let n = match sock.read(&mut self.buf) {
                     Ok(0) => return Ok(SessionEnd::Closed),
                     Ok(n) => n,
@@ -293,7 +348,15 @@ impl Fetcher {
         };
         set_timeout(&sock, tick)?;
         loop {
-            let n = match sock.read(&mut self.buf) {
+            let waited = self.readable(&sock, tick)?;
+            if waited == Waited::Stopped {
+                return Ok(SessionEnd::Stopped);
+            }
+            let read = match waited {
+                Waited::Ready => sock.read(&mut self.buf),
+                _ => Err(ErrorKind::TimedOut.into()),
+            };
+            let n = match read {
                 Ok(0) => return Ok(SessionEnd::Closed),
                 Ok(n) => n,
                 Err(e) if is_timeout(&e) => {
@@ -312,14 +375,16 @@ impl Fetcher {
     }
 
     /// `--last`/`--new`: reads the server's file from byte 0, discarding it, until nothing
-    /// arrives for [`QUIET_END`]; returns the offset reached.
+    /// arrives for [`QUIET_END`]; returns the offset reached, or `None` if a stop signal
+    /// came first.
     ///
     /// Why read it all? A `-N` header starts at an offset the server does not tell, and
     /// without that offset no reconnect could resume exactly.
-    fn find_end(&mut self) -> Result<u64, FetchError> {
+    fn find_end(&mut self) -> Result<Option<u64>, FetchError> {
         loop {
             let mut sock = match self.connect() {
                 Ok(s) => s,
+                Err(SessionEnd::Stopped) => return Ok(None),
                 Err(SessionEnd::Unresolvable(e)) => {
                     return Err(FetchError::Unresolvable {
                         addr: self.opts.addr.to_string(),
@@ -333,27 +398,15 @@ impl Fetcher {
                     })
                 }
                 Err(_) => {
-                    std::thread::sleep(self.backoff.delay());
+                    let delay = self.backoff.delay();
+                    if !self.pause(delay)? {
+                        return Ok(None);
+                    }
                     continue;
                 }
             };
-            let result = sock.write_all(b"0\n").and_then(|()| {
-                set_timeout(&sock, Some(QUIET_END)).map_err(|e| io::Error::other(e.to_string()))?;
-                let mut end = 0u64;
-                self.progress.restart(0);
-                loop {
-                    match sock.read(&mut self.buf) {
-                        Ok(0) => return Ok(end),
-                        Ok(n) => {
-                            end += n as u64;
-                            self.progress.update(end);
-                        }
-                        Err(e) if is_timeout(&e) => return Ok(end),
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            });
+            self.progress.restart(0);
+            let result = self.read_to_quiet(&mut sock);
             self.progress.clear();
             match result {
                 Ok(end) => return Ok(end),
@@ -365,8 +418,39 @@ impl Fetcher {
                 }
                 Err(e) => {
                     warn!(error = %e, "connection failed while looking for the end; retrying");
-                    std::thread::sleep(self.backoff.delay());
+                    let delay = self.backoff.delay();
+                    if !self.pause(delay)? {
+                        return Ok(None);
+                    }
                 }
+            }
+        }
+    }
+
+    /// Sends `0` and reads until nothing arrives for [`QUIET_END`]: the bytes read, or
+    /// `None` if a stop signal came first.
+    fn read_to_quiet(&mut self, sock: &mut TcpStream) -> io::Result<Option<u64>> {
+        sock.write_all(b"0\n")?;
+        set_timeout(sock, Some(QUIET_END)).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut end = 0u64;
+        loop {
+            match self
+                .stop
+                .wait(sock.as_fd(), libc::POLLIN, Some(QUIET_END))?
+            {
+                Waited::Stopped => return Ok(None),
+                Waited::TimedOut => return Ok(Some(end)),
+                Waited::Ready => {}
+            }
+            match sock.read(&mut self.buf) {
+                Ok(0) => return Ok(Some(end)),
+                Ok(n) => {
+                    end += n as u64;
+                    self.progress.update(end);
+                }
+                Err(e) if is_timeout(&e) => return Ok(Some(end)),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }

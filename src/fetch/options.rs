@@ -16,8 +16,8 @@ use std::time::Duration;
 #[command(
     name = "tailsrv-fetch",
     version,
-    after_help = "Exit status: 0 when --once saw the server close the stream, or stdout was closed; \
-1 on another fatal error; 2 on a bad command line; 3 when HOST does not resolve at start-up; 4 when \
+    after_help = "Exit status: 0 when --once saw the server close the stream, stdout was closed, or \
+after SIGTERM or SIGHUP; 130 after SIGINT (FILE is synced before either); 1 on another fatal error; 2 on a bad command line; 3 when HOST does not resolve at start-up; 4 when \
 --once cannot connect or loses the connection; 5 when FILE cannot be opened, locked, renamed or \
 written; 6 when the server's file is not the one held and --on-rotation is exit."
 )]

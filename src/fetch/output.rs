@@ -204,6 +204,17 @@ impl Output {
     }
 
     /// A last fsync before exiting, when fsync was asked for.
+    /// Flushes FILE to disk now, whatever --fsync says (stdout: nothing to do).
+    pub fn sync(&mut self) -> Result<(), FetchError> {
+        if let Output::File(o) = self {
+            o.file
+                .sync_data()
+                .map_err(|e| FetchError::file(&o.path, "flushing", e))?;
+            o.unsynced = false;
+        }
+        Ok(())
+    }
+
     pub fn finish(&mut self) -> Result<(), FetchError> {
         if let Output::File(o) = self {
             if o.fsync.is_some() && o.unsynced {

@@ -58,6 +58,11 @@ impl Samples {
             .sum()
     }
 
+    /// The sample named exactly `series` (with its labels, if any), if there is one.
+    pub fn get(&self, series: &str) -> Option<u64> {
+        self.0.get(series).map(|v| *v as u64)
+    }
+
     /// `tailsrv_clients_rejected_total` for one reason.
     pub fn rejected(&self, reason: &str) -> u64 {
         self.sum(&format!(

@@ -7,6 +7,7 @@
 //! - `browser`: [`Browser`], headless Chromium through WebDriver, for the web page.
 //! - `client`: [`Client`], a `TcpStream` with deadline-bound reads.
 //! - `file`: temp directories, deterministic content, appends, byte comparisons.
+//! - `http`: HTTP requests on the streaming port, and their response heads.
 //! - `logs`: the server's stderr, line by line.
 //! - `metrics`: scraping the server's Prometheus endpoint.
 //! - `systemd`: `systemd-analyze verify` on unit files.
@@ -17,6 +18,7 @@
 mod browser;
 mod client;
 mod file;
+mod http;
 mod logs;
 mod metrics;
 mod server;
