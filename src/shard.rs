@@ -43,6 +43,8 @@ pub struct ShardSetup {
     pub room: OwnedFd,
     /// Whether the HTTP face is on (`--no-http` turns it off).
     pub http: bool,
+    /// The web page `GET /` sends a browser (`web::page`), made once for every shard.
+    pub page: Arc<str>,
 }
 
 #[derive(Default)]
@@ -68,6 +70,8 @@ pub struct Shard {
     pub header_timeout: Duration,
     /// Whether clients may speak HTTP.
     pub http: bool,
+    /// The web page, as `ShardSetup::page`.
+    pub page: Arc<str>,
     published: Arc<Published>,
     interest: Arc<Interest>,
     /// Whether this shard has raised its interest since the watcher last rang.
@@ -107,6 +111,7 @@ impl Shard {
             stats,
             header_timeout,
             http: true,
+            page: Arc::from(""),
             published,
             interest,
             interested: Cell::new(false),
@@ -614,6 +619,7 @@ pub async fn run(
         stats,
         room,
         http,
+        page,
     } = setup;
     let listener = sys::adopt_listener(listener);
     let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
@@ -624,6 +630,7 @@ pub async fn run(
     let shard = Rc::new(Shard {
         status_bell,
         http,
+        page,
         ..Shard::new(index, stats, published, interest, header_timeout, room)
     });
     shard.refresh();

@@ -25,3 +25,4 @@ mod packaging;
 mod protocol;
 mod regressions;
 mod wakeups;
+mod web;

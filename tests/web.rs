@@ -14,14 +14,19 @@ use std::time::{Duration, Instant};
 /// The most lines the page keeps (`CAP` in src/web/index.html).
 const CAP: usize = 10_000;
 
+/// The most lines the page draws in one animation frame (`BATCH` there).
+const BATCH: usize = 2000;
+
 /// How soon an appended line must show (the issue's "within 1 s").
 const SHOWN_WITHIN: Duration = Duration::from_secs(1);
 
 /// Every `.line` of the page, complete ones only (not the last line still being written).
-const LINES: &str = r##"[...document.querySelectorAll("#log > .line:not(.partial)")].map((d) => d.textContent)"##;
+const LINES: &str =
+    r##"[...document.querySelectorAll("#log > .line:not(.partial)")].map((d) => d.textContent)"##;
 
 /// The texts of the lines the filter lets through.
-const VISIBLE: &str = r##"[...document.querySelectorAll("#log > .line:not([hidden])")].map((d) => d.textContent)"##;
+const VISIBLE: &str =
+    r##"[...document.querySelectorAll("#log > .line:not([hidden])")].map((d) => d.textContent)"##;
 
 /// A JS string literal holding `text`.
 fn js(text: &str) -> String {
@@ -51,6 +56,23 @@ fn lines(browser: &Browser) -> Vec<String> {
     strings(browser.script(&format!("return {LINES};"), json!([])))
 }
 
+/// Asserts the page's complete lines are `want`, reporting the first difference briefly.
+#[track_caller]
+fn assert_lines(browser: &Browser, want: &[String], what: &str) {
+    let got = lines(browser);
+    if got == want {
+        return;
+    }
+    let at = got.iter().zip(want).position(|(a, b)| a != b);
+    panic!(
+        "{what}: the page has {} lines, want {}; first difference at {at:?}: got {:?}, want {:?}",
+        got.len(),
+        want.len(),
+        at.map(|i| &got[i]),
+        at.map(|i| &want[i]),
+    );
+}
+
 fn strings(value: serde_json::Value) -> Vec<String> {
     serde_json::from_value(value).expect("an array of strings")
 }
@@ -62,7 +84,10 @@ fn log_lines(from: usize, n: usize) -> Vec<String> {
         .map(|i| {
             let (level, msg) = match i % 17 {
                 3 => ("WARN ", format!("slow upstream reply ms={}", 200 + i % 800)),
-                11 => ("ERROR", format!("upstream refused conn_id={} retry=1", i * 7)),
+                11 => (
+                    "ERROR",
+                    format!("upstream refused conn_id={} retry=1", i * 7),
+                ),
                 _ => (
                     "INFO ",
                     format!(
@@ -85,7 +110,10 @@ fn log_lines(from: usize, n: usize) -> Vec<String> {
 
 /// The lines as file content, each ended by a newline.
 fn text(lines: &[String]) -> Vec<u8> {
-    lines.iter().flat_map(|l| [l.as_bytes(), b"\n"].concat()).collect()
+    lines
+        .iter()
+        .flat_map(|l| [l.as_bytes(), b"\n"].concat())
+        .collect()
 }
 
 /// Where the screenshot of the page goes: the README shows a copy of it (docs/web.png).
@@ -101,7 +129,7 @@ fn the_page_shows_the_last_lines_and_an_appended_line_within_a_second() {
         return;
     };
     wait_last_line(&browser, &file[999], PATIENCE);
-    assert_eq!(lines(&browser), file[800..], "the last 200 lines, the default");
+    assert_lines(&browser, &file[800..], "the last 200 lines, the default");
     let title = browser.script("return document.title;", json!([]));
     assert!(
         title.as_str().is_some_and(|t| t.contains("served.log")),
@@ -133,8 +161,15 @@ fn the_page_shows_the_last_lines_and_an_appended_line_within_a_second() {
     server.append(&text(&next));
     wait_last_line(&browser, &next[0], PATIENCE);
     let took = appended.elapsed();
-    assert!(took < SHOWN_WITHIN, "the appended line showed after {took:?}");
-    assert_eq!(lines(&browser), file[800..].iter().chain(&next).cloned().collect::<Vec<_>>());
+    assert!(
+        took < SHOWN_WITHIN,
+        "the appended line showed after {took:?}"
+    );
+    assert_lines(
+        &browser,
+        &[&file[800..], &next[..]].concat(),
+        "and the new one",
+    );
 }
 
 #[test]
@@ -145,13 +180,17 @@ fn a_flood_of_20000_lines_leaves_at_most_the_cap_in_the_page_and_it_stays_respon
         return;
     };
     wait_last_line(&browser, &first[9], PATIENCE);
-    // The longest gap between two animation frames while the flood comes in: a tab that
-    // freezes stops drawing frames.
+    // How the page draws: the most lines it adds to the log at once (one batch a frame),
+    // and the longest gap between two animation frames while the flood comes in.
     browser.script(
-        r#"window.frames_ = { last: performance.now(), worst: 0 };
+        r#"window.seen_ = { batch: 0, frames: 0, worst: 0, last: performance.now() };
+           new MutationObserver((records) => {
+               for (const r of records) seen_.batch = Math.max(seen_.batch, r.addedNodes.length);
+           }).observe(document.getElementById("log"), { childList: true });
            const tick = (now) => {
-               frames_.worst = Math.max(frames_.worst, now - frames_.last);
-               frames_.last = now;
+               seen_.frames++;
+               seen_.worst = Math.max(seen_.worst, now - seen_.last);
+               seen_.last = now;
                requestAnimationFrame(tick);
            };
            requestAnimationFrame(tick);
@@ -164,7 +203,10 @@ fn a_flood_of_20000_lines_leaves_at_most_the_cap_in_the_page_and_it_stays_respon
     }
     let last = flood.last().expect("lines");
     wait_last_line(&browser, last, PATIENCE);
-    let count = browser.script("return document.getElementById('log').childElementCount;", json!([]));
+    let count = browser.script(
+        "return document.getElementById('log').childElementCount;",
+        json!([]),
+    );
     assert!(
         count.as_u64().is_some_and(|n| n as usize <= CAP),
         "{count} elements in the log, cap {CAP}"
@@ -183,11 +225,22 @@ fn a_flood_of_20000_lines_leaves_at_most_the_cap_in_the_page_and_it_stays_respon
         json!([]),
     );
     assert_eq!(visible, json!(true), "the last line is in view");
-    // The page still answers a person: frames kept coming, and the filter works at once.
-    let worst = browser.script("return frames_.worst;", json!([]));
+    // Bounded work per frame: never more than a batch of lines (and a marker) added at
+    // once, however much arrived.
+    let seen = browser.script("return seen_;", json!([]));
     assert!(
-        worst.as_f64().is_some_and(|ms| ms < 2000.0),
-        "the tab froze for {worst} ms"
+        seen["batch"]
+            .as_u64()
+            .is_some_and(|n| n as usize <= BATCH + 1),
+        "lines added in one go: {seen}"
+    );
+    // The longest frame gap is reported, not asserted: on a shared machine it measures the
+    // machine's load as much as the page. That the page still answers a person is asserted
+    // below: the filter works on the flooded page at once.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("note: web flood: {seen} (frames drawn, longest gap between frames in ms)\n")
+            .as_bytes(),
     );
     browser.type_into("#filter", &last[..30]);
     browser.wait_for(
@@ -206,12 +259,13 @@ fn scrolling_up_stops_following_and_the_jump_control_or_end_brings_it_back() {
     };
     wait_last_line(&browser, &file[999], PATIENCE);
 
-    // Home on the log scrolls it to the top, as it does for a person.
+    // Home on the log scrolls it to the top, as it does for a person (smoothly: wait for
+    // the top).
     browser.type_into("#log", KEY_HOME);
     browser.wait_for(
-        "the jump control",
+        "the top, and the jump control",
         PATIENCE,
-        "!document.getElementById('jump').hidden",
+        "document.getElementById('log').scrollTop === 0 && !document.getElementById('jump').hidden",
     );
     let more = log_lines(1000, 5);
     server.append(&text(&more));
@@ -220,8 +274,15 @@ fn scrolling_up_stops_following_and_the_jump_control_or_end_brings_it_back() {
         PATIENCE,
         "document.getElementById('jump').textContent.includes('5 new lines')",
     );
-    assert_eq!(lines(&browser).last(), Some(&file[999]), "new lines held back");
-    let top = browser.script("return document.getElementById('log').scrollTop;", json!([]));
+    assert_eq!(
+        lines(&browser).last(),
+        Some(&file[999]),
+        "new lines held back"
+    );
+    let top = browser.script(
+        "return document.getElementById('log').scrollTop;",
+        json!([]),
+    );
     assert_eq!(top, json!(0), "the view stays where the reader put it");
 
     browser.click("#jump");
@@ -233,11 +294,19 @@ fn scrolling_up_stops_following_and_the_jump_control_or_end_brings_it_back() {
             return document.getElementById("jump").hidden
                 && l.scrollHeight - l.scrollTop - l.clientHeight < 8; })()"#,
     );
-    assert_eq!(lines(&browser), file[805..].iter().chain(&more).cloned().collect::<Vec<_>>());
+    assert_lines(
+        &browser,
+        &[&file[800..], &more[..]].concat(),
+        "every line once",
+    );
 
     // Again, and back with the End key this time.
     browser.type_into("#log", KEY_HOME);
-    browser.wait_for("the jump control", PATIENCE, "!document.getElementById('jump').hidden");
+    browser.wait_for(
+        "the jump control",
+        PATIENCE,
+        "!document.getElementById('jump').hidden",
+    );
     let last = log_lines(1005, 1);
     server.append(&text(&last));
     browser.wait_for(
@@ -247,7 +316,11 @@ fn scrolling_up_stops_following_and_the_jump_control_or_end_brings_it_back() {
     );
     browser.type_into("#log", KEY_END);
     wait_last_line(&browser, &last[0], PATIENCE);
-    browser.wait_for("the control gone", PATIENCE, "document.getElementById('jump').hidden");
+    browser.wait_for(
+        "the control gone",
+        PATIENCE,
+        "document.getElementById('jump').hidden",
+    );
 }
 
 #[test]
@@ -271,11 +344,15 @@ fn pause_holds_new_lines_until_resume() {
         PATIENCE,
         "document.getElementById('jump').textContent.includes('3 new lines')",
     );
-    assert_eq!(lines(&browser), file, "nothing drawn while paused");
+    assert_lines(&browser, &file, "nothing drawn while paused");
     // The keyboard's way: p resumes.
     browser.type_into("#log", "p");
     wait_last_line(&browser, &more[2], PATIENCE);
-    assert_eq!(lines(&browser), [&file[..], &more[..]].concat());
+    assert_lines(
+        &browser,
+        &[&file[..], &more[..]].concat(),
+        "all after resuming",
+    );
 }
 
 #[test]
@@ -291,7 +368,11 @@ fn the_filter_hides_and_shows_lines_and_marks_the_matches() {
         return;
     };
     wait_last_line(&browser, "gamma-29 [x]", PATIENCE);
-    let betas: Vec<String> = file.iter().filter(|l| l.starts_with("Beta")).cloned().collect();
+    let betas: Vec<String> = file
+        .iter()
+        .filter(|l| l.starts_with("Beta"))
+        .cloned()
+        .collect();
 
     // Plain text, case-insensitive; the keyboard's way in: / focuses the box.
     browser.type_into("#log", "/");
@@ -304,7 +385,10 @@ fn the_filter_hides_and_shows_lines_and_marks_the_matches() {
     browser.wait_for(
         "only the Beta lines",
         PATIENCE,
-        &format!("JSON.stringify({VISIBLE}) === {}", js(&serde_json::to_string(&betas).unwrap())),
+        &format!(
+            "JSON.stringify({VISIBLE}) === {}",
+            js(&serde_json::to_string(&betas).unwrap())
+        ),
     );
     let marks = strings(browser.script(
         "return [...document.querySelectorAll('#log mark')].map((m) => m.textContent);",
@@ -322,7 +406,11 @@ fn the_filter_hides_and_shows_lines_and_marks_the_matches() {
         r##"return [...document.querySelectorAll("#log > .line")].find((d) => d.textContent === "alpha new").hidden;"##,
         json!([]),
     );
-    assert_eq!(hidden, json!(true), "a new line that does not match is hidden");
+    assert_eq!(
+        hidden,
+        json!(true),
+        "a new line that does not match is hidden"
+    );
 
     // Plain text means plain: brackets are not a character class.
     browser.click("#clear");
@@ -351,7 +439,10 @@ fn the_filter_hides_and_shows_lines_and_marks_the_matches() {
         "document.getElementById('error').textContent.includes('not a regular expression')",
     );
     assert_eq!(
-        browser.script("return document.getElementById('filter').getAttribute('aria-invalid');", json!([])),
+        browser.script(
+            "return document.getElementById('filter').getAttribute('aria-invalid');",
+            json!([])
+        ),
         json!("true")
     );
 
@@ -360,9 +451,18 @@ fn the_filter_hides_and_shows_lines_and_marks_the_matches() {
     browser.wait_for(
         "every line again",
         PATIENCE,
-        &format!("{VISIBLE}.length === {} && !document.querySelector('#log mark')", file.len() + 2),
+        &format!(
+            "{VISIBLE}.length === {} && !document.querySelector('#log mark')",
+            file.len() + 2
+        ),
     );
-    assert_eq!(browser.script("return document.getElementById('error').textContent;", json!([])), json!(""));
+    assert_eq!(
+        browser.script(
+            "return document.getElementById('error').textContent;",
+            json!([])
+        ),
+        json!("")
+    );
 }
 
 #[test]
@@ -382,7 +482,10 @@ fn utf8_split_across_reads_decodes_and_invalid_bytes_show_as_replacement_charact
     );
     server.append(b"\xac 5\n");
     wait_last_line(&browser, "price € 5", PATIENCE);
-    assert_eq!(lines(&browser), ["café ok", "bad \u{FFFD}\u{FFFD} bytes", "price € 5"]);
+    assert_eq!(
+        lines(&browser),
+        ["café ok", "bad \u{FFFD}\u{FFFD} bytes", "price € 5"]
+    );
 }
 
 #[test]
@@ -423,7 +526,7 @@ fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
         .lines()
         .map(String::from)
         .collect();
-    assert_eq!(lines(&browser), want);
+    assert_lines(&browser, &want, "the whole file, each line once");
     assert!(want.contains(&"split € done".to_string()));
     browser.wait_for(
         "the state to say live",
@@ -479,7 +582,11 @@ fn a_replaced_file_shows_a_marker_and_the_new_file_from_its_start() {
 #[test]
 fn the_page_fits_a_phone_screen() {
     let server = Server::start(&text(&log_lines(0, 300)));
-    let Some(browser) = open("web::the_page_fits_a_phone_screen", server.port(), "?wrap=1") else {
+    let Some(browser) = open(
+        "web::the_page_fits_a_phone_screen",
+        server.port(),
+        "?wrap=1",
+    ) else {
         return;
     };
     browser.window_size(390, 844);
@@ -499,4 +606,69 @@ fn the_page_fits_a_phone_screen() {
         json!(r#"{"page":true,"controls":true,"wrapped":true}"#),
         "at 390 px wide nothing sticks out, and wrapped lines need no sideways scrolling"
     );
+}
+
+/// What Chromium sends when it opens a page.
+const BROWSER_ACCEPT: &str =
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8";
+
+/// Sends `METHOD / HTTP/1.1` with `Accept: accept`.
+fn request_index(port: u16, method: &str, accept: &str) -> Client {
+    let mut client = Client::connect(port);
+    client.send(
+        format!("{method} / HTTP/1.1\r\nHost: test\r\nAccept: {accept}\r\n\r\n").as_bytes(),
+    );
+    client
+}
+
+#[test]
+fn a_browser_gets_the_page_at_the_root_and_curl_gets_the_help() {
+    let dir = TempDir::new();
+    let path = dir.join("app <1>.log");
+    fs::write(&path, b"one\n").unwrap();
+    let server = InProcess::start(&path, &[]);
+    let port = server.port();
+
+    let (head, body) = request_index(port, "GET", BROWSER_ACCEPT).read_http_response(PATIENCE);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.field("Content-Type"), Some("text/html; charset=utf-8"));
+    assert_eq!(head.field("X-Content-Type-Options"), Some("nosniff"));
+    let policy = head.field("Content-Security-Policy").unwrap_or_default();
+    assert!(
+        policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"),
+        "{policy}"
+    );
+    assert!(body.len() < 64 << 10, "the page weighs {} bytes", body.len());
+    assert!(
+        body.contains("<title>app &lt;1&gt;.log · tailsrv</title>"),
+        "the file's name, escaped, in the title"
+    );
+    assert!(body.contains("stream?lines="), "the page reads /stream");
+    assert!(!body.contains(&dir.path().display().to_string()), "no directory");
+
+    // HEAD: the same head, no body.
+    let mut client = request_index(port, "HEAD", BROWSER_ACCEPT);
+    let head_only = client.read_http_head(PATIENCE);
+    assert_eq!(head_only.number("Content-Length"), body.len() as u64);
+    let (rest, _) = client.read_to_end(PATIENCE);
+    assert!(rest.is_empty(), "a body after HEAD: {} bytes", rest.len());
+
+    // curl sends */*: the text help with the curl line.
+    let (head, body) = request_index(port, "GET", "*/*").read_http_response(PATIENCE);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.field("Content-Type"), Some("text/plain; charset=utf-8"));
+    assert!(body.contains("curl -N http://test/stream"), "{body}");
+    assert_eq!(server.handle.http_responses(200), 3);
+}
+
+#[test]
+fn no_http_and_allow_keep_the_page_from_whom_they_keep_the_stream() {
+    let dir = TempDir::new();
+    let path = dir.join("app.log");
+    fs::write(&path, b"one\n").unwrap();
+    let server = InProcess::start(&path, &["--no-http"]);
+    request_index(server.port(), "GET", BROWSER_ACCEPT).expect_closed_without_data(PATIENCE);
+    let server = InProcess::start(&path, &["--allow", "10.0.0.0/8"]);
+    request_index(server.port(), "GET", BROWSER_ACCEPT).expect_closed_without_data(PATIENCE);
+    assert_eq!(server.handle.http_responses(200), 0);
 }

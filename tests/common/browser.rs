@@ -163,7 +163,11 @@ impl Browser {
     /// Opens `url` and waits for it to load.
     #[track_caller]
     pub fn goto(&self, url: &str) {
-        self.call("POST", &self.session_path("/url"), Some(&json!({"url": url})));
+        self.call(
+            "POST",
+            &self.session_path("/url"),
+            Some(&json!({"url": url})),
+        );
     }
 
     /// Runs `body` (a function body: `return ...;`, the arguments in `arguments`) in the page.
@@ -332,7 +336,10 @@ fn read_response(stream: &mut TcpStream) -> io::Result<(u16, Vec<u8>)> {
         }
         let n = stream.read(&mut chunk)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no response head"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "no response head",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -355,7 +362,10 @@ fn read_response(stream: &mut TcpStream) -> io::Result<(u16, Vec<u8>)> {
     while body.len() < length {
         let n = stream.read(&mut chunk)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "body cut short",
+            ));
         }
         body.extend_from_slice(&chunk[..n]);
     }
