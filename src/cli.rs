@@ -14,8 +14,11 @@ use std::time::Duration;
 #[derive(Parser, Debug, Clone)]
 #[command(
     version,
-    after_help = "Exit status: 0 after SIGINT, SIGTERM or SIGHUP; 1 on a fatal error; 2 on a bad command \
-line; 3 when FILE is deleted, renamed away or replaced; 4 when FILE shrinks (truncation)."
+    after_help = "Rotation: tailsrv follows FILE's name; the port stays open (--on-rotation).
+
+Exit status: 0 after SIGINT, SIGTERM or SIGHUP; 1 on a fatal error; 2 on a bad command line; 3 \
+when FILE's directory is removed; with --on-rotation exit, 3 when FILE is deleted, renamed away \
+or replaced and 4 when it shrinks (truncation)."
 )]
 pub struct Options {
     /// TCP port to listen on; 0 picks a free one (the startup log line says which)
@@ -87,6 +90,16 @@ pub struct Options {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<HostPort>,
 
+    /// What to do when FILE is rotated (renamed away, deleted or replaced) or truncated
+    ///
+    /// `follow`: keep serving. Clients of the old file get every byte it held (for up to
+    /// 2 s), then an orderly end; clients of a truncated file are reset; everyone who
+    /// connects from then on gets the file now at FILE's name (waiting for it to appear, if
+    /// need be). `exit`: drain the clients and exit 3 (renamed, deleted, replaced), or reset
+    /// them and exit 4 (truncated), for a supervisor to decide what comes next.
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = OnRotation::Follow)]
+    pub on_rotation: OnRotation,
+
     /// Send logs to the systemd journal, with structured fields, instead of stderr
     #[cfg(feature = "tracing-journald")]
     #[arg(long)]
@@ -95,6 +108,15 @@ pub struct Options {
     /// The file to serve. It need not exist yet, but its directory must.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+/// What tailsrv does when FILE is rotated or truncated (`--on-rotation`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRotation {
+    /// Serve the new file under FILE's name; clients of the old one end.
+    Follow,
+    /// Stop, with exit status 3 (the file went) or 4 (it shrank).
+    Exit,
 }
 
 impl Options {
@@ -190,6 +212,10 @@ mod tests {
     fn parses_the_documented_forms() {
         let o = Options::try_parse_from(["tailsrv", "-p", "4321", "log"]).unwrap();
         assert_eq!((o.port, o.bind, o.shards), (4321, None, None));
+        assert_eq!(o.on_rotation, OnRotation::Follow);
+        let o = Options::try_parse_from(["tailsrv", "-p", "1", "--on-rotation", "exit", "log"])
+            .unwrap();
+        assert_eq!(o.on_rotation, OnRotation::Exit);
         assert_eq!(o.header_timeout, Duration::from_secs(10));
         let o = Options::try_parse_from([
             "tailsrv",
@@ -289,6 +315,7 @@ mod tests {
             &["tailsrv", "-p", "1", "--ipv6-prefix", "129", "log"],
             &["tailsrv", "-p", "1", "--allow", "10.1.2.3/8", "log"],
             &["tailsrv", "-p", "1", "--allow", "localhost", "log"],
+            &["tailsrv", "-p", "1", "--on-rotation", "restart", "log"],
         ] {
             assert!(Options::try_parse_from(args).is_err(), "{args:?}");
         }

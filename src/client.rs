@@ -6,7 +6,7 @@ use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
 use crate::http::{self, Head, HeadError, Kind, Route};
 use crate::lines;
 use crate::shard::{ClientSlot, Shard};
-use crate::state::Phase;
+use crate::state::{Ending, Generation, Phase, Reader};
 use crate::stats::{Protocol, Rejection, ShardStats};
 use crate::sys;
 use crate::web;
@@ -122,12 +122,24 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
         Request::Raw { start, input_open } => {
             let _serving = shard.stats.serving(Protocol::Raw);
             let size = shard.fresh_size();
-            let Some(offset) = resolve(&shard, &slot, peer, start, size).await else {
+            // The generation the offset is resolved against: the client reads it to its end.
+            let reader = shard.current().map(Reader::new);
+            let Some(offset) = resolve(&shard, &slot, peer, start, size, reader.as_ref()).await
+            else {
                 close(&stream);
                 return;
             };
             debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
-            stream_file(&shard, &slot, &mut stream, offset, input_open, false).await
+            stream_file(
+                &shard,
+                &slot,
+                &mut stream,
+                offset,
+                input_open,
+                false,
+                reader,
+            )
+            .await
         }
         Request::Http { route, host, html } => {
             let _serving = shard.stats.serving(Protocol::Http);
@@ -142,7 +154,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
     };
     slot.forget_room();
     debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
-    if shard.phase() == Phase::Aborting {
+    if shard.phase() == Phase::Aborting || matches!(end, End::Truncated) {
         abort(&stream);
     } else {
         close(&stream);
@@ -175,6 +187,7 @@ async fn resolve(
     peer: Peer,
     start: Start,
     size: u64,
+    generation: Option<&Reader>,
 ) -> Option<u64> {
     let n = match start {
         Start::Lines(n) if n > 0 && size > 0 => n,
@@ -182,9 +195,11 @@ async fn resolve(
         Start::Lines(_) => return Some(0),
         other => return other.resolve(size),
     };
-    let published = shard.published();
+    // The file of the generation the start is resolved in, not whatever FILE is by the time
+    // the scan runs.
+    let file = generation.map(|g| g.shared_file());
     let scan = glommio::executor().spawn_blocking(move || {
-        let Some(file) = published.file() else {
+        let Some(file) = file else {
             return Ok(lines::Found {
                 offset: 0,
                 cut_short: false,
@@ -232,7 +247,9 @@ async fn answer_http(
     let (status, response) = match route {
         Route::Stream { start, head_only } => {
             let size = shard.fresh_size();
-            let Some(offset) = resolve(shard, slot, peer, start, size).await else {
+            let reader = shard.current().map(Reader::new);
+            let Some(offset) = resolve(shard, slot, peer, start, size, reader.as_ref()).await
+            else {
                 shard.stats.responded(500);
                 let response = http::reply(
                     "500 Internal Server Error",
@@ -243,7 +260,7 @@ async fn answer_http(
                 let _ = send_all(shard, slot, sock, response.as_bytes()).await;
                 return None;
             };
-            let head = http::stream_head(offset, size, shard.file_id());
+            let head = http::stream_head(offset, size, reader.as_ref().map(|g| g.id()));
             shard.stats.responded(200);
             if let Err(e) = send_all(shard, slot, sock, head.as_bytes()).await {
                 debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response head");
@@ -256,7 +273,7 @@ async fn answer_http(
             // Why treat a FIN as the end? An HTTP client does not half-close to keep
             // reading; its FIN means it is gone, so its slot is freed now rather than at
             // the next send's reset.
-            return Some(stream_file(shard, slot, stream, offset, true, true).await);
+            return Some(stream_file(shard, slot, stream, offset, true, true, reader).await);
         }
         Route::Index { head_only } if html => (200, web::response(&shard.page, head_only)),
         Route::Index { head_only } => (
@@ -317,7 +334,7 @@ async fn send_all(
                 if shard.phase() >= Phase::Closing {
                     return Err(io::Error::other("server closing"));
                 }
-                wait_for_room(shard, slot, sock).await;
+                wait_for_room(shard, slot, sock, None).await;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -484,6 +501,10 @@ async fn recv_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, Head
 enum End {
     Shutdown,
     Drained,
+    /// The file it read was rotated away and the drain's time ran out.
+    DrainOver,
+    /// The file it read was truncated.
+    Truncated,
     /// An HTTP client closed its sending side: it is gone.
     Closed,
     /// The connection failed: reset, broken pipe, timed out.
@@ -495,6 +516,8 @@ impl std::fmt::Display for End {
         match self {
             End::Shutdown => f.write_str("server shutting down"),
             End::Drained => f.write_str("sent all the file held before it went away"),
+            End::DrainOver => f.write_str("the file went away and the drain's time ran out"),
+            End::Truncated => f.write_str("the file was truncated"),
             End::Closed => f.write_str("client closed"),
             End::Gone(e) => write!(f, "connection lost: {e}"),
         }
@@ -509,8 +532,10 @@ enum Woke {
     Failed(io::Error),
 }
 
-/// Sends the file from `offset` on, as it grows, until the client goes or the server stops.
-/// With `fin_ends`, the client's end of input is its end (HTTP).
+/// Sends the file from `offset` on, as it grows, until the client goes, the server stops or
+/// the generation it reads ends. With `fin_ends`, the client's end of input is its end
+/// (HTTP). `reader` is the generation; `None` while FILE does not exist, and then the
+/// client reads the first file that appears under its name.
 async fn stream_file(
     shard: &Shard,
     slot: &ClientSlot,
@@ -518,6 +543,7 @@ async fn stream_file(
     mut offset: u64,
     mut input_open: bool,
     fin_ends: bool,
+    mut reader: Option<Reader>,
 ) -> End {
     let sock = stream.as_raw_fd();
     slot.set_offset(offset);
@@ -533,7 +559,21 @@ async fn stream_file(
         if phase >= Phase::Closing {
             return End::Shutdown;
         }
-        let (size, file) = (shard.size(), shard.file());
+        if reader.is_none() {
+            reader = shard.current().map(Reader::new);
+        }
+        // Why read the size of a generation that is no longer current from the generation
+        // itself? Its size is final, and the shard keeps only the current one's.
+        let (size, file, current) = match &reader {
+            None => (0, None, true),
+            Some(r) => match r.ending() {
+                Ending::Reset => return End::Truncated,
+                Ending::Closed => return End::DrainOver,
+                Ending::Draining if offset >= r.size() => return End::Drained,
+                _ if shard.is_current(r) => (shard.size(), Some(r.file()), true),
+                _ => (r.size(), Some(r.file()), false),
+            },
+        };
         let file = match file {
             Some(file) if offset < size => file,
             _ => {
@@ -553,7 +593,10 @@ async fn stream_file(
                     };
                     verify = Some(Timer::new(after));
                 }
-                let woke = wait_for_news(shard, slot, stream, input_open, verify.as_mut()).await;
+                // Only a client of the shard's current file can be sent to by the shard.
+                let direct = input_open && current;
+                let woke =
+                    wait_for_news(shard, slot, stream, input_open, direct, verify.as_mut()).await;
                 // The shard may have sent to the socket directly while this task slept.
                 offset = slot.offset().unwrap_or(offset);
                 match woke {
@@ -588,7 +631,9 @@ async fn stream_file(
             Ok(0) => {
                 // The file is shorter than the watcher said: it was truncated, and the watcher
                 // is about to say so. Send nothing; wait for its word.
-                if let Woke::Failed(e) = wait_for_news(shard, slot, stream, false, None).await {
+                if let Woke::Failed(e) =
+                    wait_for_news(shard, slot, stream, false, false, None).await
+                {
                     return End::Gone(e);
                 }
                 false
@@ -614,16 +659,21 @@ async fn stream_file(
             Err(e) => return End::Gone(e),
         };
         if full {
-            wait_for_room(shard, slot, sock).await;
+            wait_for_room(shard, slot, sock, reader.as_deref()).await;
         }
     }
 }
 
 /// Waits for a full socket to take more, counting the client as blocked meanwhile.
-async fn wait_for_room(shard: &Shard, slot: &ClientSlot, sock: RawFd) {
+async fn wait_for_room(
+    shard: &Shard,
+    slot: &ClientSlot,
+    sock: RawFd,
+    generation: Option<&Generation>,
+) {
     ShardStats::add(&shard.stats.full_waits, 1);
     ShardStats::add(&shard.stats.blocked, 1);
-    slot.until_room(sock).await;
+    slot.until_room(sock, generation).await;
     ShardStats::sub(&shard.stats.blocked, 1);
 }
 
@@ -648,22 +698,24 @@ pub(crate) async fn take_turns() {
 }
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the
-/// client sends, which also tells at once when the client resets the connection.
+/// client sends, which also tells at once when the client resets the connection. With
+/// `direct`, the shard may send the client its appends itself (see `Shard::bump`).
 async fn wait_for_news(
     shard: &Shard,
     slot: &ClientSlot,
     stream: &mut TcpStream,
     input_open: bool,
+    direct: bool,
     mut verify: Option<&mut Timer>,
 ) -> Woke {
-    let seen = shard.generation();
+    let seen = shard.changes();
     let sock = stream.as_raw_fd();
     let mut junk = [0u8; 64];
     // Why only with input open? A half-closed client's reset shows only in the check that
     // follows a send, which its task must arm; the shard cannot do that for it.
-    let direct = input_open.then_some(sock);
+    let direct = (input_open && direct).then_some(sock);
     let woke = poll_fn(|cx| {
-        if shard.generation() != seen {
+        if shard.changes() != seen {
             return Poll::Ready(Woke::Changed);
         }
         slot.wait_growth(cx.waker(), direct);

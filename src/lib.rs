@@ -11,10 +11,13 @@
 //! ```
 //!
 //! - `watcher`: owns the inotify watch on FILE and its directory, and waits on the stop
-//!   flag. It publishes the file's size and the server's phase in `Published` and
-//!   rings the doorbells of the shards that have clients waiting for growth, never waiting on
-//!   a shard.
-//! - `state`: what the watcher and the shards share: `Published` and the doorbells.
+//!   flag. It publishes the file's generation (the open file, its identity and size) and
+//!   the server's phase in `Published`, and rings the doorbells of the shards that have
+//!   clients waiting for growth, never waiting on a shard. When FILE is rotated or
+//!   truncated it opens what FILE is now and publishes it as a new generation.
+//! - `state`: what the watcher and the shards share: `Published`, its `Generation`s, and the
+//!   doorbells. Each client holds the generation it reads, so a rotated file stays open
+//!   until its last client ends.
 //! - `shard`: one glommio executor per core, each with its own listener on the shared port.
 //!   It answers the doorbell by waking the clients that were waiting for the file to grow.
 //! - `admission`: what every shard asks about a connection it accepts, before reading
@@ -38,7 +41,7 @@
 //!
 //! What is public is what the binary, the tests and the bench use: [`Server`] and [`Handle`]
 //! with their [`cli::Options`] (and its [`addr`] and [`Cidr`] types), [`Error`] and
-//! [`Outcome`]; [`process`] for `main`; and
+//! [`Outcome`], [`FileId`] and [`Rotation`]; [`process`] for `main`; and
 //! [`sys`], whose safe system-call wrappers the bench builds its reference server from.
 //! Everything else is `pub(crate)` and may change freely.
 
@@ -71,3 +74,5 @@ pub(crate) mod web;
 pub use admission::Cidr;
 pub use error::{Error, Outcome};
 pub use server::{Handle, Server};
+pub use state::FileId;
+pub use stats::Rotation;

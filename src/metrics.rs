@@ -4,7 +4,7 @@
 use crate::admission::{RateLimit, LOG_EVERY};
 use crate::control::View;
 use crate::state::Bells;
-use crate::stats::{Protocol, Rejection, ShardStats, HTTP_STATUSES, LAG_BOUNDS};
+use crate::stats::{Protocol, Rejection, Rotation, ShardStats, HTTP_STATUSES, LAG_BOUNDS};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::timer::Timer;
@@ -44,6 +44,45 @@ pub fn render(view: &View) -> String {
         "Size of the served file.",
     );
     let _ = writeln!(o, "tailsrv_file_size_bytes {}", view.published.size());
+    family(
+        o,
+        "tailsrv_file_info",
+        "gauge",
+        "The file served now (1; absent while there is none): id changes at every rotation and truncation.",
+    );
+    if let Some(generation) = view.published.current() {
+        let id = generation.id();
+        let _ = writeln!(
+            o,
+            "tailsrv_file_info{{id=\"{id}\",device=\"{}\",inode=\"{}\"}} 1",
+            id.dev, id.ino
+        );
+    }
+    family(
+        o,
+        "tailsrv_rotations_total",
+        "counter",
+        "Times FILE stopped being the file served, by kind: renamed away, replaced, deleted, truncated.",
+    );
+    for kind in Rotation::ALL {
+        let _ = writeln!(
+            o,
+            "tailsrv_rotations_total{{kind=\"{}\"}} {}",
+            kind.name(),
+            view.watcher.rotations(kind)
+        );
+    }
+    family(
+        o,
+        "tailsrv_open_files",
+        "gauge",
+        "Generations of FILE held open: the current one and rotated ones whose clients are still reading.",
+    );
+    let _ = writeln!(
+        o,
+        "tailsrv_open_files {}",
+        view.published.open_generations()
+    );
     family(o, "tailsrv_shards", "gauge", "Shard executors.");
     let _ = writeln!(o, "tailsrv_shards {}", view.stats.len());
     // Why gauges for settings? An alert can then compare tailsrv_clients_connected with

@@ -13,8 +13,8 @@ use crate::cli::Options;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
 use crate::shard::{self, ShardSetup};
-use crate::state::{Interest, Phase, Published};
-use crate::stats::{Protocol, ShardStats, WatcherStats};
+use crate::state::{FileId, Interest, Phase, Published};
+use crate::stats::{Protocol, Rotation, ShardStats, WatcherStats};
 use crate::sys;
 use crate::watcher::{SideJobs, Watch};
 use futures_lite::future;
@@ -96,9 +96,27 @@ impl Handle {
         self.published.size()
     }
 
-    /// Whether the file has been opened (it existed at start-up or has appeared since).
+    /// Whether the file is open: it existed at start-up or has appeared since, and has not
+    /// been rotated away without a new one appearing.
     pub fn file_open(&self) -> bool {
-        self.published.file().is_some()
+        self.published.current().is_some()
+    }
+
+    /// Which file new clients are served, if any: it changes at every rotation and
+    /// truncation.
+    pub fn file_id(&self) -> Option<FileId> {
+        self.published.current().map(|g| g.id())
+    }
+
+    /// How many times FILE was rotated (or truncated) in this way since start.
+    pub fn rotations(&self, kind: Rotation) -> u64 {
+        self.watcher.rotations(kind)
+    }
+
+    /// Files the server holds open: the current one, and rotated ones whose clients are
+    /// still reading (truncations of one file count once each, but share its descriptor).
+    pub fn open_generations(&self) -> u64 {
+        self.published.open_generations()
     }
 
     /// Whether the server has stopped accepting (the file is gone, or it is shutting down).
@@ -202,7 +220,7 @@ impl Server {
     /// Nothing process-wide is touched: signals and resource limits are the caller's (see
     /// [`crate::process`]).
     pub fn bind(opts: &Options) -> Result<Server, Error> {
-        let watch = Watch::new(&opts.file)?;
+        let watch = Watch::new(&opts.file, opts.on_rotation)?;
         let published = watch.published();
 
         let cpus =
@@ -336,7 +354,7 @@ impl Server {
             addr = %addr, port = addr.port(), shards, pinned, file = %opts.file.display(),
             "listening"
         );
-        if published.file().is_none() {
+        if published.current().is_none() {
             // Why WARN, and the full path? A typo in FILE starts a server that serves
             // nothing, quietly; the path as resolved shows where tailsrv is looking.
             warn!(

@@ -1,9 +1,10 @@
 //! A shard: one executor pinned to a core, its SO_REUSEPORT listener, and the clients it
-//! accepted. Nothing here is shared with other shards except [`Published`] and the stats.
+//! accepted. Nothing here is shared with other shards except [`Published`] (and the
+//! [`Generation`]s it hands out) and the stats.
 
 use crate::admission::{Admission, Backoff};
 use crate::client;
-use crate::state::{Interest, Phase, Published};
+use crate::state::{Generation, Interest, Phase, Published};
 use crate::stats::ShardStats;
 use crate::sys;
 use futures_lite::future;
@@ -20,7 +21,8 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 use tracing::{debug, error};
 
-/// How long clients may keep reading after the file is gone before they are closed.
+/// How long clients may keep reading after the file is gone (or rotated away) before they
+/// are closed.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How long a shard waits for its clients to close on shutdown before it stops anyway.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
@@ -49,9 +51,11 @@ pub struct ShardSetup {
 
 #[derive(Default)]
 struct Slot {
-    /// Woken when the file grows or the phase changes (a caught-up client).
+    /// Woken when the file grows, the phase changes or a new generation is taken in (a
+    /// caught-up client).
     growth: Option<Waker>,
-    /// Woken when the phase changes (a client waiting on its socket).
+    /// Woken when the phase changes or a new generation is taken in (a client waiting on
+    /// its socket).
     phase: Option<Waker>,
     /// Where the client is in the file, once its header is read.
     offset: Option<u64>,
@@ -78,11 +82,15 @@ pub struct Shard {
     interested: Cell<bool>,
     /// Clients waiting for the file to grow (slots with a growth waker).
     waiting: Cell<usize>,
+    /// The size of `current` this shard knows of.
     size: Cell<u64>,
-    /// Whether this shard has taken in that the file is open.
-    opened: Cell<bool>,
+    /// The generation new clients read, as this shard last took it in.
+    current: RefCell<Option<Arc<Generation>>>,
+    /// The [`Published::epoch`] that `current` was taken in at.
+    epoch: Cell<u64>,
     phase: Cell<Phase>,
-    generation: Cell<u64>,
+    /// Bumped whenever the size, the generation or the phase changes.
+    changes: Cell<u64>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
     clients: Cell<usize>,
@@ -117,9 +125,11 @@ impl Shard {
             interested: Cell::new(false),
             waiting: Cell::new(0),
             size: Cell::new(0),
-            opened: Cell::new(false),
+            current: RefCell::default(),
+            // Never an epoch the watcher published: the first look takes whatever is there.
+            epoch: Cell::new(u64::MAX),
             phase: Cell::new(Phase::Running),
-            generation: Cell::new(0),
+            changes: Cell::new(0),
             slots: RefCell::default(),
             free: RefCell::default(),
             clients: Cell::new(0),
@@ -140,56 +150,52 @@ impl Shard {
         }
     }
 
-    /// The file size this shard knows of.
+    /// The size of the current generation this shard knows of.
     pub fn size(&self) -> u64 {
         self.size.get()
     }
 
-    /// The file, once this shard knows it is open. Borrowed from [`Published`], which never
-    /// closes it while a shard holds it.
-    pub fn file(&self) -> Option<BorrowedFd<'_>> {
-        if !self.opened.get() {
-            return None;
-        }
-        self.published.file().map(AsFd::as_fd)
+    /// The generation new clients read, as this shard last took it in.
+    pub fn current(&self) -> Option<Arc<Generation>> {
+        self.current.borrow().clone()
+    }
+
+    /// Whether `generation` is the one this shard serves to new clients.
+    pub fn is_current(&self, generation: &Generation) -> bool {
+        self.current
+            .borrow()
+            .as_deref()
+            .is_some_and(|c| std::ptr::eq(c, generation))
     }
 
     pub fn phase(&self) -> Phase {
         self.phase.get()
     }
 
-    /// What the watcher publishes, for work done off the shard's thread.
-    pub fn published(&self) -> Arc<Published> {
-        self.published.clone()
+    /// Bumped whenever the size, the generation or the phase changes.
+    pub fn changes(&self) -> u64 {
+        self.changes.get()
     }
 
-    /// The served file's identity, if the shard knows the file is open.
-    pub fn file_id(&self) -> Option<crate::state::FileId> {
-        self.file()?;
-        self.published.file_id()
-    }
-
-    /// Bumped whenever the size or the phase changes.
-    pub fn generation(&self) -> u64 {
-        self.generation.get()
-    }
-
-    /// The file's size right now, from the file itself rather than the last doorbell.
+    /// The current file's size right now, from the file itself rather than the last doorbell.
     ///
     /// Why not the published size? `-n` means the last n bytes at the moment the header is
-    /// processed; the watcher may not have seen the latest append yet.
+    /// processed; the watcher may not have seen the latest append yet. And why look at the
+    /// epoch first? A header that arrives while FILE is switched to a new file (it appeared,
+    /// was rotated or truncated) with the doorbell still on its way must be answered
+    /// against the new file, which the watcher has already published.
     pub fn fresh_size(&self) -> u64 {
-        if self.file().is_none() {
-            // The file may have appeared with the doorbell still on its way (this header
-            // got here first): look at what the watcher published rather than miss it.
+        if self.published.epoch() != self.epoch.get() {
             self.refresh();
         }
-        let Some(fd) = self.file() else {
+        let current = self.current.borrow();
+        let Some(generation) = current.as_deref() else {
             return self.size();
         };
-        match sys::fstat(fd) {
+        match sys::fstat(generation.file()) {
             Ok(st) => {
                 let size = st.st_size as u64;
+                drop(current);
                 if size > self.size() {
                     // The bytes exist, so everyone may have them now. Wake the waiting
                     // clients here: the doorbell that follows will find nothing new.
@@ -218,8 +224,9 @@ impl Shard {
         self.interested.set(true);
         self.interest.raise();
         // Growth the watcher published before it saw the flag rings nobody: the shard must
-        // take it in itself. See `Bells::ring_waiting`.
-        if self.published.size() > self.size.get() {
+        // take it in itself. See `Bells::ring_waiting`. (A new generation is always rung.)
+        let published = self.current.borrow().as_ref().map_or(0, |g| g.size());
+        if published > self.size.get() {
             self.found_news();
         }
     }
@@ -253,15 +260,26 @@ impl Shard {
     fn take_news(&self) {
         // The watcher took the interest flag down if it rang for growth.
         self.interested.set(false);
-        let opened = !self.opened.get() && self.published.file().is_some();
-        if opened {
-            self.opened.set(true);
+        // Why compare epochs before taking the lock? The epoch changes a few times a day,
+        // the size on every append: the lock is taken only for the former.
+        let epoch = self.published.epoch();
+        let switched = epoch != self.epoch.get();
+        if switched {
+            self.epoch.set(epoch);
+            let current = self.published.current();
+            self.size.set(current.as_ref().map_or(0, |g| g.size()));
+            // The generation this replaces closes here, if no client of this shard reads it.
+            *self.current.borrow_mut() = current;
         }
-        let size = self.published.size().max(self.size.get());
+        let published = self.current.borrow().as_ref().map_or(0, |g| g.size());
+        let size = published.max(self.size.get());
         let grew = size > self.size.get();
         self.size.set(size);
         self.advance(self.published.phase());
-        if grew || opened {
+        if switched {
+            // Every client looks again: at the new file, or at how its own generation ends.
+            self.bump(true);
+        } else if grew {
             self.bump(false);
         }
         if let Some(asked) = self.stats.heartbeat.pending() {
@@ -284,8 +302,8 @@ impl Shard {
     }
 
     /// Something changed: sends new bytes straight to the clients that can take them, and
-    /// wakes every other client waiting for growth (and, if the phase changed, every task
-    /// waiting on the phase).
+    /// wakes every other client waiting for growth (and, if the phase or the generation
+    /// changed, every task waiting on the phase).
     ///
     /// Why send from here rather than wake each client's task? For a caught-up client the
     /// whole job of an append is one sendfile. Doing it here, back to back for every such
@@ -294,8 +312,10 @@ impl Shard {
     /// whose socket takes less than is due, or fails, is left to its task, which knows what
     /// to do about it.
     fn bump(&self, phase_changed: bool) {
-        self.generation.set(self.generation.get() + 1);
-        let (size, file) = (self.size.get(), self.file());
+        self.changes.set(self.changes.get() + 1);
+        let size = self.size.get();
+        let current = self.current.borrow();
+        let file = current.as_deref().map(Generation::file);
         let mut sent = 0u64;
         let mut wakers = Vec::new();
         {
@@ -317,6 +337,7 @@ impl Shard {
                 }
             }
         }
+        drop(current);
         if sent > 0 {
             ShardStats::add(&self.stats.bytes_sent, sent);
         }
@@ -481,7 +502,8 @@ impl ClientSlot {
 
     /// Wake this task when the file grows or the phase changes. With `direct`, the client's
     /// socket, the shard may instead send the new bytes itself and leave the task asleep
-    /// (see `Shard::bump`); the task then finds its offset moved on.
+    /// (see `Shard::bump`); the task then finds its offset moved on. Only a client reading
+    /// the shard's current generation may ask for that: the shard sends from that file.
     pub fn wait_growth(&self, waker: &Waker, direct: Option<RawFd>) {
         {
             let mut slots = self.shard.slots.borrow_mut();
@@ -516,14 +538,15 @@ impl ClientSlot {
     }
 
     /// Resolves when `socket`, which was just found full, has room again (or the server is
-    /// closing, or the socket failed: the next send says which).
+    /// closing, or the generation it reads has ended, or the socket failed: the next send
+    /// says which).
     ///
     /// Why through the shard's epoll set? See [`watch_room`]. The socket joins the set the
     /// first time it is full and stays until the client goes; an edge that arrived before this
     /// call is stale (the socket filled since) and is not counted, as nothing is registered
     /// to hear it. The caller must call this right after the send that found the socket full,
     /// without yielding in between, or it could sleep through the edge it waits for.
-    pub async fn until_room(&self, socket: RawFd) {
+    pub async fn until_room(&self, socket: RawFd, generation: Option<&Generation>) {
         if let Err(e) = self.watch_room(socket) {
             // Without the set (it takes kernel memory per socket), look again soon: slow for
             // this client, harmless to the others.
@@ -535,7 +558,8 @@ impl ClientSlot {
         future::poll_fn(|cx| {
             let mut slots = self.shard.slots.borrow_mut();
             let slot = &mut slots[self.index];
-            if self.shard.phase() >= Phase::Closing {
+            let ended = generation.is_some_and(|g| g.ending() >= crate::state::Ending::Closed);
+            if self.shard.phase() >= Phase::Closing || ended {
                 slot.room = None;
                 return Poll::Ready(());
             }

@@ -1,5 +1,6 @@
-//! What the watcher and the shards share: the file, its size, the server's phase, and the
-//! doorbells with which the watcher tells a shard that something changed.
+//! What the watcher and the shards share: the file's current generation and its size, the
+//! server's phase, and the doorbells with which the watcher tells a shard that something
+//! changed.
 //!
 //! Why a doorbell and not a queue of sizes? Shared channels are bounded and single-producer,
 //! and the watcher must never wait on a slow shard. So the watcher stores the news in
@@ -15,19 +16,31 @@
 //! the file to grow, and the watcher rings for growth only the shards that raised it.
 
 use glommio::channels::shared_channel::ConnectedSender;
+use std::fmt;
 use std::fs::File;
 use std::future::Future;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// What the shards need to know about the file and the server's state.
+///
+/// Why a generation behind a lock, when everything else here is an atomic? The file changes
+/// only when FILE is rotated or truncated, a few times a day; the size changes on every
+/// append. So the size lives in an atomic inside the [`Generation`], and the generation
+/// itself is swapped under a mutex that a shard takes only when [`Published::epoch`] says
+/// there is a new one to take: never on an append, never while it waits for the path.
 #[derive(Debug, Default)]
 pub struct Published {
-    /// The file, once it exists. Set once and never closed while any shard runs: the file's
-    /// identity cannot change without tailsrv exiting.
-    file: OnceLock<File>,
-    size: AtomicU64,
+    /// The file served under FILE's name now; `None` before it exists and between a
+    /// rotation and the new file's appearing.
+    current: Mutex<Option<Arc<Generation>>>,
+    /// Bumped after every change of `current`.
+    epoch: AtomicU64,
     phase: AtomicU8,
+    /// Generations whose file is still open (held by a shard, a client or the watcher).
+    open: Arc<AtomicU64>,
 }
 
 /// Where the server is in its life.
@@ -35,7 +48,8 @@ pub struct Published {
 pub enum Phase {
     /// Accepting and serving.
     Running,
-    /// The file is gone: accept nobody, let clients finish the bytes the file had, then close.
+    /// The file is gone (`--on-rotation exit`): accept nobody, let clients finish the bytes
+    /// the file had, then close.
     Draining,
     /// Close every client now, in order (signal, or the end of the drain).
     Closing,
@@ -45,20 +59,33 @@ pub enum Phase {
 }
 
 impl Published {
-    pub fn file(&self) -> Option<&File> {
-        self.file.get()
+    /// The generation served now, if the file exists.
+    pub fn current(&self) -> Option<Arc<Generation>> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// The served file's identity (see [`FileId`]), once it exists.
-    pub fn file_id(&self) -> Option<FileId> {
-        self.file().and_then(|f| FileId::of(f).ok())
-    }
-
-    /// The file's size as the watcher last saw it.
+    /// Changes whenever [`Published::current`] does, or a generation's [`Ending`]: a shard
+    /// compares it with the epoch it last took in and takes the lock only when they differ.
     ///
-    /// Why sequentially consistent? It pairs with [`Interest`]: see [`Bells::ring_waiting`].
+    /// Why sequentially consistent? The watcher stores the new generation (under the lock),
+    /// then bumps the epoch, then rings; a shard that loads the new epoch and then takes the
+    /// lock sees that generation or a later one, and with it every store the watcher made to
+    /// the old one before (its final size and its state).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The current file's size as the watcher last saw it; 0 while there is none.
     pub fn size(&self) -> u64 {
-        self.size.load(Ordering::SeqCst)
+        self.current().map_or(0, |g| g.size())
+    }
+
+    /// Generations whose file is still open: the current one and those with clients left.
+    pub fn open_generations(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
     }
 
     pub fn phase(&self) -> Phase {
@@ -70,13 +97,33 @@ impl Published {
         }
     }
 
-    /// Publishes the file the watcher opened (only the first call counts).
-    pub(crate) fn set_file(&self, file: File) {
-        let _ = self.file.set(file);
+    /// Makes `generation` the one new clients are served (`None`: there is no file now).
+    /// The caller rings every shard afterwards.
+    pub(crate) fn publish(&self, generation: Option<Arc<Generation>>) {
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = generation;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(crate) fn set_size(&self, size: u64) {
-        self.size.store(size, Ordering::SeqCst);
+    /// A generation of `file`, counted among the open ones until it drops.
+    ///
+    /// Why an `Arc<File>`? A truncation starts a new generation of the same open file: it
+    /// shares the descriptor rather than take another one.
+    pub(crate) fn generation(&self, file: Arc<File>, id: FileId, size: u64) -> Arc<Generation> {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Generation {
+            file,
+            id,
+            size: AtomicU64::new(size),
+            state: AtomicU8::new(Ending::Live as u8),
+            readers: AtomicU64::new(0),
+            open: self.open.clone(),
+        })
+    }
+
+    /// Says that a generation's [`Ending`] changed: shards take in the news as if a new
+    /// generation had been published. The caller rings every shard afterwards.
+    pub(crate) fn announce(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Moves the phase forward; it never goes back.
@@ -85,46 +132,180 @@ impl Published {
     }
 }
 
-/// Which file is served: the same across server restarts, different once the file is
-/// replaced. Clients compare it for equality only (HTTP's `Tailsrv-File`, tailsrv-fetch's
-/// rotation check); its text is otherwise opaque and may gain parts.
+/// One file served under FILE's name, from when the watcher opened it (or saw it truncated)
+/// until it was rotated away (or truncated again).
+///
+/// Every client reads one generation for its whole life, holding it by an `Arc`: a rotated
+/// file stays open while clients still read its last bytes, and closes when the last of
+/// them ends (or the shards and the watcher let go of it, if none read it).
+#[derive(Debug)]
+pub struct Generation {
+    file: Arc<File>,
+    id: FileId,
+    size: AtomicU64,
+    state: AtomicU8,
+    /// Clients reading this generation now.
+    readers: AtomicU64,
+    open: Arc<AtomicU64>,
+}
+
+/// How a generation ends for the clients reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Ending {
+    /// Still FILE: clients follow its growth.
+    Live,
+    /// Rotated away: clients get the bytes up to its final size, then an orderly end.
+    Draining,
+    /// The drain is over: close the clients still reading it, in order.
+    Closed,
+    /// Truncated: reset its clients (see `client::abort`).
+    Reset,
+}
+
+impl Generation {
+    pub fn file(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The open file itself, for a generation that follows this one on a truncation.
+    pub(crate) fn shared_file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// The size the watcher last saw; final once the generation is no longer [`Ending::Live`].
+    ///
+    /// Why sequentially consistent? It pairs with [`Interest`]: see [`Bells::ring_waiting`].
+    pub fn size(&self) -> u64 {
+        self.size.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_size(&self, size: u64) {
+        self.size.store(size, Ordering::SeqCst);
+    }
+
+    pub fn ending(&self) -> Ending {
+        match self.state.load(Ordering::SeqCst) {
+            0 => Ending::Live,
+            1 => Ending::Draining,
+            2 => Ending::Closed,
+            _ => Ending::Reset,
+        }
+    }
+
+    /// Moves the ending forward (never back); the caller then publishes and rings.
+    pub(crate) fn end(&self, ending: Ending) {
+        self.state.fetch_max(ending as u8, Ordering::SeqCst);
+    }
+
+    /// Clients reading this generation now.
+    pub fn readers(&self) -> u64 {
+        self.readers.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A client's hold on the generation it reads: counts it among the readers until it drops.
+pub struct Reader(Arc<Generation>);
+
+impl Reader {
+    pub fn new(generation: Arc<Generation>) -> Reader {
+        generation.readers.fetch_add(1, Ordering::Relaxed);
+        Reader(generation)
+    }
+}
+
+impl std::ops::Deref for Reader {
+    type Target = Generation;
+    fn deref(&self) -> &Generation {
+        &self.0
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Which file a generation is: the same across server restarts, different once the file is
+/// replaced or truncated. Clients compare it for equality only (HTTP's `Tailsrv-File`,
+/// the `tailsrv_file_info` metric); its text is otherwise opaque and may gain parts.
 ///
 /// Why device, inode and birth time? Device and inode name the file while it exists, but a
 /// file system reuses a deleted file's inode number, often at once (rotate, then recreate);
 /// the birth time (statx) tells the new file from the old. Where the file system keeps no
 /// birth time, that part is 0 and the identity is device and inode alone.
 ///
-/// This is the one place the identity is made: whatever else should change it (a rotation
-/// followed, a truncation) belongs here.
+/// Why the truncations? Device, inode and birth time tell two files apart, but copytruncate
+/// keeps the file and throws away its contents: a client resuming at an offset needs to know
+/// that its offset now points into other bytes. The count is this server's own (it starts
+/// at 0 when the server does), so after a restart a truncated file's identity changes once
+/// more: a client then checks its bytes again, which costs a little and loses nothing.
+///
+/// This is the one place the identity is made: whatever else should change it belongs here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileId {
-    dev: u64,
-    ino: u64,
-    /// Nanoseconds since the epoch; 0 when unknown.
-    birth: u128,
+    /// The device the file is on.
+    pub dev: u64,
+    /// Its inode number.
+    pub ino: u64,
+    /// Nanoseconds since the epoch the file was created, where the filesystem records it.
+    pub birth: Option<i128>,
+    /// Truncations this server has seen since it opened the file.
+    pub truncations: u64,
 }
 
 impl FileId {
-    /// The identity of an open file (one statx).
+    /// The identity of an open file, not yet seen truncated.
     pub fn of(file: &File) -> std::io::Result<FileId> {
-        use std::os::unix::fs::MetadataExt;
         let meta = file.metadata()?;
         let birth = meta
             .created()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
+            .map(|d| d.as_nanos() as i128);
         Ok(FileId {
             dev: meta.dev(),
             ino: meta.ino(),
             birth,
+            truncations: 0,
         })
+    }
+
+    /// The same file after one more truncation.
+    pub fn truncated(self) -> FileId {
+        FileId {
+            truncations: self.truncations + 1,
+            ..self
+        }
     }
 }
 
-impl std::fmt::Display for FileId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:x}-{:x}-{:x}", self.dev, self.ino, self.birth)
+/// `DEV-INODE-BIRTH` in hexadecimal (BIRTH `0` where unknown), and `-tN` after N
+/// truncations: one token, safe in a header or a metric label.
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:x}-{:x}-{:x}",
+            self.dev,
+            self.ino,
+            self.birth.unwrap_or(0)
+        )?;
+        if self.truncations > 0 {
+            write!(f, "-t{}", self.truncations)?;
+        }
+        Ok(())
     }
 }
 
@@ -135,7 +316,7 @@ pub struct Interest(AtomicBool);
 
 impl Interest {
     /// The shard's side: ring me when the file grows. The shard must look at
-    /// [`Published::size`] again after this, for growth published just before it.
+    /// [`Generation::size`] again after this, for growth published just before it.
     pub fn raise(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
@@ -224,6 +405,62 @@ mod tests {
         interest.raise();
         assert!(interest.take());
         assert!(!interest.take());
+    }
+
+    fn generation(published: &Published) -> Arc<Generation> {
+        let file = File::open("/proc/self/exe").unwrap();
+        let id = FileId::of(&file).unwrap();
+        published.generation(Arc::new(file), id, 7)
+    }
+
+    #[test]
+    fn a_generation_is_counted_open_until_its_last_holder_lets_go() {
+        let published = Published::default();
+        let first = generation(&published);
+        published.publish(Some(first.clone()));
+        let reader = Reader::new(first.clone());
+        assert_eq!((published.open_generations(), first.readers()), (1, 1));
+        let epoch = published.epoch();
+        let second = generation(&published);
+        published.publish(Some(second));
+        assert!(published.epoch() > epoch);
+        drop(first);
+        assert_eq!(
+            published.open_generations(),
+            2,
+            "a reader still holds the first"
+        );
+        drop(reader);
+        assert_eq!(published.open_generations(), 1);
+        published.publish(None);
+        assert_eq!((published.open_generations(), published.size()), (0, 0));
+    }
+
+    #[test]
+    fn an_ending_only_moves_forward() {
+        let published = Published::default();
+        let g = generation(&published);
+        assert_eq!(g.ending(), Ending::Live);
+        g.end(Ending::Closed);
+        g.end(Ending::Draining);
+        assert_eq!(g.ending(), Ending::Closed);
+        g.end(Ending::Reset);
+        assert_eq!(g.ending(), Ending::Reset);
+    }
+
+    #[test]
+    fn file_ids_differ_after_a_truncation_and_read_as_one_token() {
+        let id = FileId {
+            dev: 0x803,
+            ino: 42,
+            birth: Some(0x1234),
+            truncations: 0,
+        };
+        assert_eq!(id.to_string(), "803-2a-1234");
+        assert_eq!(id.truncated().to_string(), "803-2a-1234-t1");
+        assert_ne!(id, id.truncated());
+        let unknown = FileId { birth: None, ..id };
+        assert_eq!(unknown.truncated().truncated().to_string(), "803-2a-0-t2");
     }
 
     #[test]

@@ -165,6 +165,60 @@ pub struct WatcherStats {
     pub file_events: AtomicU64,
     /// Times the watcher woke up for file events (one wake-up may bring many events).
     pub wakeups: AtomicU64,
+    rotations: [AtomicU64; Rotation::ALL.len()],
+}
+
+impl WatcherStats {
+    pub fn rotated(&self, kind: Rotation) {
+        ShardStats::add(&self.rotations[kind as usize], 1);
+    }
+
+    pub fn rotations(&self, kind: Rotation) -> u64 {
+        ShardStats::get(&self.rotations[kind as usize])
+    }
+}
+
+/// How FILE stopped being the file tailsrv served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    /// Renamed away (still linked under another name): logrotate's `create`.
+    Renamed,
+    /// Another file was moved over it.
+    Replaced,
+    /// Deleted.
+    Deleted,
+    /// Shrank: logrotate's `copytruncate`, or `: > FILE`.
+    Truncated,
+}
+
+impl Rotation {
+    /// Every kind, in the order the metrics list them.
+    pub const ALL: [Rotation; 4] = [
+        Rotation::Renamed,
+        Rotation::Replaced,
+        Rotation::Deleted,
+        Rotation::Truncated,
+    ];
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rotation::Renamed => "renamed",
+            Rotation::Replaced => "replaced",
+            Rotation::Deleted => "deleted",
+            Rotation::Truncated => "truncated",
+        }
+    }
+
+    /// What happened, for people.
+    pub fn why(self) -> &'static str {
+        match self {
+            Rotation::Renamed => "renamed away",
+            Rotation::Replaced => "replaced by another file",
+            Rotation::Deleted => "deleted",
+            Rotation::Truncated => "truncated",
+        }
+    }
 }
 
 /// Upper bounds, in bytes, of the client lag histogram's buckets (file size minus offset).

@@ -1,12 +1,19 @@
-//! The watcher executor: follows FILE with inotify, publishes its size and the server's
-//! phase ([`crate::state`]), and rings the shards that need to hear about it.
+//! The watcher executor: follows FILE with inotify, publishes its generation, its size and
+//! the server's phase ([`crate::state`]), and rings the shards that need to hear about it.
+//!
+//! Why does the watcher, and not a shard, open the file again after a rotation? Opening
+//! walks the path, which may block on a slow filesystem; the watcher has nothing else to
+//! do, while a shard has clients waiting. Shards only ever take an open file from
+//! [`Published`], so none of them ever blocks on the path.
 
 use crate::admission::Limits;
+use crate::cli::OnRotation;
 use crate::control::View;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
-use crate::state::{Bell, Bells, Interest, Phase, Published};
-use crate::stats::{ShardStats, WatcherStats};
+use crate::shard::DRAIN_GRACE;
+use crate::state::{Bell, Bells, Ending, FileId, Generation, Interest, Phase, Published};
+use crate::stats::{Rotation, ShardStats, WatcherStats};
 use crate::sys;
 use crate::{metrics, systemd};
 use futures_lite::future;
@@ -19,7 +26,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use tracing::{debug, error, info, warn};
 
 const DIR_EVENTS: WatchMask = WatchMask::CREATE
@@ -58,6 +65,9 @@ pub struct Watch {
     name: OsString,
     inotify: Inotify,
     file_wd: Option<WatchDescriptor>,
+    /// The generation served now (also in `published`), if the file exists.
+    current: Option<Arc<Generation>>,
+    on_rotation: OnRotation,
     published: Arc<Published>,
     stats: Arc<WatcherStats>,
 }
@@ -67,12 +77,14 @@ enum News {
     Nothing,
     /// The file grew: shards with clients waiting for growth must hear of it.
     Grew,
-    /// The file appeared: every shard must pick it up.
-    Opened,
+    /// A new generation, or none, is published (the file appeared, was rotated or was
+    /// truncated): every shard must take it in. A generation rotated away comes along, for
+    /// the end of its drain.
+    Switched(Option<Weak<Generation>>),
 }
 
 impl Watch {
-    pub fn new(path: &Path) -> Result<Watch, Error> {
+    pub fn new(path: &Path, on_rotation: OnRotation) -> Result<Watch, Error> {
         let name = path
             .file_name()
             .ok_or_else(|| Error::Config(format!("{} does not name a file", path.display())))?
@@ -101,6 +113,8 @@ impl Watch {
             name,
             inotify,
             file_wd: None,
+            current: None,
+            on_rotation,
             published: Arc::new(Published::default()),
             stats: Arc::new(WatcherStats::default()),
         };
@@ -121,8 +135,8 @@ impl Watch {
         self.published.clone()
     }
 
-    /// Opens the file if it is there, watches it and publishes its size.
-    fn open(&mut self) -> io::Result<()> {
+    /// Opens the file if it is there, watches it and publishes it as a new generation.
+    fn open(&mut self) -> io::Result<FileId> {
         let file = File::open(&self.path)?;
         let meta = file.metadata()?;
         if meta.is_dir() {
@@ -131,12 +145,23 @@ impl Watch {
                 "is a directory",
             ));
         }
+        let id = FileId::of(&file)?;
         // Watch first, size second: an append between the two is then never missed.
         self.file_wd = Some(self.inotify.watches().add(&self.path, FILE_EVENTS)?);
         let size = sys::fstat(file.as_fd())?.st_size as u64;
-        self.published.set_size(size);
-        self.published.set_file(file);
-        Ok(())
+        let generation = self.published.generation(Arc::new(file), id, size);
+        self.current = Some(generation.clone());
+        self.published.publish(Some(generation));
+        Ok(id)
+    }
+
+    /// Stops watching the file served until now: its events are no longer FILE's.
+    fn forget_file(&mut self) {
+        self.current = None;
+        if let Some(wd) = self.file_wd.take() {
+            // Fails only if the watch is gone already (the file was freed).
+            let _ = self.inotify.watches().remove(wd);
+        }
     }
 
     /// Runs on the watcher executor until `stop` (an eventfd) becomes readable, or the file
@@ -196,13 +221,18 @@ impl Watch {
             }
         };
         futures_lite::pin!(stop);
-        let mut known = self.published.size();
         bells.ring_all();
         let outcome = loop {
-            match self.take_events(&mut known)? {
+            match self.take_events()? {
                 Ok(News::Nothing) => {}
                 Ok(News::Grew) => bells.ring_waiting(),
-                Ok(News::Opened) => bells.ring_all(),
+                Ok(News::Switched(rotated)) => {
+                    bells.ring_all();
+                    if let Some(rotated) = rotated {
+                        let end = end_drain(rotated, self.published.clone(), bells.clone());
+                        glommio::spawn_local(end).detach();
+                    }
+                }
                 Err(outcome) => break outcome,
             }
             let inotify = async {
@@ -226,7 +256,7 @@ impl Watch {
 
     /// Reads every pending inotify event and looks at the file if any came; says what the
     /// shards need to hear, or why to stop.
-    fn take_events(&mut self, known: &mut u64) -> Result<Result<News, Outcome>, Error> {
+    fn take_events(&mut self) -> Result<Result<News, Outcome>, Error> {
         let mut buffer = [0u8; 4096];
         let mut look_at_path = false;
         let mut dir_gone = false;
@@ -258,27 +288,22 @@ impl Watch {
         if !any {
             return Ok(Ok(News::Nothing));
         }
-        Ok(self.evaluate(look_at_path, dir_gone, known))
+        Ok(self.evaluate(look_at_path, dir_gone))
     }
 
     /// Looks at the file after events: what changed, or why to stop.
-    fn evaluate(
-        &mut self,
-        look_at_path: bool,
-        dir_gone: bool,
-        known: &mut u64,
-    ) -> Result<News, Outcome> {
-        let Some(file) = self.published.file() else {
+    fn evaluate(&mut self, look_at_path: bool, dir_gone: bool) -> Result<News, Outcome> {
+        let Some(current) = self.current.clone() else {
             if dir_gone {
                 error!(file = %self.path.display(), "the file's directory was removed; exiting");
                 self.published.set_phase(Phase::Closing);
                 return Err(Outcome::FileGone);
             }
             match self.open() {
-                Ok(()) => {
-                    *known = self.published.size();
-                    info!(file = %self.path.display(), size = *known, "file appeared; serving it");
-                    return Ok(News::Opened);
+                Ok(id) => {
+                    let size = self.published.size();
+                    info!(file = %self.path.display(), %id, size, "file appeared; serving it");
+                    return Ok(News::Switched(None));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -287,7 +312,7 @@ impl Watch {
             }
             return Ok(News::Nothing);
         };
-        let st = match sys::fstat(file.as_fd()) {
+        let st = match sys::fstat(current.file()) {
             Ok(st) => st,
             Err(e) => {
                 error!(error = %e, "cannot stat the open file; exiting");
@@ -296,35 +321,46 @@ impl Watch {
             }
         };
         let size = st.st_size as u64;
-        if size < *known {
-            error!(
-                file = %self.path.display(), was = *known, now = size,
-                "file shrank (truncated or copytruncate-rotated); resetting all clients and exiting"
-            );
-            self.published.set_phase(Phase::Aborting);
-            return Err(Outcome::Truncated);
+        let known = current.size();
+        if size < known {
+            self.stats.rotated(Rotation::Truncated);
+            if self.on_rotation == OnRotation::Exit {
+                error!(
+                    file = %self.path.display(), was = known, now = size,
+                    "file shrank (truncated or copytruncate-rotated); resetting all clients and exiting"
+                );
+                self.published.set_phase(Phase::Aborting);
+                return Err(Outcome::Truncated);
+            }
+            return Ok(self.truncated(&current, size));
         }
-        let grew = size > *known;
+        let grew = size > known;
         if grew {
-            *known = size;
-            self.published.set_size(size);
+            current.set_size(size);
         }
         if look_at_path || dir_gone || st.st_nlink == 0 {
             // Why look at the path even when the link count is 0? `mv other FILE` unlinks
             // the file we hold just as `rm` does; what is at the path now tells them apart.
-            let why = match std::fs::metadata(&self.path) {
+            let kind = match std::fs::metadata(&self.path) {
                 Ok(m) if m.dev() == st.st_dev && m.ino() == st.st_ino && st.st_nlink > 0 => None,
-                Ok(_) => Some("replaced by another file"),
-                Err(_) if st.st_nlink == 0 => Some("deleted"),
-                Err(_) => Some("renamed away"),
+                Ok(_) if st.st_nlink > 0 => Some(Rotation::Renamed),
+                Ok(_) => Some(Rotation::Replaced),
+                Err(_) if st.st_nlink == 0 => Some(Rotation::Deleted),
+                Err(_) => Some(Rotation::Renamed),
             };
-            if let Some(why) = why {
-                error!(
-                    file = %self.path.display(), why, size,
-                    "file is gone; clients get what it held, then tailsrv exits"
-                );
-                self.published.set_phase(Phase::Draining);
-                return Err(Outcome::FileGone);
+            if let Some(kind) = kind {
+                self.stats.rotated(kind);
+                // Why exit when the directory went, even when following? The name can only
+                // come back in a directory that has it, and that is not the one watched.
+                if self.on_rotation == OnRotation::Exit || dir_gone {
+                    error!(
+                        file = %self.path.display(), why = kind.why(), size,
+                        "file is gone; clients get what it held, then tailsrv exits"
+                    );
+                    self.published.set_phase(Phase::Draining);
+                    return Err(Outcome::FileGone);
+                }
+                return Ok(self.rotated(current, kind));
             }
         }
         if !grew {
@@ -332,5 +368,72 @@ impl Watch {
         }
         debug!(size, "file grew");
         Ok(News::Grew)
+    }
+
+    /// FILE's name no longer leads to the file served: its clients drain, and whatever FILE
+    /// is now (if anything) becomes the next generation.
+    fn rotated(&mut self, old: Arc<Generation>, kind: Rotation) -> News {
+        // Its size is final: what the writer appends to it from now on is not FILE's.
+        old.end(Ending::Draining);
+        self.forget_file();
+        let (size, clients) = (old.size(), old.readers());
+        let opened = self.open();
+        let file = self.path.display();
+        match opened {
+            Ok(new) => info!(
+                %file, why = kind.why(), old = %old.id(), %new, size, clients_draining = clients,
+                "file rotated; its clients get what it held, then an orderly end; serving the new file"
+            ),
+            Err(e) => {
+                self.published.publish(None);
+                if e.kind() == io::ErrorKind::NotFound {
+                    info!(
+                        %file, why = kind.why(), old = %old.id(), size, clients_draining = clients,
+                        "file rotated; its clients get what it held, then an orderly end; waiting for a new file"
+                    );
+                } else {
+                    warn!(
+                        %file, why = kind.why(), old = %old.id(), size, clients_draining = clients, error = %e,
+                        "file rotated; the new file cannot be opened yet"
+                    );
+                }
+            }
+        }
+        News::Switched(Some(Arc::downgrade(&old)))
+    }
+
+    /// The file shrank: its clients' offsets mean nothing now. They are reset, and the same
+    /// file, from its new length, is the next generation.
+    fn truncated(&mut self, old: &Arc<Generation>, size: u64) -> News {
+        old.end(Ending::Reset);
+        let new = self
+            .published
+            .generation(old.shared_file(), old.id().truncated(), size);
+        self.current = Some(new.clone());
+        self.published.publish(Some(new.clone()));
+        info!(
+            file = %self.path.display(), why = Rotation::Truncated.why(), old = %old.id(),
+            new = %new.id(), was = old.size(), size, clients_reset = old.readers(),
+            "file truncated; its clients are reset; serving it from its new length"
+        );
+        News::Switched(None)
+    }
+}
+
+/// Ends the drain of a rotated generation: after [`DRAIN_GRACE`], its clients still
+/// reading are closed.
+///
+/// Why a weak reference? The generation's file should close as soon as its last client
+/// ends, not stay open for the grace because this timer holds it.
+async fn end_drain(rotated: Weak<Generation>, published: Arc<Published>, bells: Rc<Bells>) {
+    glommio::timer::Timer::new(DRAIN_GRACE).await;
+    if let Some(generation) = rotated.upgrade() {
+        if generation.readers() > 0 {
+            debug!(id = %generation.id(), clients = generation.readers(), "drain over; closing the rotated file's clients");
+        }
+        generation.end(Ending::Closed);
+        drop(generation);
+        published.announce();
+        bells.ring_all();
     }
 }

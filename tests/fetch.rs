@@ -262,8 +262,9 @@ fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
 }
 
 /// Rotates the upstream file (a tail appended just before the rename, then a new file of
-/// `new_len` bytes), restarts the upstream, and checks the fetcher, the rotated copy
-/// (`rotated_name`, FILE.1 when `None`), FILE and the relay.
+/// `new_len` bytes), which the upstream follows, and checks the fetcher, the rotated copy
+/// (`rotated_name`, FILE.1 when `None`), FILE and the relay, which follows its copy's
+/// rotation in turn.
 fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
     const OLD: u64 = 300_000;
     const TAIL: u64 = 7_000;
@@ -283,7 +284,10 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
     }
     let fetch = Fetch::to_file(port, &copy, &args);
     expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
-    let mut relay = Server::builder().serve(&copy).start();
+    let relay = Server::builder()
+        .serve(&copy)
+        .args(["--metrics", "127.0.0.1:0"])
+        .start();
     let mut leaf = relay.connect(b"0\n");
     leaf.expect_pattern(0, OLD, PATIENCE);
 
@@ -291,8 +295,6 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
     fs::rename(&served, up_dir.join("up.log.1")).unwrap();
     let new = other_pattern(new_len);
     fs::write(&served, &new).unwrap();
-    upstream.expect_exit(3, PATIENCE);
-    let _upstream = serve_at(&served, port);
 
     expect_file(
         &rotated,
@@ -307,13 +309,21 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
         fetch.logs.dump()
     );
 
-    // The relay drains its clients from the renamed copy and exits 3, as for any rotation.
+    // The relay drains its clients from the renamed copy, as for any rotation, and serves
+    // the new copy: neither it nor the upstream needed a restart.
     leaf.expect_pattern(OLD, TAIL, PATIENCE);
     leaf.expect_eof(PATIENCE);
-    relay.expect_exit(3, PATIENCE);
-    let relay = Server::builder().serve(&copy).start();
+    let renamed = "tailsrv_rotations_total{kind=\"renamed\"}";
+    assert!(
+        poll_until(PATIENCE, || relay.metrics().sum(renamed) == 1),
+        "the relay did not follow its copy's rotation"
+    );
     let mut leaf = relay.connect(b"0\n");
     leaf.expect_bytes(&new, PATIENCE);
+    assert!(
+        upstream.wait_exit(Duration::ZERO).is_none(),
+        "the upstream exited"
+    );
 }
 
 #[test]
@@ -361,6 +371,7 @@ fn a_stdout_fetch_says_when_the_file_was_rotated_and_goes_on_from_its_start() {
     let served = dir.join("up.log");
     fs::write(&served, pattern_range(0, 60_000)).unwrap();
     let port = low_port();
+    // It follows the rotation below without a restart.
     let mut upstream = serve_at(&served, port);
     let fetch = Fetch::to_stdout(port, &["--check-timeout", "1"]);
     assert!(poll_until(LONG, || fetch.stdout_len() == 60_000));
@@ -368,8 +379,6 @@ fn a_stdout_fetch_says_when_the_file_was_rotated_and_goes_on_from_its_start() {
     fs::rename(&served, dir.join("up.log.1")).unwrap();
     let new = other_pattern(2_000);
     fs::write(&served, &new).unwrap();
-    upstream.expect_exit(3, PATIENCE);
-    let _upstream = serve_at(&served, port);
 
     let mut want = pattern_range(0, 60_000);
     want.extend_from_slice(&new);
@@ -385,6 +394,10 @@ fn a_stdout_fetch_says_when_the_file_was_rotated_and_goes_on_from_its_start() {
             l.contains("WARN") && l.contains("new one")
         });
     assert!(warning.contains("held=60000"), "{warning}");
+    assert!(
+        upstream.wait_exit(Duration::ZERO).is_none(),
+        "the upstream exited"
+    );
 }
 
 #[test]

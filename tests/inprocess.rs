@@ -88,7 +88,7 @@ fn in_process_server_ends_when_the_file_is_removed() {
     let dir = TempDir::new();
     let path = dir.join("served.log");
     append(&path, b"abc");
-    let mut server = InProcess::start(&path, &[]);
+    let mut server = InProcess::start(&path, &["--on-rotation", "exit"]);
     let mut client = Client::connect(server.port());
     client.send(b"0\n");
     client.expect_bytes(b"abc", PATIENCE);

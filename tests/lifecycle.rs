@@ -9,6 +9,16 @@ use tailsrv::Outcome;
 
 const TEXT: &[u8] = b"The quick brown fox jumps over the lazy dog\n";
 
+/// The option that keeps the old behaviour these tests pin down: exit 3 when FILE goes, 4
+/// when it shrinks (by default tailsrv follows the name: see tests/rotation.rs).
+const EXIT: [&str; 2] = ["--on-rotation", "exit"];
+
+/// A binary server on a file holding `contents` that exits when FILE is rotated.
+#[track_caller]
+fn start_exiting(contents: &[u8]) -> Server {
+    Server::builder().contents(contents).args(EXIT).start()
+}
+
 /// How long the server may take to exit once it has decided to: clients that read promptly
 /// are drained at once, and the drain grace is 2 s.
 const EXIT_WITHIN: Duration = Duration::from_secs(5);
@@ -98,7 +108,7 @@ fn assert_gone_because(server: &Server, why: &str) {
 
 #[test]
 fn a_deleted_file_is_drained_to_clients_then_the_server_exits_3() {
-    let mut server = Server::start(&pattern_range(0, BODY as usize));
+    let mut server = start_exiting(&pattern_range(0, BODY as usize));
     let clients = audience(&server);
     append_pattern(server.path(), BODY, TAIL);
     fs::remove_file(server.path()).unwrap();
@@ -109,7 +119,7 @@ fn a_deleted_file_is_drained_to_clients_then_the_server_exits_3() {
 
 #[test]
 fn a_file_renamed_away_is_drained_to_clients_then_the_server_exits_3() {
-    let mut server = Server::start(&pattern_range(0, BODY as usize));
+    let mut server = start_exiting(&pattern_range(0, BODY as usize));
     let clients = audience(&server);
     append_pattern(server.path(), BODY, TAIL);
     fs::rename(server.path(), server.dir().join("rotated.log")).unwrap();
@@ -120,7 +130,7 @@ fn a_file_renamed_away_is_drained_to_clients_then_the_server_exits_3() {
 
 #[test]
 fn a_file_replaced_by_another_is_drained_then_the_server_exits_3() {
-    let mut server = Server::start(&pattern_range(0, BODY as usize));
+    let mut server = start_exiting(&pattern_range(0, BODY as usize));
     let clients = audience(&server);
     append_pattern(server.path(), BODY, TAIL);
     // The replacement's bytes must never reach anyone: it is a different file.
@@ -145,7 +155,7 @@ fn a_file_replaced_by_another_is_drained_then_the_server_exits_3() {
 fn a_truncated_file_stops_the_server_with_4_and_resets_clients() {
     const SIZE: u64 = 16 << 20;
     const STUCK_AT: u64 = 8 << 20;
-    let mut server = Server::start(b"");
+    let mut server = start_exiting(b"");
     append_pattern(server.path(), 0, SIZE);
     let mut caught_up = server.connect(b"0\n");
     caught_up.expect_pattern(0, SIZE, Duration::from_secs(30));
@@ -439,7 +449,7 @@ fn the_drain_gives_a_client_that_stopped_reading_2_s_then_closes_it() {
     let dir = TempDir::new();
     let path = dir.join("served.log");
     append_pattern(&path, 0, FLOOD);
-    let mut server = InProcess::start(&path, &[]);
+    let mut server = InProcess::start(&path, &EXIT);
     let mut reader = Client::connect(server.port());
     reader.send(b"0\n");
     reader.expect_pattern(0, FLOOD, Duration::from_secs(60));
@@ -486,7 +496,7 @@ fn appends_to_a_file_renamed_away_are_not_sent() {
     let dir = TempDir::new();
     let path = dir.join("served.log");
     append(&path, TEXT);
-    let mut server = InProcess::start(&path, &[]);
+    let mut server = InProcess::start(&path, &EXIT);
     let mut client = Client::connect(server.port());
     client.send(b"0\n");
     client.expect_bytes(TEXT, PATIENCE);

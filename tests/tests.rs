@@ -24,5 +24,6 @@ mod ops;
 mod packaging;
 mod protocol;
 mod regressions;
+mod rotation;
 mod wakeups;
 mod web;
