@@ -541,20 +541,17 @@ fn a_replaced_file_shows_a_marker_and_the_new_file_from_its_start() {
     let path = dir.join("app.log");
     let old = log_lines(0, 20);
     fs::write(&path, text(&old)).unwrap();
-    let port = low_port();
-    let mut server = serve_at(&path, port);
-    let Some(browser) = open("web::a_replaced_file_shows_a_marker", port, "") else {
+    let server = Server::builder().serve(&path).start();
+    let Some(browser) = open("web::a_replaced_file_shows_a_marker", server.port(), "") else {
         return;
     };
     wait_last_line(&browser, &old[19], PATIENCE);
-    // Rotation by rename: the old file moves away, a new one takes its name.
+    // Rotation by rename: the old file moves away, a new one takes its name. tailsrv follows
+    // the name: it ends the old file's streams and serves the new file, with no restart.
     let new: Vec<String> = (0..5).map(|i| format!("new file line {i}")).collect();
     fs::rename(&path, dir.join("app.log.1")).unwrap();
     fs::write(&path, text(&new[..3])).unwrap();
-    // Today tailsrv exits 3 when its file is replaced, and its supervisor starts it again
-    // on the new file; the page must carry on across that.
-    server.expect_exit(3, PATIENCE);
-    let _server = serve_at(&path, port);
+    wait_last_line(&browser, &new[2], PATIENCE);
     append(&path, &text(&new[3..]));
     wait_last_line(&browser, &new[4], PATIENCE);
     let shown = strings(browser.script(
@@ -615,9 +612,8 @@ const BROWSER_ACCEPT: &str =
 /// Sends `METHOD / HTTP/1.1` with `Accept: accept`.
 fn request_index(port: u16, method: &str, accept: &str) -> Client {
     let mut client = Client::connect(port);
-    client.send(
-        format!("{method} / HTTP/1.1\r\nHost: test\r\nAccept: {accept}\r\n\r\n").as_bytes(),
-    );
+    client
+        .send(format!("{method} / HTTP/1.1\r\nHost: test\r\nAccept: {accept}\r\n\r\n").as_bytes());
     client
 }
 
@@ -638,13 +634,20 @@ fn a_browser_gets_the_page_at_the_root_and_curl_gets_the_help() {
         policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"),
         "{policy}"
     );
-    assert!(body.len() < 64 << 10, "the page weighs {} bytes", body.len());
+    assert!(
+        body.len() < 64 << 10,
+        "the page weighs {} bytes",
+        body.len()
+    );
     assert!(
         body.contains("<title>app &lt;1&gt;.log · tailsrv</title>"),
         "the file's name, escaped, in the title"
     );
     assert!(body.contains("stream?lines="), "the page reads /stream");
-    assert!(!body.contains(&dir.path().display().to_string()), "no directory");
+    assert!(
+        !body.contains(&dir.path().display().to_string()),
+        "no directory"
+    );
 
     // HEAD: the same head, no body.
     let mut client = request_index(port, "HEAD", BROWSER_ACCEPT);
@@ -656,7 +659,10 @@ fn a_browser_gets_the_page_at_the_root_and_curl_gets_the_help() {
     // curl sends */*: the text help with the curl line.
     let (head, body) = request_index(port, "GET", "*/*").read_http_response(PATIENCE);
     assert_eq!(head.status, 200);
-    assert_eq!(head.field("Content-Type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        head.field("Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
     assert!(body.contains("curl -N http://test/stream"), "{body}");
     assert_eq!(server.handle.http_responses(200), 3);
 }
