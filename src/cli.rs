@@ -42,6 +42,18 @@ pub struct Options {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub header_timeout: Duration,
 
+    /// Coalesce deliveries under load: growth that comes less than DURATION after the last
+    /// delivery to the readers waits until DURATION after it, and goes out with whatever
+    /// else was appended meanwhile (e.g. 500us, 2ms; 0 sends every append at once; at most 1s)
+    ///
+    /// The cost is latency under load only: while appends come more often than this, a
+    /// reader gets each up to DURATION later than it would have. An append to a file that
+    /// was calm for DURATION is sent at once. What it saves, and how the default was chosen:
+    /// docs/operations.md.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_LINGER,
+          value_parser = crate::linger::parse_window)]
+    pub linger: Duration,
+
     /// Most clients connected at once, over all shards; more are closed at once, before any
     /// data [default: the descriptor limit less a reserve for tailsrv's own; the start-up log
     /// says what it is]
@@ -109,6 +121,9 @@ pub struct Options {
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
 }
+
+/// The `--linger` default (see docs/operations.md, "Coalescing", for the measurements).
+pub const DEFAULT_LINGER: &str = "500us";
 
 /// What tailsrv does when FILE is rotated or truncated (`--on-rotation`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +232,12 @@ mod tests {
             .unwrap();
         assert_eq!(o.on_rotation, OnRotation::Exit);
         assert_eq!(o.header_timeout, Duration::from_secs(10));
+        assert_eq!(
+            o.linger,
+            crate::linger::parse_window(DEFAULT_LINGER).unwrap()
+        );
+        let o = Options::try_parse_from(["tailsrv", "-p", "1", "--linger", "0", "log"]).unwrap();
+        assert_eq!(o.linger, Duration::ZERO);
         let o = Options::try_parse_from([
             "tailsrv",
             "-p",
@@ -309,6 +330,8 @@ mod tests {
             &["tailsrv", "-p", "1", "--metrics", "::1:9100", "log"],
             &["tailsrv", "-p", "1", "--metrics", "localhost", "log"],
             &["tailsrv", "-p", "1", "--header-timeout", "0", "log"],
+            &["tailsrv", "-p", "1", "--linger", "5", "log"],
+            &["tailsrv", "-p", "1", "--linger", "2s", "log"],
             &["tailsrv", "-p", "1"],
             &["tailsrv", "-p", "1", "--max-clients", "0", "log"],
             &["tailsrv", "-p", "1", "--max-clients-per-ip", "-1", "log"],

@@ -59,6 +59,7 @@ pub mod fetch;
 pub(crate) mod header;
 pub(crate) mod http;
 pub(crate) mod lines;
+pub(crate) mod linger;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub mod process;

@@ -127,6 +127,43 @@ pub fn render(view: &View) -> String {
         ShardStats::get(&view.watcher.wakeups)
     );
 
+    let watcher: [(&str, &str, &str, u64); 5] = [
+        (
+            "tailsrv_deliveries_total",
+            "counter",
+            "Times the watcher published growth to the shards (one delivery may carry many appends: see --linger).",
+            ShardStats::get(&view.watcher.deliveries),
+        ),
+        (
+            "tailsrv_delivered_bytes_total",
+            "counter",
+            "File growth, in bytes, that those deliveries carried.",
+            ShardStats::get(&view.watcher.delivered_bytes),
+        ),
+        (
+            "tailsrv_deliveries_held_total",
+            "counter",
+            "Deliveries that waited for the end of the --linger window, the file being busy.",
+            ShardStats::get(&view.watcher.held),
+        ),
+        (
+            "tailsrv_watcher_following",
+            "gauge",
+            "1 while the watcher hears appends (someone is connected), 0 while it does not.",
+            u64::from(view.watcher.following.load(std::sync::atomic::Ordering::Relaxed)),
+        ),
+        (
+            "tailsrv_watcher_idle_looks_total",
+            "counter",
+            "Times the watcher looked at the file's size on its slow timer, with nobody connected.",
+            ShardStats::get(&view.watcher.idle_looks),
+        ),
+    ];
+    for (name, kind, help, value) in watcher {
+        family(o, name, kind, help);
+        let _ = writeln!(o, "{name} {value}");
+    }
+
     let per_shard: [PerShard; 8] = [
         ("tailsrv_clients_connected", "gauge", "Open client connections.", |s| ShardStats::get(&s.connected)),
         ("tailsrv_clients_accepted_total", "counter", "Client connections accepted.", |s| ShardStats::get(&s.accepted)),

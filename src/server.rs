@@ -190,6 +190,33 @@ impl Handle {
         ShardStats::get(&self.watcher.file_events)
     }
 
+    /// Times the watcher woke up for file events (or for the end of a `--linger` window).
+    pub fn watcher_wakeups(&self) -> u64 {
+        ShardStats::get(&self.watcher.wakeups)
+    }
+
+    /// Times the watcher published growth to the shards.
+    pub fn deliveries(&self) -> u64 {
+        ShardStats::get(&self.watcher.deliveries)
+    }
+
+    /// Deliveries that waited for the end of their `--linger` window.
+    pub fn held_deliveries(&self) -> u64 {
+        ShardStats::get(&self.watcher.held)
+    }
+
+    /// Whether the watcher hears appends now: it does only while a client is connected.
+    pub fn following_growth(&self) -> bool {
+        self.watcher
+            .following
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Times the watcher looked at the file's size on its slow timer, with nobody connected.
+    pub fn idle_looks(&self) -> u64 {
+        ShardStats::get(&self.watcher.idle_looks)
+    }
+
     /// The number of shard executors.
     pub fn shards(&self) -> usize {
         self.stats.len()
@@ -220,7 +247,7 @@ impl Server {
     /// Nothing process-wide is touched: signals and resource limits are the caller's (see
     /// [`crate::process`]).
     pub fn bind(opts: &Options) -> Result<Server, Error> {
-        let watch = Watch::new(&opts.file, opts.on_rotation)?;
+        let watch = Watch::new(&opts.file, opts.on_rotation, opts.linger)?;
         let published = watch.published();
 
         let cpus =
@@ -278,6 +305,7 @@ impl Server {
         let (ready_tx, ready_rx) = mpsc::channel::<usize>();
         let header_timeout = opts.header_timeout;
         let shard_published = published.clone();
+        let audience = watch.audience();
         let shard_admission = admission.clone();
         let pool = LocalExecutorPoolBuilder::new(placement)
             .name("tailsrv-shard")
@@ -290,6 +318,7 @@ impl Server {
                 shard::run(
                     setup,
                     shard_published,
+                    audience,
                     header_timeout,
                     shard_admission,
                     move || {

@@ -4,7 +4,7 @@
 
 use crate::admission::{Admission, Backoff};
 use crate::client;
-use crate::state::{Generation, Interest, Phase, Published};
+use crate::state::{Audience, Generation, Interest, Phase, Published};
 use crate::stats::ShardStats;
 use crate::sys;
 use futures_lite::future;
@@ -77,6 +77,8 @@ pub struct Shard {
     /// The web page, as `ShardSetup::page`.
     pub page: Arc<str>,
     published: Arc<Published>,
+    /// Every shard's clients, counted for the watcher (see [`Audience`]).
+    audience: Arc<Audience>,
     interest: Arc<Interest>,
     /// Whether this shard has raised its interest since the watcher last rang.
     interested: Cell<bool>,
@@ -110,6 +112,7 @@ impl Shard {
         index: usize,
         stats: Arc<ShardStats>,
         published: Arc<Published>,
+        audience: Arc<Audience>,
         interest: Arc<Interest>,
         header_timeout: Duration,
         room: OwnedFd,
@@ -121,6 +124,7 @@ impl Shard {
             http: true,
             page: Arc::from(""),
             published,
+            audience,
             interest,
             interested: Cell::new(false),
             waiting: Cell::new(0),
@@ -384,6 +388,7 @@ impl Shard {
     pub fn attach(self: &Rc<Self>) -> ClientSlot {
         self.clients.set(self.clients.get() + 1);
         ShardStats::add(&self.stats.connected, 1);
+        self.audience.arrive();
         self.clients_changed();
         let id = self.next_id.get();
         self.next_id.set(id + 1);
@@ -617,6 +622,7 @@ impl Drop for ClientSlot {
         }
         shard.clients.set(shard.clients.get() - 1);
         ShardStats::sub(&shard.stats.connected, 1);
+        shard.audience.leave();
         shard.clients_changed();
         if shard.clients.get() == 0 {
             if let Some(waker) = shard.idle.borrow_mut().take() {
@@ -630,6 +636,7 @@ impl Drop for ClientSlot {
 pub async fn run(
     setup: ShardSetup,
     published: Arc<Published>,
+    audience: Arc<Audience>,
     header_timeout: Duration,
     admission: Arc<Admission>,
     ready: impl FnOnce(),
@@ -655,7 +662,15 @@ pub async fn run(
         status_bell,
         http,
         page,
-        ..Shard::new(index, stats, published, interest, header_timeout, room)
+        ..Shard::new(
+            index,
+            stats,
+            published,
+            audience,
+            interest,
+            header_timeout,
+            room,
+        )
     });
     shard.refresh();
 

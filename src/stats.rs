@@ -4,7 +4,7 @@
 //! an uncontended instruction on the shard's own cache line, and a reader that gathers them
 //! needs no lock and no message to the shard.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Why a client was turned away before it got any data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +165,17 @@ pub struct WatcherStats {
     pub file_events: AtomicU64,
     /// Times the watcher woke up for file events (one wake-up may bring many events).
     pub wakeups: AtomicU64,
+    /// Times the watcher published growth and rang the shards with clients waiting for it.
+    pub deliveries: AtomicU64,
+    /// The growth those deliveries carried, in bytes.
+    pub delivered_bytes: AtomicU64,
+    /// Deliveries that waited for the `--linger` window to end.
+    pub held: AtomicU64,
+    /// Times the watcher looked at the file's size on its slow timer, while nobody was
+    /// connected and it did not hear appends.
+    pub idle_looks: AtomicU64,
+    /// Whether the watcher hears appends now (someone is connected).
+    pub following: AtomicBool,
     rotations: [AtomicU64; Rotation::ALL.len()],
 }
 

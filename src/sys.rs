@@ -451,6 +451,68 @@ pub(crate) fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
     check_size(unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) }).map(drop)
 }
 
+/// Takes an eventfd's counter back to zero, so that it is no longer readable; returns what it
+/// held (0 if it was not set).
+pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut count: u64 = 0;
+    // SAFETY: `count` is 8 writable bytes, the size an eventfd read fills.
+    match check_size(unsafe { libc::read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) }) {
+        Ok(_) => Ok(count),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// A pipe, both ends close-on-exec: `(read end, write end, capacity)`. Its capacity is
+/// raised to `size` bytes where the system allows (`/proc/sys/fs/pipe-max-size`, 1 MiB by
+/// default); a pipe that keeps the default 64 KiB works too, only with more calls per byte.
+pub fn pipe(size: usize) -> io::Result<(OwnedFd, OwnedFd, usize)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is room for the two descriptors pipe2 writes.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: two fresh descriptors that nothing else owns.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: F_SETPIPE_SZ takes an int; a refusal (EPERM above the limit) leaves the pipe
+    // as it was, which is fine.
+    let _ = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+    // SAFETY: F_GETPIPE_SZ takes no argument and returns the capacity.
+    let capacity = check(unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) })?;
+    Ok((read, write, capacity as usize))
+}
+
+/// Moves up to `len` bytes from `from` to `to` inside the kernel, one of them a pipe
+/// (splice(2)). An offset, where given, says where in a regular file to read or write, and
+/// the file's own position is left alone. Returns 0 at the end of the input.
+///
+/// A blocking socket as `from` waits as `recv` would, and its receive timeout applies:
+/// `WouldBlock` when it expires.
+pub fn splice(
+    from: BorrowedFd<'_>,
+    from_offset: Option<u64>,
+    to: BorrowedFd<'_>,
+    to_offset: Option<u64>,
+    len: usize,
+) -> io::Result<usize> {
+    let mut from_off = from_offset.map(|o| o as libc::loff_t);
+    let mut to_off = to_offset.map(|o| o as libc::loff_t);
+    let ptr =
+        |o: &mut Option<libc::loff_t>| o.as_mut().map_or(std::ptr::null_mut(), |o| o as *mut _);
+    let (from_ptr, to_ptr) = (ptr(&mut from_off), ptr(&mut to_off));
+    // SAFETY: both descriptors are borrowed open for the call; each offset pointer is null or
+    // points to a loff_t on this stack that outlives the call.
+    check_size(unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            from_ptr,
+            to.as_raw_fd(),
+            to_ptr,
+            len,
+            libc::SPLICE_F_MOVE,
+        )
+    })
+}
+
 /// Blocks the calling thread until `fd` is readable.
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut poll = libc::pollfd {

@@ -10,9 +10,10 @@ use crate::admission::Limits;
 use crate::cli::OnRotation;
 use crate::control::View;
 use crate::error::{Error, Outcome};
+use crate::linger::Linger;
 use crate::notify::Notifier;
 use crate::shard::DRAIN_GRACE;
-use crate::state::{Bell, Bells, Ending, FileId, Generation, Interest, Phase, Published};
+use crate::state::{Audience, Bell, Bells, Ending, FileId, Generation, Interest, Phase, Published};
 use crate::stats::{Rotation, ShardStats, WatcherStats};
 use crate::sys;
 use crate::{metrics, systemd};
@@ -21,12 +22,16 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::ffi::OsString;
 use std::fs::File;
+use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 const DIR_EVENTS: WatchMask = WatchMask::CREATE
@@ -43,6 +48,10 @@ const FILE_EVENTS: WatchMask = WatchMask::MODIFY
     .union(WatchMask::ATTRIB)
     .union(WatchMask::MOVE_SELF)
     .union(WatchMask::DELETE_SELF);
+
+/// How often the watcher looks at the file's size while nobody is connected and it does not
+/// hear appends: a file truncated meanwhile is noticed within this (see [`Audience`]).
+pub const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// What the watcher executor runs beside the watch itself.
 pub struct SideJobs {
@@ -70,6 +79,23 @@ pub struct Watch {
     on_rotation: OnRotation,
     published: Arc<Published>,
     stats: Arc<WatcherStats>,
+    /// Who is connected: appends are heard only while someone is.
+    audience: Arc<Audience>,
+    /// Whether the file's watch includes IN_MODIFY now.
+    following: bool,
+    linger: Linger,
+}
+
+/// Why the watcher woke.
+enum Wake {
+    /// inotify has events (or the linger window ended: events may have come meanwhile).
+    Events,
+    /// The first client came or the last one left.
+    Audience,
+    /// The slow timer, while nobody is connected.
+    Look,
+    /// Asked to stop.
+    Stop,
 }
 
 /// What a batch of file events means for the shards.
@@ -84,7 +110,8 @@ enum News {
 }
 
 impl Watch {
-    pub fn new(path: &Path, on_rotation: OnRotation) -> Result<Watch, Error> {
+    /// Watches `path`; `linger` is the `--linger` window.
+    pub fn new(path: &Path, on_rotation: OnRotation, linger: Duration) -> Result<Watch, Error> {
         let name = path
             .file_name()
             .ok_or_else(|| Error::Config(format!("{} does not name a file", path.display())))?
@@ -117,6 +144,11 @@ impl Watch {
             on_rotation,
             published: Arc::new(Published::default()),
             stats: Arc::new(WatcherStats::default()),
+            audience: Arc::new(
+                Audience::new().map_err(|e| Error::io("creating the audience bell", e))?,
+            ),
+            following: false,
+            linger: Linger::new(linger),
         };
         match watch.open() {
             Ok(_) => {}
@@ -135,6 +167,11 @@ impl Watch {
         self.published.clone()
     }
 
+    /// The client count the shards keep for the watcher.
+    pub fn audience(&self) -> Arc<Audience> {
+        self.audience.clone()
+    }
+
     /// Opens the file if it is there, watches it and publishes it as a new generation.
     fn open(&mut self) -> io::Result<FileId> {
         let file = File::open(&self.path)?;
@@ -148,6 +185,7 @@ impl Watch {
         let id = FileId::of(&file)?;
         // Watch first, size second: an append between the two is then never missed.
         self.file_wd = Some(self.inotify.watches().add(&self.path, FILE_EVENTS)?);
+        self.set_following(true);
         let size = sys::fstat(file.as_fd())?.st_size as u64;
         let generation = self.published.generation(Arc::new(file), id, size);
         self.current = Some(generation.clone());
@@ -221,37 +259,194 @@ impl Watch {
             }
         };
         futures_lite::pin!(stop);
+        let audience = self.audience.clone();
+        // Why kept across wake-ups? Each wait costs a duplicate descriptor and an io_uring
+        // poll; the bell rings only when the first client comes or the last one leaves.
+        let mut arrival = Box::pin(sys::readable_or_soon(audience.bell()));
         bells.ring_all();
+        // First look at the audience: with nobody connected yet, stop hearing appends now.
+        let mut wake = Wake::Audience;
         let outcome = loop {
-            match self.take_events()? {
-                Ok(News::Nothing) => {}
-                Ok(News::Grew) => bells.ring_waiting(),
+            let before = self.size();
+            let news = match wake {
+                Wake::Events => self.take_events()?,
+                Wake::Audience => self.follow_audience()?,
+                Wake::Look => {
+                    ShardStats::add(&self.stats.idle_looks, 1);
+                    self.evaluate(false, false)
+                }
+                Wake::Stop => {
+                    info!("asked to stop; closing all clients");
+                    self.published.set_phase(Phase::Closing);
+                    break Outcome::Signalled;
+                }
+            };
+            match news {
+                Ok(News::Nothing) => {
+                    if let Wake::Events = wake {
+                        self.linger.found_nothing();
+                    }
+                }
+                Ok(News::Grew) => {
+                    // Counted first: a test that sees the bytes arrive sees the count too.
+                    self.delivered(self.size().saturating_sub(before));
+                    bells.ring_waiting();
+                }
                 Ok(News::Switched(rotated)) => {
                     bells.ring_all();
                     if let Some(rotated) = rotated {
                         let end = end_drain(rotated, self.published.clone(), bells.clone());
                         glommio::spawn_local(end).detach();
                     }
+                    // A new file's watch hears appends; with nobody connected, stop that.
+                    match self.follow(audience.anyone())? {
+                        Ok(News::Grew) => bells.ring_waiting(),
+                        Ok(_) => {}
+                        Err(outcome) => break outcome,
+                    }
                 }
                 Err(outcome) => break outcome,
             }
-            let inotify = async {
-                sys::readable_or_soon(self.inotify.as_fd())
-                    .await
-                    .map_err(|e| Error::io("waiting for file events", e))?;
-                Ok(None)
-            };
-            let stop = async { (&mut stop).await.map(Some) };
-            if let Some(()) = future::or(inotify, stop).await? {
-                info!("asked to stop; closing all clients");
-                self.published.set_phase(Phase::Closing);
-                break Outcome::Signalled;
+            wake = self.next_wake(stop.as_mut(), arrival.as_mut()).await?;
+            match wake {
+                Wake::Events => ShardStats::add(&self.stats.wakeups, 1),
+                // The bell was heard: wait for its next ring from here on.
+                Wake::Audience => arrival.set(sys::readable_or_soon(audience.bell())),
+                Wake::Look | Wake::Stop => {}
             }
-            ShardStats::add(&self.stats.wakeups, 1);
         };
         notifier.stopping(outcome.status());
         bells.ring_all();
         Ok(outcome)
+    }
+
+    /// The size of the generation served now (0 without one).
+    fn size(&self) -> u64 {
+        self.current.as_ref().map_or(0, |g| g.size())
+    }
+
+    /// Counts a delivery of `grown` bytes, for the metrics and the linger window.
+    fn delivered(&mut self, grown: u64) {
+        ShardStats::add(&self.stats.deliveries, 1);
+        ShardStats::add(&self.stats.delivered_bytes, grown);
+        if self.linger.delivered(Instant::now()) {
+            ShardStats::add(&self.stats.held, 1);
+        }
+    }
+
+    /// Waits for the next reason to look at something: file events (no sooner than the linger
+    /// window allows), the audience bell, the slow timer while nobody is connected, or stop.
+    async fn next_wake<S, A>(
+        &mut self,
+        mut stop: Pin<&mut S>,
+        mut arrival: Pin<&mut A>,
+    ) -> Result<Wake, Error>
+    where
+        S: Future<Output = Result<(), Error>>,
+        A: Future<Output = io::Result<()>>,
+    {
+        // A busy file: sleep out the window, then read whatever inotify merged meanwhile.
+        if let Some(until) = self.linger.sleep_first(Instant::now()) {
+            if let Some(wake) = until_or(until, stop.as_mut(), arrival.as_mut()).await? {
+                return Ok(wake);
+            }
+            self.linger.held();
+            return Ok(Wake::Events);
+        }
+        let idle = !self.following && self.current.is_some();
+        let wake = {
+            let events = async {
+                sys::readable_or_soon(self.inotify.as_fd())
+                    .await
+                    .map_err(|e| Error::io("waiting for file events", e))?;
+                Ok(Wake::Events)
+            };
+            let look = async {
+                if !idle {
+                    future::pending::<()>().await;
+                }
+                glommio::timer::Timer::new(IDLE_LOOK).await;
+                Ok(Wake::Look)
+            };
+            let others = interrupted(stop.as_mut(), arrival.as_mut());
+            future::or(events, future::or(others, look)).await?
+        };
+        if let Wake::Events = wake {
+            // The first growth within the window waits for its end.
+            if let Some(until) = self.linger.hold(Instant::now()) {
+                if let Some(wake) = until_or(until, stop.as_mut(), arrival.as_mut()).await? {
+                    return Ok(wake);
+                }
+                self.linger.held();
+            }
+        }
+        Ok(wake)
+    }
+
+    /// Answers the audience bell: hears appends again if someone came, stops if everyone left.
+    fn follow_audience(&mut self) -> Result<Result<News, Outcome>, Error> {
+        let anyone = self
+            .audience
+            .answer()
+            .map_err(|e| Error::io("reading the audience bell", e))?;
+        self.follow(anyone)
+    }
+
+    /// Puts IN_MODIFY in the file's watch, or takes it out; coming back, takes the size again.
+    ///
+    /// Why only IN_MODIFY? Deletion, renames and the link count (IN_ATTRIB) must be heard
+    /// whoever is connected; they are rare, and cost nothing while nothing happens. Why watch
+    /// first and size second when coming back? An append before the watch is in the size;
+    /// one after it raises an event: the first client cannot miss growth. A truncation while
+    /// nobody listened shows as a size below the last one published, as any other.
+    fn follow(&mut self, anyone: bool) -> Result<Result<News, Outcome>, Error> {
+        if anyone == self.following || self.current.is_none() {
+            return Ok(Ok(News::Nothing));
+        }
+        let mask = if anyone {
+            FILE_EVENTS
+        } else {
+            FILE_EVENTS.difference(WatchMask::MODIFY)
+        };
+        if let Err(e) = self.rewatch(mask) {
+            if !anyone {
+                // Harmless: the watcher keeps hearing appends it could have ignored.
+                debug!(error = %e, "cannot stop hearing appends; hearing them on");
+                return Ok(Ok(News::Nothing));
+            }
+            return Err(Error::io("watching the file for appends again", e));
+        }
+        self.set_following(anyone);
+        if !anyone {
+            return Ok(Ok(News::Nothing));
+        }
+        Ok(self.evaluate(false, false))
+    }
+
+    /// Replaces the served file's watch mask.
+    ///
+    /// Why through /proc/self/fd? inotify watches what a path names when it is added; the path
+    /// may name another file by now (a rotation the watcher has not read yet), while the open
+    /// descriptor is the file being served. Adding a watch on an inode that has one already
+    /// replaces its mask and returns the same watch descriptor, which is checked.
+    fn rewatch(&mut self, mask: WatchMask) -> io::Result<()> {
+        let Some(current) = self.current.as_ref() else {
+            return Ok(());
+        };
+        let by_fd = format!("/proc/self/fd/{}", current.file().as_raw_fd());
+        let wd = self.inotify.watches().add(&by_fd, mask)?;
+        if Some(&wd) != self.file_wd.as_ref() {
+            let _ = self.inotify.watches().remove(wd);
+            return Err(io::Error::other(
+                "the served file's watch descriptor changed",
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_following(&mut self, following: bool) {
+        self.following = following;
+        self.stats.following.store(following, Ordering::Relaxed);
     }
 
     /// Reads every pending inotify event and looks at the file if any came; says what the
@@ -436,4 +631,36 @@ async fn end_drain(rotated: Weak<Generation>, published: Arc<Published>, bells: 
         published.announce();
         bells.ring_all();
     }
+}
+
+/// Resolves when the server is asked to stop or the audience bell rings.
+async fn interrupted<S, A>(stop: Pin<&mut S>, arrival: Pin<&mut A>) -> Result<Wake, Error>
+where
+    S: Future<Output = Result<(), Error>>,
+    A: Future<Output = io::Result<()>>,
+{
+    future::or(async { stop.await.map(|()| Wake::Stop) }, async {
+        arrival
+            .await
+            .map_err(|e| Error::io("waiting for the audience bell", e))?;
+        Ok(Wake::Audience)
+    })
+    .await
+}
+
+/// Sleeps until `until`; `Some` if stop or the audience bell came first.
+async fn until_or<S, A>(
+    until: Instant,
+    stop: Pin<&mut S>,
+    arrival: Pin<&mut A>,
+) -> Result<Option<Wake>, Error>
+where
+    S: Future<Output = Result<(), Error>>,
+    A: Future<Output = io::Result<()>>,
+{
+    let sleep = async {
+        glommio::timer::Timer::new(until.saturating_duration_since(Instant::now())).await;
+        Ok(None)
+    };
+    future::or(sleep, async { interrupted(stop, arrival).await.map(Some) }).await
 }

@@ -411,7 +411,7 @@ fn last_and_new_start_at_the_end_and_resume_exactly() {
     let new = Fetch::to_stdout(port, &["--new"]);
     for f in [&last, &new] {
         f.logs.wait_for("saying where it starts", LONG, |l| {
-            l.contains("found the end")
+            l.contains("the server says where the stream starts")
         });
     }
     assert!(poll_until(LONG, || last.stdout_len() == 100));
@@ -425,6 +425,200 @@ fn last_and_new_start_at_the_end_and_resume_exactly() {
         && new.stdout_len() >= 5_000));
     assert_bytes(&last.stdout(), &pattern_range(49_900, 5_100), "--last 100");
     assert_bytes(&new.stdout(), &pattern_range(50_000, 5_000), "--new");
+}
+
+/// `n` numbered lines of 10 bytes each: "line 0000\n", ...
+fn numbered(lines: std::ops::Range<usize>) -> Vec<u8> {
+    lines
+        .flat_map(|i| format!("line {i:04}\n").into_bytes())
+        .collect()
+}
+
+/// The identity the server on `port` names for its file.
+fn identity_at(port: u16) -> String {
+    let mut client = Client::http(port, "HEAD", "/stream");
+    let head = client.read_http_head(PATIENCE);
+    head.field("Tailsrv-File")
+        .expect("Tailsrv-File")
+        .to_string()
+}
+
+#[test]
+fn lines_starts_at_the_last_lines_and_resumes_exactly() {
+    let dir = TempDir::new();
+    let served = dir.join("up.log");
+    fs::write(&served, numbered(0..1000)).unwrap();
+    let port = low_port();
+    let mut upstream = serve_at(&served, port);
+    let fetch = Fetch::to_stdout(port, &["--lines", "3"]);
+    assert!(poll_until(LONG, || fetch.stdout_len() == 30));
+    assert_bytes(&fetch.stdout(), &numbered(997..1000), "--lines 3");
+    upstream.sigterm();
+    upstream.expect_exit(0, PATIENCE);
+    append(&served, &numbered(1000..1005));
+    let _upstream = serve_at(&served, port);
+    assert!(poll_until(LONG, || fetch.stdout_len() >= 80));
+    assert_bytes(
+        &fetch.stdout(),
+        &numbered(997..1005),
+        "--lines 3, then resumed",
+    );
+}
+
+#[test]
+fn last_asks_the_server_where_to_start_instead_of_reading_the_file() {
+    let dir = TempDir::new();
+    let served = dir.join("up.log");
+    fs::write(&served, pattern_range(0, 32 << 20)).unwrap();
+    let server = InProcess::start(&served, &[]);
+    let addr = format!("127.0.0.1:{}", server.port());
+    let run = run_fetch(&[&addr, "--last", "1000", "--to-end", "--quiet"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // Asking costs what is sent; reading the file to find its end would cost 32 MiB.
+    assert!(
+        poll_until(PATIENCE, || server.handle.bytes_sent() == 1000),
+        "sent {}",
+        server.handle.bytes_sent()
+    );
+}
+
+#[test]
+fn to_end_fetches_the_file_as_it_was_and_exits_0() {
+    let upstream = Server::start(&pattern_range(0, 200_000));
+    let addr = format!("127.0.0.1:{}", upstream.port());
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    // The file grows while the fetcher runs: --to-end stops at the end it was first told.
+    let grower = grow(upstream.path().to_path_buf(), 200_000, 300_000, 10_000, 7);
+    let run = run_fetch(&[&addr, copy.to_str().unwrap(), "--to-end", "--quiet"]);
+    grower.join().unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let got = read(&copy);
+    assert!(
+        (200_000..=500_000).contains(&got.len()),
+        "{} bytes",
+        got.len()
+    );
+    assert_bytes(&got, &pattern_range(0, got.len()), "--to-end copy");
+    // Run again on the complete copy: nothing to fetch beyond the new end but the new bytes.
+    let run = run_fetch(&[&addr, copy.to_str().unwrap(), "--to-end", "--quiet"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_bytes(
+        &read(&copy),
+        &pattern_range(0, 500_000),
+        "the copy, completed",
+    );
+    // To stdout, from an offset.
+    let mut fetch = Fetch::to_stdout(upstream.port(), &["--from", "499990", "--to-end"]);
+    fetch.expect_exit(0, LONG);
+    assert_bytes(
+        &fetch.stdout(),
+        &pattern_range(499_990, 10),
+        "stdout --to-end",
+    );
+}
+
+/// The upstream's file is replaced by one with the same bytes and more: only the file's
+/// identity can tell. With the identity check broken, the byte check would resume in the
+/// new file at the old offset, and this test would fail.
+#[test]
+fn a_replaced_file_with_the_same_bytes_is_noticed_by_its_identity() {
+    const OLD: u64 = 100_000;
+    let up_dir = TempDir::new();
+    let served = up_dir.join("up.log");
+    fs::write(&served, pattern_range(0, OLD as usize)).unwrap();
+    let port = low_port();
+    let _upstream = serve_at(&served, port);
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    // A long check timeout: nothing here may wait for it.
+    let fetch = Fetch::to_file(port, &copy, &["--check-timeout", "60"]);
+    expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
+    let first = identity_at(port);
+    assert!(
+        poll_until(PATIENCE, || fs::read_to_string(
+            dir.join("copy.log.tailsrv-id")
+        )
+        .is_ok_and(|id| id.trim() == first)),
+        "the identity is kept beside FILE"
+    );
+
+    // Same bytes, new file (the old one kept so its inode number is not reused).
+    fs::rename(&served, up_dir.join("up.log.1")).unwrap();
+    let new = pattern_range(0, OLD as usize + 5_000);
+    let started = Instant::now();
+    fs::write(&served, &new).unwrap();
+    // The upstream follows the rotation: it ends the fetcher's stream and serves the new file.
+    expect_file(
+        &dir.join("copy.log.1"),
+        &pattern_range(0, OLD as usize),
+        PATIENCE,
+        &fetch,
+    );
+    expect_file(&copy, &new, PATIENCE, &fetch);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "waited for the check timeout"
+    );
+    assert_ne!(identity_at(port), first);
+}
+
+#[test]
+fn a_restarted_fetcher_knows_the_identity_of_its_copy() {
+    const OLD: u64 = 50_000;
+    let up_dir = TempDir::new();
+    let served = up_dir.join("up.log");
+    fs::write(&served, pattern_range(0, OLD as usize)).unwrap();
+    let port = low_port();
+    let _upstream = serve_at(&served, port);
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    let mut fetch = Fetch::to_file(port, &copy, &[]);
+    expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
+    assert!(poll_until(PATIENCE, || dir
+        .join("copy.log.tailsrv-id")
+        .exists()));
+    fetch.kill9();
+    let first = identity_at(port);
+
+    // While it is down, the file is replaced by one with the same bytes and more: only the
+    // identity kept beside FILE can tell.
+    fs::rename(&served, up_dir.join("up.log.1")).unwrap();
+    let new = pattern_range(0, OLD as usize + 3_000);
+    fs::write(&served, &new).unwrap();
+    assert!(
+        poll_until(PATIENCE, || identity_at(port) != first),
+        "the upstream follows the rotation"
+    );
+    let fetch = Fetch::to_file(port, &copy, &["--check-timeout", "60"]);
+    expect_file(
+        &dir.join("copy.log.1"),
+        &pattern_range(0, OLD as usize),
+        PATIENCE,
+        &fetch,
+    );
+    expect_file(&copy, &new, PATIENCE, &fetch);
+}
+
+#[test]
+fn a_server_without_http_is_fetched_by_offset_and_refuses_what_needs_http() {
+    let upstream = Server::builder()
+        .contents(&pattern_range(0, 30_000))
+        .arg("--no-http")
+        .start();
+    let addr = format!("127.0.0.1:{}", upstream.port());
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    let fetch = Fetch::to_file(upstream.port(), &copy, &[]);
+    expect_file(&copy, &pattern_range(0, 30_000), LONG, &fetch);
+    upstream.append(&pattern_range(30_000, 1_000));
+    expect_file(&copy, &pattern_range(0, 31_000), LONG, &fetch);
+    assert!(!dir.join("copy.log.tailsrv-id").exists());
+    expect_failure(
+        &[&addr, "--lines", "3", "--quiet"],
+        1,
+        &format!("tailsrv-fetch: error: {addr}: the server does not answer HTTP"),
+    );
 }
 
 #[test]

@@ -100,7 +100,12 @@ fn man_page_and_completions_cover_every_option_of_every_binary() {
     let tmp = TempDir::new();
     let root = tmp.join("assets");
     let written = assets::write_all(&root).expect("writing the assets");
-    assert!(assets::BINARIES.iter().any(|(name, _)| *name == "tailsrv"));
+    for binary in ["tailsrv", "tailsrv-fetch"] {
+        assert!(
+            assets::BINARIES.iter().any(|(name, _)| *name == binary),
+            "{binary}"
+        );
+    }
     for (name, command) in assets::BINARIES {
         let files = [
             format!("man/{name}.1"),

@@ -18,6 +18,7 @@ mod http;
 mod inprocess;
 mod lifecycle;
 mod limits;
+mod linger;
 mod load;
 mod metrics;
 mod ops;

@@ -1,11 +1,12 @@
-//! Which shards the watcher wakes: a file that grows with nobody waiting wakes no shard, and
-//! with one client waiting only that client's shard is woken. Run in-process through the
+//! Who the watcher wakes, and when it wakes at all: a file that grows with nobody connected
+//! wakes neither the watcher nor a shard; with one client waiting only that client's shard is
+//! woken. Run in-process through the
 //! library's seam, so the counts come from the server's state, not from its log.
 
 use crate::common::*;
 use std::fs::OpenOptions;
 use std::io::Write;
-use tailsrv::Handle;
+use tailsrv::{Handle, Rotation};
 
 /// Appends made with no client connected, one write(2) each.
 const APPENDS: usize = 1000;
@@ -14,20 +15,150 @@ const LOCKSTEP: usize = 200;
 const RECORD: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
 
 /// Appends `APPENDS` records, one write each, and waits until the watcher has published the
-/// new size and read at least one event for them.
-fn append_records(handle: &Handle, path: &std::path::Path) {
-    let events = handle.file_events();
+/// new size: with nobody connected it takes it on its slow timer, not from inotify.
+fn append_records(handle: &Handle, path: &std::path::Path) -> u64 {
     let mut file = OpenOptions::new().append(true).open(path).unwrap();
     for _ in 0..APPENDS {
         file.write_all(RECORD).unwrap();
     }
     let size = file.metadata().unwrap().len();
     assert!(
-        poll_until(PATIENCE, || handle.file_size() == size
-            && handle.file_events() > events),
-        "the watcher never saw the appends: size {} of {size}",
+        poll_until(PATIENCE, || handle.file_size() == size),
+        "the watcher never took the new size: {} of {size}",
         handle.file_size()
     );
+    size
+}
+
+/// What the watcher and the shards have done so far.
+fn woken(handle: &Handle) -> (u64, u64, Vec<u64>) {
+    (
+        handle.watcher_wakeups(),
+        handle.file_events(),
+        handle.shard_wakeups(),
+    )
+}
+
+/// Nobody connected, nobody woken: the watcher stops hearing appends while no client is
+/// connected (its wake-up and event counts stay flat while the file grows), takes the size
+/// on its slow timer meanwhile, and hears appends again as soon as a client comes: the first
+/// client gets everything, including growth the watcher never heard of.
+#[test]
+fn with_nobody_connected_appends_wake_nobody_and_the_first_client_misses_nothing() {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, b"start\n");
+    let server = InProcess::with_shards(&path, 2, &[]);
+    let handle = server.handle.clone();
+    assert!(
+        poll_until(PATIENCE, || !handle.following_growth()),
+        "the watcher still hears appends with nobody connected"
+    );
+
+    let before = woken(&handle);
+    let looks = handle.idle_looks();
+    append_records(&handle, &path);
+    assert_eq!(
+        woken(&handle),
+        before,
+        "{APPENDS} appends with nobody connected woke the watcher or a shard"
+    );
+    assert!(handle.idle_looks() > looks, "the size came from elsewhere");
+
+    // More growth the watcher has not seen at all, then a client from the start.
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    for _ in 0..10 {
+        file.write_all(RECORD).unwrap();
+    }
+    let size = file.metadata().unwrap().len();
+    let mut want = b"start\n".to_vec();
+    for _ in 0..APPENDS + 10 {
+        want.extend_from_slice(RECORD);
+    }
+    assert_eq!(want.len() as u64, size);
+    let mut client = Client::connect(handle.local_addr().port());
+    client.send(b"0\n");
+    client.expect_bytes(&want, PATIENCE);
+    assert!(
+        poll_until(PATIENCE, || handle.following_growth()),
+        "a client is connected but the watcher does not hear appends"
+    );
+    append(&path, b"next\n");
+    client.expect_bytes(b"next\n", PATIENCE);
+    // A second client at the end: both get the next append.
+    let size = size + 5;
+    let mut other = Client::connect(handle.local_addr().port());
+    other.send(format!("{size}\n").as_bytes());
+    assert!(poll_until(PATIENCE, || handle.clients() == 2));
+    append(&path, b"both\n");
+    client.expect_bytes(b"both\n", PATIENCE);
+    other.expect_bytes(b"both\n", PATIENCE);
+
+    // Everyone leaves: the watcher stops hearing appends again.
+    client.reset();
+    other.reset();
+    assert!(
+        poll_until(PATIENCE, || handle.clients() == 0
+            && !handle.following_growth()),
+        "clients {}, following {}",
+        handle.clients(),
+        handle.following_growth()
+    );
+    let before = woken(&handle);
+    append_records(&handle, &path);
+    // The first growth published may ring the shard of a client that left while it waited
+    // for growth: its wish to hear of it is still up. The watcher itself does not wake.
+    let first = woken(&handle);
+    assert_eq!(
+        (first.0, first.1),
+        (before.0, before.1),
+        "appends after the last client left woke the watcher"
+    );
+    append_records(&handle, &path);
+    assert_eq!(woken(&handle), first, "appends after the last client left");
+}
+
+/// A file truncated while nobody is connected is noticed on the slow timer, without any
+/// client, and handled as any truncation: served from its new length, and, with
+/// `--on-rotation exit`, the end of the server.
+#[test]
+fn a_truncation_with_nobody_connected_is_noticed_on_the_slow_timer() {
+    for exit in [false, true] {
+        let dir = TempDir::new();
+        let path = dir.join("served.log");
+        append(&path, &[b'x'; 1000]);
+        let extra: &[&str] = if exit {
+            &["--on-rotation", "exit"]
+        } else {
+            &[]
+        };
+        let mut server = InProcess::start(&path, extra);
+        let handle = server.handle.clone();
+        assert!(poll_until(PATIENCE, || !handle.following_growth()));
+        let looks = handle.idle_looks();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        if exit {
+            assert_eq!(server.finish(), tailsrv::Outcome::Truncated);
+        } else {
+            assert!(
+                poll_until(PATIENCE, || handle.rotations(Rotation::Truncated) == 1
+                    && handle.file_size() == 10),
+                "the truncation was not noticed: size {}",
+                handle.file_size()
+            );
+            // Served from the new length: a client from the start gets the ten bytes left.
+            let mut client = Client::connect(handle.local_addr().port());
+            client.send(b"0\n");
+            client.expect_bytes(&[b'x'; 10], PATIENCE);
+        }
+        assert!(handle.idle_looks() > looks, "noticed by something else");
+        assert_eq!(handle.watcher_wakeups(), 0, "no inotify wake-up for it");
+    }
 }
 
 #[test]
@@ -45,6 +176,7 @@ fn growth_wakes_only_the_shards_with_clients_waiting() {
     );
 
     // Nobody connected: the file grows, no shard wakes.
+    assert!(poll_until(PATIENCE, || !handle.following_growth()));
     let before = handle.shard_wakeups();
     append_records(&handle, &path);
     assert_eq!(

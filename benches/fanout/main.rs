@@ -65,6 +65,11 @@ struct Options {
     #[arg(long, value_name = "PATH")]
     baseline_bin: Option<PathBuf>,
 
+    /// Relay catch-up: also copy with this tailsrv-fetch binary (e.g. the previous commit's),
+    /// as fetcher `baseline`, for a before and after in one run
+    #[arg(long, value_name = "PATH")]
+    baseline_fetch_bin: Option<PathBuf>,
+
     /// Pinned mode: confine every server to these CPUs (a `taskset -c` list, e.g. `0`)
     #[arg(long, value_name = "LIST", requires = "client_cpus")]
     server_cpus: Option<String>,
@@ -313,6 +318,7 @@ fn run(opts: Options) -> Result<bool, String> {
     if let Some(v) = opts.append_secs {
         settings.appendcost_secs = v;
     }
+    settings.baseline_fetch_bin = opts.baseline_fetch_bin.clone();
     if let (Some(server), Some(CpuList(clients))) = (&opts.server_cpus, &opts.client_cpus) {
         // Threads started from here on (client engine, appender) inherit the mask.
         sys::set_affinity(clients).map_err(|e| format!("pinning to CPUs {clients:?}: {e}"))?;

@@ -11,7 +11,13 @@ use std::path::{Path, PathBuf};
 pub type Binary = (&'static str, fn() -> Command);
 
 /// Every binary the package installs. A new binary is one more line here.
-pub const BINARIES: &[Binary] = &[("tailsrv", tailsrv::cli::Options::command)];
+pub const BINARIES: &[Binary] = &[
+    ("tailsrv", tailsrv::cli::Options::command),
+    (
+        "tailsrv-fetch",
+        tailsrv::fetch::options::FetchOptions::command,
+    ),
+];
 
 /// Writes `man/NAME.1` and `completions/{NAME.bash,_NAME,NAME.fish}` for every binary
 /// into `dir`, and returns the paths written.

@@ -5,7 +5,7 @@
 //! ```
 //!
 //! DIR gets `man/tailsrv.1` and `completions/tailsrv.bash`, `completions/_tailsrv` (zsh)
-//! and `completions/tailsrv.fish`. Build with the same features as the binary you ship,
+//! and `completions/tailsrv.fish`, and the same four for `tailsrv-fetch`. Build with the same features as the binary you ship,
 //! so the pages list the same options (`--journald` needs `tracing-journald`).
 
 mod assets;

@@ -1,7 +1,10 @@
 //! The rotation check: are the bytes just before the resume point still the ones held?
 //!
-//! The protocol carries no file identity, so on every reconnect tailsrv-fetch asks for a
-//! few bytes *before* the point it resumes from (header `position - k`) and compares them
+//! The first line of defence is the file's identity, which the server names in its HTTP
+//! response (`Tailsrv-File`) and tailsrv-fetch keeps with the copy: a different identity
+//! is a new file, before any byte arrives; a reported size below the resume point is one
+//! too. This module is the second line, which also serves servers that do not answer HTTP:
+//! on every reconnect tailsrv-fetch asks for a few bytes *before* the point it resumes from (header `position - k`) and compares them
 //! with the last `k` bytes it already holds. For the same file they exist, so they arrive
 //! at once and compare equal; the stream then simply goes on past the resume point on the
 //! same connection. If they differ, or fewer than `k` arrive within a short bound (the
@@ -21,9 +24,12 @@ pub enum Verdict {
     Same,
     /// The byte at this offset differs from the one held.
     Differs { at: u64 },
-    /// Only bytes up to this offset arrived in time (all equal): the file is shorter than
-    /// the resume point.
+    /// Only bytes up to this offset arrived in time (all equal), or the server says the
+    /// file is this long: the file is shorter than the resume point.
     Shorter { size: u64 },
+    /// The server names another file (`Tailsrv-File`) than the one the bytes held came
+    /// from. Checked first, before any byte.
+    Replaced,
 }
 
 impl Verdict {
@@ -33,8 +39,9 @@ impl Verdict {
             Verdict::Same => "same bytes".into(),
             Verdict::Differs { at } => format!("byte {at} differs"),
             Verdict::Shorter { size } => {
-                format!("the file holds only {size} bytes that arrived in time")
+                format!("the file holds only {size} bytes")
             }
+            Verdict::Replaced => "the server names another file (Tailsrv-File)".into(),
         }
     }
 }

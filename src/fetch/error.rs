@@ -15,6 +15,8 @@ pub enum Ended {
     ServerClosed,
     /// Whoever reads stdout closed it (as `head` does).
     OutputClosed,
+    /// `--to-end`: everything up to the end the server reported was fetched.
+    ReachedEnd,
     /// SIGINT, SIGTERM or SIGHUP: FILE was synced first.
     Stopped {
         /// The signal's number.
@@ -68,6 +70,14 @@ pub enum FetchError {
         /// What the check found.
         reason: String,
     },
+    /// The server cannot give what was asked: it does not answer HTTP (an option needs
+    /// it), or it refused the request. Exit status 1.
+    Protocol {
+        /// The HOST:PORT given.
+        addr: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Anything else: writing stdout, a socket call that should not fail. Exit status 1.
     Io {
         /// What tailsrv-fetch was doing.
@@ -81,7 +91,7 @@ impl FetchError {
     /// The exit status tailsrv-fetch ends with after this error.
     pub fn exit_status(&self) -> u8 {
         match self {
-            FetchError::Io { .. } => 1,
+            FetchError::Io { .. } | FetchError::Protocol { .. } => 1,
             FetchError::Unresolvable { .. } => 3,
             FetchError::Connection { .. } => 4,
             FetchError::File { .. } => 5,
@@ -116,6 +126,7 @@ impl fmt::Display for FetchError {
                  not resuming because of --on-rotation exit"
             ),
             FetchError::Io { context, source } => write!(f, "{context}: {source}"),
+            FetchError::Protocol { addr, reason } => write!(f, "{addr}: {reason}"),
         }
     }
 }
@@ -127,7 +138,7 @@ impl std::error::Error for FetchError {
             | FetchError::Connection { source, .. }
             | FetchError::File { source, .. }
             | FetchError::Io { source, .. } => Some(source),
-            FetchError::NotTheSameFile { .. } => None,
+            FetchError::NotTheSameFile { .. } | FetchError::Protocol { .. } => None,
         }
     }
 }

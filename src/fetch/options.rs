@@ -19,7 +19,8 @@ use std::time::Duration;
     after_help = "Exit status: 0 when --once saw the server close the stream, stdout was closed, or \
 after SIGTERM or SIGHUP; 130 after SIGINT (FILE is synced before either); 1 on another fatal error; 2 on a bad command line; 3 when HOST does not resolve at start-up; 4 when \
 --once cannot connect or loses the connection; 5 when FILE cannot be opened, locked, renamed or \
-written; 6 when the server's file is not the one held and --on-rotation is exit."
+written; 6 when the server's file is not the one held and --on-rotation is exit.\n\n\
+With FILE, the identity of the server's file (its HTTP Tailsrv-File) is kept in FILE.tailsrv-id."
 )]
 pub struct FetchOptions {
     /// The tailsrv server: a host name, an IPv4 address or a bracketed IPv6 address, and a port
@@ -34,19 +35,29 @@ pub struct FetchOptions {
     #[arg(long, value_name = "N", group = "start", conflicts_with = "file")]
     pub from: Option<u64>,
 
-    /// Start with the last BYTES bytes of the server's file (stdout only; reads the file
-    /// once to find its end, see --help)
+    /// Start with the last BYTES bytes of the server's file (stdout only)
     ///
-    /// The protocol does not tell a client where a `-BYTES` header started, and without
-    /// that offset no reconnect could resume exactly. So tailsrv-fetch first reads the
-    /// server's file from byte 0, discarding it, until nothing more arrives for 0.2 s;
-    /// that is the end. It costs one read of the file: on a large remote file, prefer --from.
+    /// The server says at which offset that is (its HTTP face's Tailsrv-Start), so later
+    /// reconnects resume exactly. Needs a server that answers HTTP (not --no-http).
     #[arg(long, value_name = "BYTES", group = "start", conflicts_with = "file")]
     pub last: Option<u64>,
+
+    /// Start with the last N lines of the server's file, as `tail -n N` counts them
+    /// (stdout only; needs a server that answers HTTP)
+    #[arg(long, value_name = "N", group = "start", conflicts_with = "file")]
+    pub lines: Option<u64>,
 
     /// Start with what is appended from now on (stdout only; like --last 0)
     #[arg(long, group = "start", conflicts_with = "file")]
     pub new: bool,
+
+    /// Fetch up to the end the server's file had when the first response began, then exit
+    /// 0, as `cat` of the remote file would (needs a server that answers HTTP)
+    ///
+    /// Without it tailsrv-fetch follows the file as it grows, and --once still follows
+    /// while the connection lasts. After a rotation, the end is the new file's.
+    #[arg(long)]
+    pub to_end: bool,
 
     /// Exit when the connection ends instead of reconnecting
     #[arg(long)]
@@ -109,15 +120,18 @@ pub enum Start {
     At(u64),
     /// This many bytes before the end (`--last`, `--new`).
     BeforeEnd(u64),
+    /// This many lines before the end (`--lines`).
+    Lines(u64),
 }
 
 impl FetchOptions {
     /// Where to start, from `--from`, `--last` and `--new`.
     pub fn start(&self) -> Start {
-        match (self.from, self.last, self.new) {
-            (_, Some(n), _) => Start::BeforeEnd(n),
-            (_, _, true) => Start::BeforeEnd(0),
-            (from, _, _) => Start::At(from.unwrap_or(0)),
+        match (self.from, self.last, self.new, self.lines) {
+            (_, Some(n), _, _) => Start::BeforeEnd(n),
+            (_, _, true, _) => Start::BeforeEnd(0),
+            (_, _, _, Some(n)) => Start::Lines(n),
+            (from, _, _, _) => Start::At(from.unwrap_or(0)),
         }
     }
 
@@ -186,6 +200,9 @@ mod tests {
         assert_eq!(o.start(), Start::BeforeEnd(0));
         let o = FetchOptions::try_parse_from(["f", "h:1", "--from", "7"]).unwrap();
         assert_eq!(o.start(), Start::At(7));
+        let o = FetchOptions::try_parse_from(["f", "h:1", "--lines", "10", "--to-end"]).unwrap();
+        assert_eq!(o.start(), Start::Lines(10));
+        assert!(o.to_end);
         let o = FetchOptions::try_parse_from(["f", "h:1", "copy.log"]).unwrap();
         assert_eq!(o.rotated_path(), Some(PathBuf::from("copy.log.1")));
         assert_eq!(o.on_rotation, OnRotation::Restart);
@@ -203,6 +220,9 @@ mod tests {
             &["f", "h:1", "--last", "1", "--from", "2"],
             &["f", "h:1", "copy", "--from", "5"],
             &["f", "h:1", "copy", "--new"],
+            &["f", "h:1", "copy", "--lines", "3"],
+            &["f", "h:1", "--lines", "3", "--last", "4"],
+            &["f", "h:1", "--lines", "x"],
             &["f", "h:1", "--rotated", "x"],
             &["f", "h:1", "--fsync", "1"],
             &["f", "h:1", "--check-bytes", "0"],

@@ -73,6 +73,8 @@ pub struct Settings {
     pub appendcost_secs: f64,
     /// Live clients on the upstream, and as many on the relay, in the relay scenario.
     pub relay_clients: Vec<usize>,
+    /// Relay catch-up: another tailsrv-fetch to measure beside this tree's.
+    pub baseline_fetch_bin: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -111,6 +113,7 @@ impl Settings {
                 (10_000.0, 10),
             ],
             appendcost_secs: 10.0,
+            baseline_fetch_bin: None,
         }
     }
 

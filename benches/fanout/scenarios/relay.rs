@@ -103,26 +103,34 @@ pub(super) fn run(b: &mut Bench, targets: &[Target]) -> Result<bool, String> {
     let mut ok = b.finish("relay_live", "relay: live", &live, live_table(&live))?;
 
     let mut catchup: Results<RelayCatchupFigures> = Results::default();
-    let point = Point {
-        clients: 1,
-        variant: String::new(),
-        reps: b.s.reps,
-        verify: true,
-    };
-    b.run_point(
-        &mut catchup,
-        "relay catch-up",
-        point,
-        &targets,
-        |b, t, s| b.relay_catchup_once(t, s),
-        |f| {
-            format!(
-                "{:.2} GiB/s, fetcher {:.2} CPU s/GiB",
-                nan(f.gib_per_s),
-                nan(f.fetch_cpu_s_per_gib)
-            )
-        },
-    );
+    // The fetchers to compare: this tree's, and `--baseline-fetch-bin`'s as variant
+    // `fetch=baseline`.
+    let mut fetchers = vec![(String::new(), PathBuf::from(FETCH_BIN))];
+    if let Some(bin) = &b.s.baseline_fetch_bin {
+        fetchers.push(("fetch=baseline".to_string(), bin.clone()));
+    }
+    for (variant, bin) in fetchers {
+        let point = Point {
+            clients: 1,
+            variant,
+            reps: b.s.reps,
+            verify: true,
+        };
+        b.run_point(
+            &mut catchup,
+            "relay catch-up",
+            point,
+            &targets,
+            |b, t, s| b.relay_catchup_once(t, &bin, s),
+            |f| {
+                format!(
+                    "{:.2} GiB/s, fetcher {:.2} CPU s/GiB",
+                    nan(f.gib_per_s),
+                    nan(f.fetch_cpu_s_per_gib)
+                )
+            },
+        );
+    }
     ok &= b.finish(
         "relay_catchup",
         "relay: catch-up",
@@ -139,8 +147,8 @@ struct Fetcher {
 }
 
 impl Fetcher {
-    fn start(upstream: &Server, file: &Path) -> Result<Fetcher, String> {
-        let child = Command::new(FETCH_BIN)
+    fn start(upstream: &Server, file: &Path, bin: &Path) -> Result<Fetcher, String> {
+        let child = Command::new(bin)
             .arg(upstream.addr.to_string())
             .arg(file)
             .args(["--quiet", "--max-delay", "0.2"])
@@ -148,7 +156,7 @@ impl Fetcher {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("starting {FETCH_BIN}: {e}"))?;
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         Ok(Fetcher { child })
     }
 
@@ -253,7 +261,7 @@ impl Bench {
             view,
         } = self.stage(target, 2 * clients, FileSpec::Fresh { prefix })?;
         let copy = RelayFile::beside(&path);
-        let mut fetcher = Fetcher::start(&upstream, &copy.0)?;
+        let mut fetcher = Fetcher::start(&upstream, &copy.0, Path::new(FETCH_BIN))?;
         if !fetcher.wait_for_len(&copy.0, base, COPY_TIMEOUT) {
             return Err(format!("the relay did not copy the first {base} bytes"));
         }
@@ -353,6 +361,7 @@ impl Bench {
     fn relay_catchup_once(
         &mut self,
         target: &Target,
+        fetch_bin: &Path,
         s: &mut Sample<RelayCatchupFigures>,
     ) -> Result<(), String> {
         let len = self.s.total;
@@ -367,7 +376,7 @@ impl Bench {
         let copy = RelayFile::beside(&path.with_extension("catchup"));
         let up_before = upstream.usage().map(|u| u.cpu_s);
         let t0 = Instant::now();
-        let mut fetcher = Fetcher::start(&upstream, &copy.0)?;
+        let mut fetcher = Fetcher::start(&upstream, &copy.0, fetch_bin)?;
         let copied = fetcher.wait_for_len(&copy.0, total, COPY_TIMEOUT);
         let took = t0.elapsed();
         let fetch_cpu = fetcher.cpu_s();
@@ -442,6 +451,7 @@ pub(super) fn live_table(r: &Results<RelayLiveFigures>) -> Table {
 
 pub(super) fn catchup_table(r: &Results<RelayCatchupFigures>) -> Table {
     let mut t = Table::new(&[
+        "fetcher",
         "MiB copied",
         "GiB/s",
         "seconds",
@@ -453,6 +463,11 @@ pub(super) fn catchup_table(r: &Results<RelayCatchupFigures>) -> Table {
         for target in r.targets() {
             let st = |f: fn(&RelayCatchupFigures) -> Option<f64>| r.stat(&target, n, &v, f);
             t.row(vec![
+                if v.is_empty() {
+                    "this tree".to_string()
+                } else {
+                    v.trim_start_matches("fetch=").to_string()
+                },
                 median(st(|f| f.bytes.map(|b| b / (1u64 << 20) as f64)), 0),
                 spread(st(|f| f.gib_per_s), 2),
                 spread(st(|f| f.secs), 2),
