@@ -278,6 +278,7 @@ impl Server {
         let mut bells = Vec::with_capacity(shards);
         let mut status_changes = Vec::new();
         let mut setups = Vec::with_capacity(shards);
+        let page: Arc<str> = crate::web::page(&opts.file).into();
         let mut all_stats = Vec::with_capacity(shards);
         for (index, listener) in listeners.into_iter().enumerate() {
             let (bell, doorbell) = shared_channel::new_bounded(1);
@@ -301,6 +302,7 @@ impl Server {
                 stats,
                 room,
                 http: !opts.no_http,
+                page: page.clone(),
             });
         }
         // Handed out in reverse by pop(); the index inside each setup is what counts.

@@ -45,6 +45,8 @@ pub struct ShardSetup {
     pub room: OwnedFd,
     /// Whether the HTTP face is on (`--no-http` turns it off).
     pub http: bool,
+    /// The web page `GET /` sends a browser (`web::page`), made once for every shard.
+    pub page: Arc<str>,
 }
 
 #[derive(Default)]
@@ -72,6 +74,8 @@ pub struct Shard {
     pub header_timeout: Duration,
     /// Whether clients may speak HTTP.
     pub http: bool,
+    /// The web page, as `ShardSetup::page`.
+    pub page: Arc<str>,
     published: Arc<Published>,
     /// Every shard's clients, counted for the watcher (see [`Audience`]).
     audience: Arc<Audience>,
@@ -118,6 +122,7 @@ impl Shard {
             stats,
             header_timeout,
             http: true,
+            page: Arc::from(""),
             published,
             audience,
             interest,
@@ -645,6 +650,7 @@ pub async fn run(
         stats,
         room,
         http,
+        page,
     } = setup;
     let listener = sys::adopt_listener(listener);
     let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
@@ -655,6 +661,7 @@ pub async fn run(
     let shard = Rc::new(Shard {
         status_bell,
         http,
+        page,
         ..Shard::new(
             index,
             stats,
