@@ -489,6 +489,31 @@ fn utf8_split_across_reads_decodes_and_invalid_bytes_show_as_replacement_charact
 }
 
 #[test]
+fn a_line_without_end_is_shown_in_pieces_and_nothing_is_lost() {
+    let server = Server::start(b"before\n");
+    let Some(browser) = open(server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, "before", PATIENCE);
+    // 250,000 characters and no newline: more than a line may hold in the page.
+    let long: String = (0..250_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    server.append(long.as_bytes());
+    server.append(b"\nafter\n");
+    wait_last_line(&browser, "after", PATIENCE);
+    let shown = lines(&browser);
+    let pieces = &shown[1..shown.len() - 1];
+    assert!(
+        pieces.len() >= 2 && pieces.iter().all(|p| p.len() < 200_000),
+        "{} pieces of {:?} characters",
+        pieces.len(),
+        pieces.iter().map(String::len).collect::<Vec<_>>()
+    );
+    assert!(pieces.concat() == long, "the pieces are the line, in order");
+}
+
+#[test]
 fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
     let dir = TempDir::new();
     let path = dir.join("app.log");
