@@ -9,6 +9,7 @@ use crate::shard::{ClientSlot, Shard};
 use crate::state::{Ending, Generation, Phase, Reader};
 use crate::stats::{ClientStart, Protocol, Rejection, ShardStats};
 use crate::sys;
+use crate::web;
 use futures_lite::future::{self, poll_fn};
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
@@ -145,9 +146,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
             )
             .await
         }
-        Request::Http { route, host } => {
+        Request::Http { route, host, html } => {
             let _serving = shard.stats.serving(Protocol::Http);
-            match answer_http(&shard, &slot, &mut stream, peer, route, host).await {
+            match answer_http(&shard, &slot, &mut stream, peer, route, host, html).await {
                 Some(end) => end,
                 None => {
                     close(&stream);
@@ -169,8 +170,13 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
 enum Request {
     /// A raw header: where to start, and whether the client's sending side is still open.
     Raw { start: Start, input_open: bool },
-    /// An HTTP request: what to serve, and the `Host` it named (for the help text).
-    Http { route: Route, host: Option<String> },
+    /// An HTTP request: what to serve, the `Host` it named (for the help text), and whether
+    /// it accepts HTML (a browser, which gets the web page at `/`).
+    Http {
+        route: Route,
+        host: Option<String>,
+        html: bool,
+    },
 }
 
 /// Resolves a start to an offset in a file of `size` bytes; `None` (logged) if reading the
@@ -240,6 +246,7 @@ async fn answer_http(
     peer: Peer,
     route: Route,
     host: Option<String>,
+    html: bool,
 ) -> Option<End> {
     let sock = stream.as_raw_fd();
     let (status, response) = match route {
@@ -278,9 +285,15 @@ async fn answer_http(
             // the next send's reset.
             return Some(stream_file(shard, slot, stream, offset, true, true, reader).await);
         }
-        Route::Help { head_only } => (
+        Route::Index { head_only } if html => (200, web::response(&shard.page, head_only)),
+        Route::Index { head_only } => (
             200,
-            http::reply("200 OK", &[], &http::help(host.as_deref()), head_only),
+            http::reply(
+                "200 OK",
+                &[("Vary", "Accept")],
+                &http::help(host.as_deref()),
+                head_only,
+            ),
         ),
         Route::NotFound { head_only } => (
             404,
@@ -456,6 +469,7 @@ async fn read_http_head(stream: &mut TcpStream, first: &[u8]) -> Result<Request,
                 return Ok(Request::Http {
                     route: http::route(&method, &target),
                     host: http::host(&head),
+                    html: http::accepts_html(&head),
                 })
             }
             Head::Bad(e) => return Err(HeaderFailure::Http(e)),

@@ -124,6 +124,11 @@ impl Handle {
         self.published.current().map(|g| g.id())
     }
 
+    /// Clients reading the file served now (past their header); 0 while there is none.
+    pub fn file_readers(&self) -> u64 {
+        self.published.current().map_or(0, |g| g.readers())
+    }
+
     /// How many times FILE was rotated (or truncated) in this way since start.
     pub fn rotations(&self, kind: Rotation) -> u64 {
         self.watcher.rotations(kind)
@@ -319,6 +324,7 @@ impl Server {
         let mut interests = Vec::with_capacity(shards);
         let mut status_changes = Vec::new();
         let mut setups = Vec::with_capacity(shards);
+        let page: Arc<str> = crate::web::page(&opts.file).into();
         let mut all_stats = Vec::with_capacity(shards);
         for (index, listener) in listeners.into_iter().enumerate() {
             let (bell, doorbell) = shared_channel::new_bounded(1);
@@ -343,6 +349,7 @@ impl Server {
                 stats,
                 room,
                 http: !opts.no_http,
+                page: page.clone(),
             });
         }
         // Handed out in reverse by pop(); the index inside each setup is what counts.

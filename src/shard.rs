@@ -45,6 +45,8 @@ pub struct ShardSetup {
     pub room: OwnedFd,
     /// Whether the HTTP face is on (`--no-http` turns it off).
     pub http: bool,
+    /// The web page `GET /` sends a browser (`web::page`), made once for every shard.
+    pub page: Arc<str>,
 }
 
 #[derive(Default)]
@@ -74,6 +76,8 @@ pub struct Shard {
     pub header_timeout: Duration,
     /// Whether clients may speak HTTP.
     pub http: bool,
+    /// The web page, as `ShardSetup::page`.
+    pub page: Arc<str>,
     published: Arc<Published>,
     /// Every shard's clients, counted for the watcher (see [`Audience`]).
     audience: Arc<Audience>,
@@ -120,6 +124,7 @@ impl Shard {
             stats,
             header_timeout,
             http: true,
+            page: Arc::from(""),
             published,
             audience,
             interest,
@@ -656,6 +661,7 @@ pub async fn run(
         stats,
         room,
         http,
+        page,
     } = setup;
     // A second descriptor for the same socket, to stop it listening once the shard stops
     // accepting (see below); glommio's listener gives no access to its own.
@@ -669,6 +675,7 @@ pub async fn run(
     let shard = Rc::new(Shard {
         status_bell,
         http,
+        page,
         ..Shard::new(
             index,
             stats,

@@ -178,38 +178,6 @@ fn expect_file(path: &Path, want: &[u8], timeout: Duration, fetch: &Fetch) {
     }
 }
 
-/// A port outside the kernel's ephemeral range, free right now, so that a server can be
-/// restarted on it without an outgoing connection having taken it meanwhile.
-fn low_port() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut rng = Rng::new(nanos ^ (u64::from(std::process::id()) << 32));
-    for _ in 0..1000 {
-        let port = 20_000 + rng.below(12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between 20000 and 32000");
-}
-
-/// Starts tailsrv on `path` at `port`, retrying while the port is still held by a
-/// server that just stopped.
-#[track_caller]
-fn serve_at(path: &Path, port: u16) -> Server {
-    let builder = Server::builder().in_process().serve(path).port(port);
-    let mut last = String::new();
-    for _ in 0..100 {
-        match builder.clone().try_start() {
-            Ok(server) => return server,
-            Err(log) => last = log,
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("tailsrv would not start on port {port}; last log:\n{last}");
-}
-
 /// Appends `total` pattern bytes from `start` in random blocks of up to `block` bytes,
 /// pausing up to 4 ms between them, on a thread; returns it.
 fn grow(path: PathBuf, start: u64, total: u64, block: u64, seed: u64) -> thread::JoinHandle<()> {
@@ -345,11 +313,12 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
         &fetch,
     );
     expect_file(&copy, &new, LONG, &fetch);
-    assert!(
-        fetch.logs.lines().iter().any(|l| l.contains("new one")),
-        "the fetcher says the file is new; log:\n{}",
-        fetch.logs.dump()
-    );
+    // Waited for: the copy can be complete before the fetcher's log line is read.
+    fetch
+        .logs
+        .wait_for("the fetcher saying the file is new", PATIENCE, |l| {
+            l.contains("new one")
+        });
 
     // The relay drains its clients from the renamed copy, as for any rotation, and serves
     // the new copy: neither it nor the upstream needed a restart.

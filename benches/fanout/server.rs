@@ -32,6 +32,14 @@ pub enum Target {
     /// Another tailsrv binary (`--baseline-bin`, say the previous commit's), for a before and
     /// after in one run.
     Baseline { bin: PathBuf, shards: Option<u16> },
+    /// This tree's binary with extra options (`--variant NAME=ARGS`, e.g. another
+    /// `--linger`), measured as target NAME.
+    Variant {
+        name: String,
+        bin: PathBuf,
+        shards: Option<u16>,
+        args: Vec<String>,
+    },
     /// A server someone else started, on `file`; its pid, if given, for resource figures.
     External {
         addr: SocketAddr,
@@ -52,6 +60,7 @@ impl Target {
             Target::Tailsrv {
                 shards: Some(n), ..
             } => format!("tailsrv-s{n}"),
+            Target::Variant { name, .. } => name.clone(),
             Target::External { .. } => "external".into(),
         }
     }
@@ -110,6 +119,17 @@ impl Server {
                 if is_baseline && help_mentions(bin, "[default: 1024") {
                     cmd.args(["--max-clients-per-ip", "0"]);
                 }
+                if let Some(n) = shards {
+                    cmd.arg("--shards").arg(n.to_string());
+                }
+                cmd.arg(file).env("RUST_LOG", "info");
+                cmd
+            }
+            Target::Variant {
+                bin, shards, args, ..
+            } => {
+                let mut cmd = Command::new(bin);
+                cmd.args(["-p", "0", "--bind", "127.0.0.1"]).args(args);
                 if let Some(n) = shards {
                     cmd.arg("--shards").arg(n.to_string());
                 }
@@ -201,7 +221,9 @@ impl Server {
             match child.try_wait() {
                 Ok(Some(status)) => {
                     let fine = match self.target {
-                        Target::Tailsrv { .. } | Target::Baseline { .. } => status.success(),
+                        Target::Tailsrv { .. }
+                        | Target::Baseline { .. }
+                        | Target::Variant { .. } => status.success(),
                         _ => true,
                     };
                     return if fine {

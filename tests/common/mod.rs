@@ -4,6 +4,7 @@
 //!   (removed on drop), and keeps every line the server logs; [`InProcess`] runs a whole
 //!   server inside the test process through `tailsrv::Server` and reads its state from its
 //!   `Handle`.
+//! - `browser`: [`Browser`], headless Chromium through WebDriver, for the web page.
 //! - `client`: [`Client`], a `TcpStream` with deadline-bound reads.
 //! - `file`: temp directories, deterministic content, appends, byte comparisons.
 //! - `http`: HTTP requests on the streaming port, and their response heads.
@@ -14,6 +15,7 @@
 //! Nothing here sleeps to synchronise: conditions are polled until a deadline, and a missed
 //! deadline fails the test with the server's log.
 
+mod browser;
 mod client;
 mod file;
 mod http;
@@ -22,6 +24,7 @@ mod metrics;
 mod server;
 mod systemd;
 
+pub use browser::*;
 pub use client::*;
 pub use file::*;
 pub use logs::*;

@@ -705,3 +705,35 @@ pub struct Streaming {
     pub shard: usize,
     pub offset: u64,
 }
+
+/// A port outside the kernel's ephemeral range, free right now, so that a server can be
+/// restarted on it without an outgoing connection having taken it meanwhile.
+pub fn low_port() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = Rng::new(nanos ^ (u64::from(std::process::id()) << 32));
+    for _ in 0..1000 {
+        let port = 20_000 + rng.below(12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
+}
+
+/// Starts tailsrv on `path` at `port`, retrying while the port is still held by a
+/// server that just stopped.
+#[track_caller]
+pub fn serve_at(path: &Path, port: u16) -> Server {
+    let builder = Server::builder().serve(path).port(port);
+    let mut last = String::new();
+    for _ in 0..100 {
+        match builder.clone().try_start() {
+            Ok(server) => return server,
+            Err(log) => last = log,
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("tailsrv would not start on port {port}; last log:\n{last}");
+}
