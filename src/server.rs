@@ -108,6 +108,11 @@ impl Handle {
         self.published.current().map(|g| g.id())
     }
 
+    /// Clients reading the file served now (past their header); 0 while there is none.
+    pub fn file_readers(&self) -> u64 {
+        self.published.current().map_or(0, |g| g.readers())
+    }
+
     /// How many times FILE was rotated (or truncated) in this way since start.
     pub fn rotations(&self, kind: Rotation) -> u64 {
         self.watcher.rotations(kind)

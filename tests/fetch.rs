@@ -303,11 +303,12 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
         &fetch,
     );
     expect_file(&copy, &new, LONG, &fetch);
-    assert!(
-        fetch.logs.lines().iter().any(|l| l.contains("new one")),
-        "the fetcher says the file is new; log:\n{}",
-        fetch.logs.dump()
-    );
+    // Waited for: the copy can be complete before the fetcher's log line is read.
+    fetch
+        .logs
+        .wait_for("the fetcher saying the file is new", PATIENCE, |l| {
+            l.contains("new one")
+        });
 
     // The relay drains its clients from the renamed copy, as for any rotation, and serves
     // the new copy: neither it nor the upstream needed a restart.
