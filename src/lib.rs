@@ -49,6 +49,7 @@
 // lives there, each with a SAFETY note (clippy's undocumented_unsafe_blocks checks those).
 #![deny(unsafe_code)]
 
+pub(crate) mod accept;
 pub mod addr;
 pub(crate) mod admission;
 pub(crate) mod cidr;
@@ -63,6 +64,7 @@ pub(crate) mod lines;
 pub(crate) mod linger;
 pub(crate) mod metrics;
 pub(crate) mod notify;
+pub(crate) mod pace;
 pub mod process;
 pub(crate) mod ratelimit;
 mod server;
