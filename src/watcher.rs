@@ -226,7 +226,7 @@ impl Watch {
             label: jobs.label,
             limits: jobs.limits,
         });
-        // As a shard's listener (see shard::run): stopped listening on the way out, so that
+        // As a shard's listener (see accept::run): stopped listening on the way out, so that
         // the port is free once the process has exited.
         let mut metrics_listening = None;
         if let Some(listener) = jobs.metrics {
