@@ -51,7 +51,7 @@ fn find_program(env: &str, name: &str) -> Option<PathBuf> {
 /// Why write to the stderr handle and not `eprintln!`? The test harness captures
 /// `eprintln!` of passing tests; a skip must show in every run's output.
 pub fn note_skip(test: &str, why: &str) {
-    let _ = writeln!(io::stderr(), "SKIP {test}: {why}");
+    let _ = writeln!(io::stderr(), "SKIP: {test}: {why}");
 }
 
 impl Browser {
