@@ -333,7 +333,7 @@ fn random_headers_never_disturb_the_server_or_its_other_clients() {
         .args(["--header-timeout", "1"])
         .start();
     let port = server.port();
-    let baseline = server.fd_count();
+    let baseline = server.held_fds();
     let size = AtomicU64::new(INITIAL);
     let stop = AtomicBool::new(false);
     let normal: Vec<Client> = (0..4).map(|_| server.connect(b"0\n")).collect();
@@ -406,9 +406,9 @@ fn random_headers_never_disturb_the_server_or_its_other_clients() {
     // Clients that left with a FIN are found gone at the next send (checked a second
     // later); those started beyond the end only once the file reaches them (just now).
     assert!(
-        poll_until(PATIENCE, || server.fd_count() <= baseline + 4 + held),
+        poll_until(PATIENCE, || server.held_fds() <= baseline + 4 + held),
         "descriptors: {} now, {baseline} at the start, 4 ordinary clients, {held} may be held",
-        server.fd_count()
+        server.held_fds()
     );
     let log = server.logs().dump();
     assert!(!log.contains("panicked"), "{log}");
@@ -684,7 +684,8 @@ fn random_http_heads_get_statuses_never_data_and_leave_no_descriptor_behind() {
         .args(["--header-timeout", "1"])
         .start();
     let port = server.port();
-    let baseline = server.fd_count();
+    let baseline = server.held_fds();
+    let table = server.fd_table();
     let checked = AtomicU64::new(0);
     thread::scope(|s| {
         for w in 0..4u64 {
@@ -706,9 +707,10 @@ fn random_http_heads_get_statuses_never_data_and_leave_no_descriptor_behind() {
     // Streams left with a FIN (an HTTP client's FIN is its end) or a reset are let go at
     // once; nothing may be held.
     assert!(
-        poll_until(PATIENCE, || server.fd_count() <= baseline),
-        "descriptors: {} now, {baseline} at the start",
-        server.fd_count()
+        poll_until(PATIENCE, || server.held_fds() <= baseline),
+        "descriptors: {} now, {baseline} at the start\n{}",
+        server.held_fds(),
+        fd_changes(&table, &server.fd_table())
     );
     let log = server.logs().dump();
     assert!(!log.contains("panicked"), "{log}");

@@ -259,13 +259,14 @@ fn closed_clients_are_freed() {
         "warm-up client never finished"
     );
     let baseline = settled_fd_count(&server);
+    let table = server.fd_table();
 
     let file_now = fs::read(server.path()).unwrap();
     let mut clients: Vec<Client> = (0..20).map(|_| server.connect(b"0\n")).collect();
     for client in &mut clients {
         client.expect_bytes(&file_now, PATIENCE);
     }
-    let during = server.fd_count();
+    let during = server.held_fds();
     assert!(
         during >= baseline + 20,
         "{during} descriptors with 20 clients, {baseline} before"
@@ -275,12 +276,13 @@ fn closed_clients_are_freed() {
     server.append(b"after the clients left\n");
     let mut now = during;
     let freed = poll_until(PATIENCE, || {
-        now = server.fd_count();
+        now = server.held_fds();
         now <= baseline
     });
     assert!(
         freed,
-        "server still holds {now} descriptors, {baseline} before 20 clients came and went"
+        "server still holds {now} descriptors, {baseline} before 20 clients came and went\n{}",
+        fd_changes(&table, &server.fd_table())
     );
     assert_eq!(connected(), 0, "clients still counted");
 }
@@ -288,11 +290,11 @@ fn closed_clients_are_freed() {
 /// The server's descriptor count once it holds still: the metrics requests just made close
 /// their connections a moment after the answer has gone out.
 fn settled_fd_count(server: &Server) -> usize {
-    let mut last = server.fd_count();
+    let mut last = server.held_fds();
     let deadline = Instant::now() + PATIENCE;
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        let now = server.fd_count();
+        let now = server.held_fds();
         if now == last || Instant::now() >= deadline {
             return now;
         }

@@ -284,6 +284,29 @@ pub fn usage_of(pid: u32) -> Option<Usage> {
     })
 }
 
+/// What a process's open descriptors name, counted by kind (`socket`, `anon_inode:[eventfd]`,
+/// a path): for a failure message that says which kind was not given back.
+pub fn fd_kinds_of(pid: u32) -> std::collections::BTreeMap<String, usize> {
+    let mut kinds = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return kinds;
+    };
+    for e in entries.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let target = target.display().to_string();
+        // Sockets differ by inode only: one kind for all of them.
+        let kind = if target.starts_with("socket:") {
+            "socket".to_string()
+        } else {
+            target
+        };
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
+    kinds
+}
+
 fn parse_port(line: &str) -> Option<u16> {
     let at = line.find("port=")? + "port=".len();
     let digits: String = line[at..]

@@ -166,6 +166,7 @@ impl Bench {
         let mut st = self.stage(target, slots, FileSpec::Fresh { prefix: MIB })?;
         sleep(self.s.settle);
         let base = st.server.usage();
+        let base_kinds = st.server.pid.map(crate::server::fd_kinds_of);
         let file =
             File::open(&st.path).map_err(|e| format!("opening {}: {e}", st.path.display()))?;
         let shared = Arc::new(Shared {
@@ -251,6 +252,7 @@ impl Bench {
             sleep(Duration::from_millis(200));
             end = st.server.usage();
         }
+        let end_kinds = st.server.pid.map(crate::server::fd_kinds_of);
         st.server.stop()?;
 
         let t = &shared.tally;
@@ -283,8 +285,8 @@ impl Bench {
         if let (Some(b), Some(e)) = (base, end) {
             if e.fds > b.fds {
                 s.failures.push(format!(
-                    "descriptors not back: {} at the start, {} at the end",
-                    b.fds, e.fds
+                    "descriptors not back: {} at the start, {} at the end (by kind: {:?} -> {:?})",
+                    b.fds, e.fds, base_kinds, end_kinds
                 ));
             }
         }
