@@ -7,7 +7,7 @@ use crate::http::{self, Head, HeadError, Kind, Route};
 use crate::lines;
 use crate::shard::{ClientSlot, Shard};
 use crate::state::{Ending, Generation, Phase, Reader};
-use crate::stats::{Protocol, Rejection, ShardStats};
+use crate::stats::{ClientStart, Protocol, Rejection, ShardStats};
 use crate::sys;
 use crate::web;
 use futures_lite::future::{self, poll_fn};
@@ -130,6 +130,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
                 return;
             };
             debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
+            slot.started(ClientStart {
+                peer: peer.0,
+                offset,
+                http: false,
+            });
             stream_file(
                 &shard,
                 &slot,
@@ -270,6 +275,11 @@ async fn answer_http(
                 return None;
             }
             debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming (http)");
+            slot.started(ClientStart {
+                peer: peer.0,
+                offset,
+                http: true,
+            });
             // Why treat a FIN as the end? An HTTP client does not half-close to keep
             // reading; its FIN means it is gone, so its slot is freed now rather than at
             // the next send's reset.

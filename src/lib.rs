@@ -74,6 +74,6 @@ pub(crate) mod web;
 
 pub use admission::Cidr;
 pub use error::{Error, Outcome};
-pub use server::{Handle, Server};
+pub use server::{Handle, Server, Streaming};
 pub use state::FileId;
 pub use stats::Rotation;

@@ -83,6 +83,22 @@ pub struct Handle {
     watcher: Arc<WatcherStats>,
     /// An eventfd the watcher waits on: once bumped, the server stops.
     stop: Arc<OwnedFd>,
+    /// Each shard's line to the watcher, which counts the rings it delivered.
+    interests: Vec<Arc<Interest>>,
+}
+
+/// A client past its header, as [`Handle::client_starts`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streaming {
+    /// The client's address as the server saw it (an IPv4 client of a dual-stack listener
+    /// as `::ffff:a.b.c.d`), if it could be read.
+    pub peer: Option<SocketAddr>,
+    /// The shard serving it.
+    pub shard: usize,
+    /// The offset its header (or HTTP request) resolved to: where it started.
+    pub offset: u64,
+    /// Whether it asked over HTTP.
+    pub http: bool,
 }
 
 impl Handle {
@@ -182,6 +198,35 @@ impl Handle {
             .collect()
     }
 
+    /// The clients connected now that are past their header, with where each started.
+    pub fn client_starts(&self) -> Vec<Streaming> {
+        let mut all = Vec::new();
+        for (shard, stats) in self.stats.iter().enumerate() {
+            all.extend(stats.starts().into_iter().map(|s| Streaming {
+                peer: s.peer,
+                shard,
+                offset: s.offset,
+                http: s.http,
+            }));
+        }
+        all
+    }
+
+    /// Rings the watcher has delivered to each shard. A shard has answered every one when
+    /// its [`shard_wakeups`](Handle::shard_wakeups) count has caught up with this.
+    pub fn shard_rings(&self) -> Vec<u64> {
+        self.interests.iter().map(|i| i.rings()).collect()
+    }
+
+    /// Whether every shard has answered every ring delivered to it so far: the wake-up
+    /// counts then include every ring the watcher has made.
+    pub fn rings_answered(&self) -> bool {
+        self.shard_wakeups()
+            .iter()
+            .zip(self.shard_rings())
+            .all(|(&answered, rung)| answered >= rung)
+    }
+
     /// Times the watcher has woken each shard.
     pub fn shard_wakeups(&self) -> Vec<u64> {
         self.stats
@@ -276,6 +321,7 @@ impl Server {
 
         let (placement, pinned) = placement(shards, &cpus);
         let mut bells = Vec::with_capacity(shards);
+        let mut interests = Vec::with_capacity(shards);
         let mut status_changes = Vec::new();
         let mut setups = Vec::with_capacity(shards);
         let page: Arc<str> = crate::web::page(&opts.file).into();
@@ -285,6 +331,7 @@ impl Server {
             let stats = Arc::new(ShardStats::default());
             let interest = Arc::new(Interest::default());
             bells.push((bell, interest.clone()));
+            interests.push(interest.clone());
             all_stats.push(stats.clone());
             let status = notifier.enabled().then(|| {
                 let (tx, rx) = shared_channel::new_bounded(1);
@@ -312,11 +359,17 @@ impl Server {
         let shard_published = published.clone();
         let audience = watch.audience();
         let shard_admission = admission.clone();
+        // Why carry the caller's log subscriber over? The executors' threads would otherwise
+        // log to the process-wide one: the same thing in the binary, but a test running
+        // several servers in one process gives each its own (see tests/common).
+        let logs = tracing::dispatcher::get_default(|d| d.clone());
+        let shard_logs = logs.clone();
         let pool = LocalExecutorPoolBuilder::new(placement)
             .name("tailsrv-shard")
             .io_memory(IO_MEMORY)
             .ring_depth(SHARD_RING_DEPTH)
             .on_all_shards(move || async move {
+                let _logs = tracing::dispatcher::set_default(&shard_logs);
                 let setup = setups.lock().map(|mut s| s.pop()).ok().flatten();
                 let Some(setup) = setup else { return };
                 let index = setup.index;
@@ -340,6 +393,7 @@ impl Server {
             stats: all_stats.clone(),
             watcher: watch.stats(),
             stop: stop.clone(),
+            interests,
         };
         let jobs = SideJobs {
             stats: all_stats,
@@ -355,6 +409,7 @@ impl Server {
             .name("tailsrv-watcher")
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
+                let _logs = tracing::dispatcher::set_default(&logs);
                 // Set when this future ends or unwinds, so `serve` never waits for nothing.
                 let _done = SetOnDrop(done);
                 watch.run(stop, bells, jobs).await

@@ -5,7 +5,7 @@
 use crate::admission::{Admission, Backoff};
 use crate::client;
 use crate::state::{Audience, Generation, Interest, Phase, Published};
-use crate::stats::ShardStats;
+use crate::stats::{ClientStart, ShardStats};
 use crate::sys;
 use futures_lite::future;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
@@ -65,6 +65,8 @@ struct Slot {
     room: Option<Waker>,
     /// The client's socket and its tag, once in the shard's room set.
     watched: Option<(RawFd, u32)>,
+    /// Whether the client's start is recorded in the shard's stats.
+    started: bool,
 }
 
 /// The shard's view of the world, shared by its tasks (one thread, so `Cell`s suffice).
@@ -500,6 +502,12 @@ pub struct ClientSlot {
 }
 
 impl ClientSlot {
+    /// Records where the client starts streaming, for [`crate::Handle::client_starts`].
+    pub fn started(&self, start: ClientStart) {
+        self.shard.slots.borrow_mut()[self.index].started = true;
+        self.shard.stats.started(self.index, start);
+    }
+
     /// A number naming this client in logs, unique within its shard.
     pub fn id(&self) -> u64 {
         self.id.unwrap_or(u64::MAX)
@@ -616,6 +624,9 @@ impl Drop for ClientSlot {
         if slot.growth.is_some() {
             shard.waiting.set(shard.waiting.get() - 1);
         }
+        if slot.started {
+            shard.stats.ended(self.index);
+        }
         shard.free.borrow_mut().push(self.index);
         if self.id.is_none() {
             return;
@@ -652,6 +663,9 @@ pub async fn run(
         http,
         page,
     } = setup;
+    // A second descriptor for the same socket, to stop it listening once the shard stops
+    // accepting (see below); glommio's listener gives no access to its own.
+    let listening = listener.try_clone();
     let listener = sys::adopt_listener(listener);
     let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
     let status_bell = match status {
@@ -762,7 +776,22 @@ pub async fn run(
             }
         }
     }
+    // Why not just drop the listener? Its last accept was queued in the shard's io_uring,
+    // and the kernel keeps a reference to the socket until that accept is cancelled, which
+    // can be after the process has exited (the ring is torn down in the background): the
+    // port stayed in LISTEN for up to 140 ms after exit, and a server restarted at once
+    // failed to bind it (4 in 30 restarts). Shutting the socket down takes it out of
+    // LISTEN now, whoever still holds it.
+    match &listening {
+        Ok(fd) => {
+            if let Err(e) = sys::stop_listening(fd.as_fd()) {
+                error!(shard = index, error = %e, "cannot stop listening");
+            }
+        }
+        Err(e) => error!(shard = index, error = %e, "cannot stop listening: no descriptor for it"),
+    }
     drop(listener);
+    drop(listening);
 
     if shard.phase() == Phase::Draining {
         future::or(shard.until_no_clients(), async {
