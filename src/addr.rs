@@ -138,10 +138,9 @@ pub fn bind_shards(
 /// How long a bind that finds its port in use keeps trying.
 ///
 /// Why try again at all? A server restarted at once may find the port still held for a
-/// few milliseconds by the process it replaces, if that process did not stop listening
-/// before it exited (tailsrv does; older versions did not, and their listeners stayed in
-/// LISTEN up to 140 ms after exit here). Why so short? A port that is really in use, by a
-/// second server say, must still fail promptly.
+/// moment by the process it replaces, if that process did not stop listening before it
+/// exited (tailsrv does; older versions did not). Why so short? A port that is really in
+/// use, by a second server say, must still fail promptly.
 pub const IN_USE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Runs `bind`, and while it fails with "address in use", runs it again every few

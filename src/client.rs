@@ -32,11 +32,9 @@ use tracing::{debug, info, warn};
 /// for as long as its socket keeps draining, while caught-up clients wait for a 64-byte
 /// append. Most calls stop short of it anyway, when the socket's buffer is full (Linux lets
 /// a TCP send buffer grow to 4 MiB by default); the bound matters for a reader that drains
-/// as fast as the shard sends. Why 4 MiB? Measured with 100 clients catching up, server
-/// pinned to one CPU (2 runs each, after full sockets moved to the epoll wait): server CPU
-/// per GiB was about 2.5x a single-thread epoll server's with 256 KiB, whose full chunks
-/// each end in a turn-taking timer, and 1.2-1.4x with 1, 4 or 16 MiB alike, where most
-/// calls end on a full socket instead.
+/// as fast as the shard sends. Why 4 MiB? Smaller chunks each end in a turn-taking timer
+/// and cost twice the CPU per GiB; from 1 MiB up most calls end on a full socket instead
+/// (docs/benchmarks.md, "Where the constants come from").
 pub const CHUNK: usize = 4 << 20;
 
 /// After sending to a client that has half-closed, check this long after that it is still
@@ -701,8 +699,8 @@ const TURN: Duration = Duration::from_micros(1);
 /// timer that has not expired when first polled takes the task off the run queue; glommio
 /// fires it from its reactor, so each round of catch-up chunks is followed by an I/O pass.
 /// (A timer that has already expired would not do: glommio's timer completes at once
-/// without yielding. And a 1 ms preemption timer did the same job but made glommio 0.9 lose
-/// wake-ups: a shard fell asleep with a doorbell pending, in one stress run of three.)
+/// without yielding. A 1 ms preemption timer did the same job but made glommio 0.9 lose
+/// wake-ups; docs/benchmarks.md, "Where the constants come from".)
 pub(crate) async fn take_turns() {
     Timer::new(TURN).await;
 }

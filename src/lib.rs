@@ -51,6 +51,7 @@
 
 pub mod addr;
 pub(crate) mod admission;
+pub(crate) mod cidr;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod control;
@@ -63,6 +64,7 @@ pub(crate) mod linger;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub mod process;
+pub(crate) mod ratelimit;
 mod server;
 pub(crate) mod shard;
 pub(crate) mod state;
@@ -72,7 +74,7 @@ pub(crate) mod systemd;
 pub(crate) mod watcher;
 pub(crate) mod web;
 
-pub use admission::Cidr;
+pub use cidr::Cidr;
 pub use error::{Error, Outcome};
 pub use server::{Handle, Server, Streaming};
 pub use state::FileId;

@@ -45,10 +45,11 @@ const IO_MEMORY: usize = 64 << 10;
 /// time it looks at its reactor. Every accepted connection queues a poll or two (glommio
 /// arms one for each new stream, and one more when its client starts waiting), and a shard
 /// busy sending appends to thousands of clients looks at its reactor only between rounds
-/// of sends. With 128, a burst of 5,000 connections on a busy shard took so many rounds to
-/// submit that some headers, already sent, were not read within the 10 s header timeout
-/// (10,000 clients, about one run in three). 1,024 drains such a burst in a few rounds; it
-/// costs about 100 KiB of ring memory per ring, three rings per shard.
+/// of sends. With 128, a burst of thousands of connections on a busy shard took so many
+/// rounds to submit that headers already sent were not read within the header timeout
+/// (docs/benchmarks.md, "A busy shard that never looked at its reactor"). 1,024 drains
+/// such a burst in a few rounds; it costs about 100 KiB of ring memory per ring, three rings
+/// per shard.
 const SHARD_RING_DEPTH: usize = 1024;
 
 /// Listen backlog per shard: room for a burst of thousands of connects.

@@ -439,8 +439,8 @@ fn room_key(index: usize, tag: u32) -> u64 {
 /// socket's writability: its `poll_write` always tries a `send` first. And a small `send`
 /// is a poor test of room for `sendfile`: a full TCP socket still takes a byte or two into
 /// the last packet it queued while it refuses the new packet `sendfile` needs, so a one-byte
-/// probe in its place spun, a byte per turn, until the peer acknowledged more (30,000 such
-/// bytes per 8 GiB of catch-up, a quarter of the shard's CPU). The set holds each socket of
+/// probe in its place spun, a byte per turn, until the peer acknowledged more
+/// (docs/benchmarks.md, "Full sockets: the probe that spun"). The set holds each socket of
 /// the shard that has ever been full, edge-triggered on room: an edge is the kernel's own
 /// "writable" (a third of the buffer free), the one a single-thread epoll server waits for.
 /// The set's descriptor is awaited through the shard's io_uring like any other, and one
@@ -703,9 +703,10 @@ pub async fn run(
             // Why look before waiting? A ring that is already there came while the shard
             // was sending the last one around: the file grows faster than the shard can
             // send it. Taking it at once, again and again, would keep the shard from its
-            // reactor for as long as that lasts (seen with 5,000 clients a shard: new
-            // connections sat unaccepted in the backlog for a minute). So such a ring, like
-            // growth the shard found itself, waits for a turn through the reactor first.
+            // reactor for as long as that lasts, and new connections would sit unaccepted
+            // (docs/benchmarks.md, "A busy shard that never looked at its reactor"). So such
+            // a ring, like growth the shard found itself, waits for a turn through the
+            // reactor first.
             let (rang, waited) = match future::poll_once(&mut next).await {
                 Some(rang) => (rang, false),
                 None => (next.await, true),
@@ -778,10 +779,10 @@ pub async fn run(
     }
     // Why not just drop the listener? Its last accept was queued in the shard's io_uring,
     // and the kernel keeps a reference to the socket until that accept is cancelled, which
-    // can be after the process has exited (the ring is torn down in the background): the
-    // port stayed in LISTEN for up to 140 ms after exit, and a server restarted at once
-    // failed to bind it (4 in 30 restarts). Shutting the socket down takes it out of
-    // LISTEN now, whoever still holds it.
+    // can be after the process has exited (the ring is torn down in the background), so a
+    // server restarted at once could not bind the port. Shutting the socket down takes it
+    // out of LISTEN now, whoever still holds it (docs/benchmarks.md, "Where the constants
+    // come from").
     match &listening {
         Ok(fd) => {
             if let Err(e) = sys::stop_listening(fd.as_fd()) {
