@@ -7,8 +7,9 @@ use crate::http::{self, Head, HeadError, Kind, Route};
 use crate::lines;
 use crate::shard::{ClientSlot, Shard};
 use crate::state::{Ending, Generation, Phase, Reader};
-use crate::stats::{Protocol, Rejection, ShardStats};
+use crate::stats::{ClientStart, Protocol, Rejection, ShardStats};
 use crate::sys;
+use crate::web;
 use futures_lite::future::{self, poll_fn};
 use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
@@ -31,11 +32,9 @@ use tracing::{debug, info, warn};
 /// for as long as its socket keeps draining, while caught-up clients wait for a 64-byte
 /// append. Most calls stop short of it anyway, when the socket's buffer is full (Linux lets
 /// a TCP send buffer grow to 4 MiB by default); the bound matters for a reader that drains
-/// as fast as the shard sends. Why 4 MiB? Measured with 100 clients catching up, server
-/// pinned to one CPU (2 runs each, after full sockets moved to the epoll wait): server CPU
-/// per GiB was about 2.5x a single-thread epoll server's with 256 KiB, whose full chunks
-/// each end in a turn-taking timer, and 1.2-1.4x with 1, 4 or 16 MiB alike, where most
-/// calls end on a full socket instead.
+/// as fast as the shard sends. Why 4 MiB? Smaller chunks each end in a turn-taking timer
+/// and cost twice the CPU per GiB; from 1 MiB up most calls end on a full socket instead
+/// (docs/benchmarks.md, "Where the constants come from").
 pub const CHUNK: usize = 4 << 20;
 
 /// After sending to a client that has half-closed, check this long after that it is still
@@ -129,6 +128,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
                 return;
             };
             debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
+            slot.started(ClientStart {
+                peer: peer.0,
+                offset,
+                http: false,
+            });
             stream_file(
                 &shard,
                 &slot,
@@ -140,9 +144,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
             )
             .await
         }
-        Request::Http { route, host } => {
+        Request::Http { route, host, html } => {
             let _serving = shard.stats.serving(Protocol::Http);
-            match answer_http(&shard, &slot, &mut stream, peer, route, host).await {
+            match answer_http(&shard, &slot, &mut stream, peer, route, host, html).await {
                 Some(end) => end,
                 None => {
                     close(&stream);
@@ -164,8 +168,13 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
 enum Request {
     /// A raw header: where to start, and whether the client's sending side is still open.
     Raw { start: Start, input_open: bool },
-    /// An HTTP request: what to serve, and the `Host` it named (for the help text).
-    Http { route: Route, host: Option<String> },
+    /// An HTTP request: what to serve, the `Host` it named (for the help text), and whether
+    /// it accepts HTML (a browser, which gets the web page at `/`).
+    Http {
+        route: Route,
+        host: Option<String>,
+        html: bool,
+    },
 }
 
 /// Resolves a start to an offset in a file of `size` bytes; `None` (logged) if reading the
@@ -235,6 +244,7 @@ async fn answer_http(
     peer: Peer,
     route: Route,
     host: Option<String>,
+    html: bool,
 ) -> Option<End> {
     let sock = stream.as_raw_fd();
     let (status, response) = match route {
@@ -263,14 +273,25 @@ async fn answer_http(
                 return None;
             }
             debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming (http)");
+            slot.started(ClientStart {
+                peer: peer.0,
+                offset,
+                http: true,
+            });
             // Why treat a FIN as the end? An HTTP client does not half-close to keep
             // reading; its FIN means it is gone, so its slot is freed now rather than at
             // the next send's reset.
             return Some(stream_file(shard, slot, stream, offset, true, true, reader).await);
         }
-        Route::Help { head_only } => (
+        Route::Index { head_only } if html => (200, web::response(&shard.page, head_only)),
+        Route::Index { head_only } => (
             200,
-            http::reply("200 OK", &[], &http::help(host.as_deref()), head_only),
+            http::reply(
+                "200 OK",
+                &[("Vary", "Accept")],
+                &http::help(host.as_deref()),
+                head_only,
+            ),
         ),
         Route::NotFound { head_only } => (
             404,
@@ -446,6 +467,7 @@ async fn read_http_head(stream: &mut TcpStream, first: &[u8]) -> Result<Request,
                 return Ok(Request::Http {
                     route: http::route(&method, &target),
                     host: http::host(&head),
+                    html: http::accepts_html(&head),
                 })
             }
             Head::Bad(e) => return Err(HeaderFailure::Http(e)),
@@ -677,8 +699,8 @@ const TURN: Duration = Duration::from_micros(1);
 /// timer that has not expired when first polled takes the task off the run queue; glommio
 /// fires it from its reactor, so each round of catch-up chunks is followed by an I/O pass.
 /// (A timer that has already expired would not do: glommio's timer completes at once
-/// without yielding. And a 1 ms preemption timer did the same job but made glommio 0.9 lose
-/// wake-ups: a shard fell asleep with a doorbell pending, in one stress run of three.)
+/// without yielding. A 1 ms preemption timer did the same job but made glommio 0.9 lose
+/// wake-ups; docs/benchmarks.md, "Where the constants come from".)
 pub(crate) async fn take_turns() {
     Timer::new(TURN).await;
 }

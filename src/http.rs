@@ -94,8 +94,9 @@ pub fn parse_head(received: &[u8]) -> Head {
 pub enum Route {
     /// `/stream`: the file from `start` on; with `head_only` (HEAD), the headers alone.
     Stream { start: Start, head_only: bool },
-    /// `/`: a short plain-text help.
-    Help { head_only: bool },
+    /// `/`: the web page for a browser, a short plain-text help for anything else
+    /// ([`accepts_html`] tells them apart).
+    Index { head_only: bool },
     /// Any other path.
     NotFound { head_only: bool },
     /// A method other than GET and HEAD.
@@ -110,7 +111,7 @@ pub const DEFAULT_START: Start = Start::Lines(10);
 /// Maps a request's method and target to what to serve.
 ///
 /// Why one pure function? Every decision about a request is here, so the table of requests
-/// and answers is one unit test, and adding a page (`/` is reserved for one) is one arm.
+/// and answers is one unit test, and adding a path is one arm.
 pub fn route(method: &str, target: &str) -> Route {
     let head_only = match method {
         "GET" => false,
@@ -126,7 +127,7 @@ pub fn route(method: &str, target: &str) -> Route {
             Ok(start) => Route::Stream { start, head_only },
             Err(why) => Route::BadRequest(why),
         },
-        "/" => Route::Help { head_only },
+        "/" => Route::Index { head_only },
         _ => Route::NotFound { head_only },
     }
 }
@@ -289,6 +290,36 @@ pub fn host(head: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether a complete request head's `Accept` field names `text/html` (with a non-zero
+/// `q`): a browser navigating to `/` gets the web page, curl and scripts the text help.
+///
+/// Why ask `Accept`? Every browser sends `text/html` in it when it opens a page, and
+/// `curl`, `wget` and HTTP libraries send `*/*` or nothing; a person typing
+/// `curl http://HOST:PORT/` wants the curl lines, not a page of script.
+pub fn accepts_html(head: &[u8]) -> bool {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    if request.parse(head).is_err() {
+        return false;
+    }
+    request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("accept"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>() == Ok(0.0)
+                })
+            });
+            media.eq_ignore_ascii_case("text/html") && !refused
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,9 +421,9 @@ mod tests {
                     head_only: true,
                 },
             ),
-            ("GET", "/", Route::Help { head_only: false }),
-            ("HEAD", "/", Route::Help { head_only: true }),
-            ("GET", "/?x=1", Route::Help { head_only: false }),
+            ("GET", "/", Route::Index { head_only: false }),
+            ("HEAD", "/", Route::Index { head_only: true }),
+            ("GET", "/?x=1", Route::Index { head_only: false }),
             ("GET", "/streams", Route::NotFound { head_only: false }),
             ("GET", "/stream/", Route::NotFound { head_only: false }),
             ("HEAD", "/metrics", Route::NotFound { head_only: true }),
@@ -522,6 +553,31 @@ mod tests {
             let length = fields.iter().find(|f| f.0 == "Content-Length").unwrap();
             assert_eq!(length.1, body.len().to_string());
         }
+    }
+
+    #[test]
+    fn browsers_accept_html_and_curl_does_not() {
+        let head = |accept: &str| format!("GET / HTTP/1.1\r\nHost: h\r\n{accept}\r\n");
+        let cases = [
+            // What Chromium and Firefox send when they open a page.
+            (
+                "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n",
+                true,
+            ),
+            ("accept: TEXT/HTML\r\n", true),
+            ("Accept: text/plain\r\nAccept: text/html;q=0.5\r\n", true),
+            // curl, wget, libraries.
+            ("Accept: */*\r\n", false),
+            ("", false),
+            ("Accept: text/plain, text/*\r\n", false),
+            ("Accept: text/html;q=0\r\n", false),
+            ("Accept: text/html; q=0.000\r\n", false),
+            ("Accept: text/htmlx\r\n", false),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(accepts_html(head(accept).as_bytes()), want, "{accept:?}");
+        }
+        assert!(!accepts_html(b"GET / HTTP/1.1\r\nAccept text/html\r\n\r\n"));
     }
 
     #[test]

@@ -27,7 +27,9 @@
 //!   are an HTTP request line, the request head (`http`: parsing, routing, response heads),
 //!   then moves file bytes to the socket with sendfile ([`sys`]), waiting on a full socket
 //!   without holding up anyone else. A line-counted start (`nN`, `?lines=N`) is found by
-//!   `lines`, reading backwards from the end on the shard's blocking thread.
+//!   `lines`, reading backwards from the end on the shard's blocking thread. A browser
+//!   asking for `/` gets the web page (`web`: one HTML file in the binary), which follows
+//!   `/stream` with `fetch()`.
 //! - `server`: [`Server::bind`] wires it together and returns once every shard accepts;
 //!   [`Server::serve`] runs it until a shutdown future resolves, and a [`Handle`] reads its
 //!   state or stops it from any thread. Tests run whole servers in-process this way.
@@ -49,6 +51,7 @@
 
 pub mod addr;
 pub(crate) mod admission;
+pub(crate) mod cidr;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod control;
@@ -61,6 +64,7 @@ pub(crate) mod linger;
 pub(crate) mod metrics;
 pub(crate) mod notify;
 pub mod process;
+pub(crate) mod ratelimit;
 mod server;
 pub(crate) mod shard;
 pub(crate) mod state;
@@ -68,9 +72,10 @@ pub(crate) mod stats;
 pub mod sys;
 pub(crate) mod systemd;
 pub(crate) mod watcher;
+pub(crate) mod web;
 
-pub use admission::Cidr;
+pub use cidr::Cidr;
 pub use error::{Error, Outcome};
-pub use server::{Handle, Server};
+pub use server::{Handle, Server, Streaming};
 pub use state::FileId;
 pub use stats::Rotation;

@@ -5,7 +5,7 @@
 use crate::admission::{Admission, Backoff};
 use crate::client;
 use crate::state::{Audience, Generation, Interest, Phase, Published};
-use crate::stats::ShardStats;
+use crate::stats::{ClientStart, ShardStats};
 use crate::sys;
 use futures_lite::future;
 use glommio::channels::shared_channel::{ConnectedSender, SharedReceiver, SharedSender};
@@ -45,6 +45,8 @@ pub struct ShardSetup {
     pub room: OwnedFd,
     /// Whether the HTTP face is on (`--no-http` turns it off).
     pub http: bool,
+    /// The web page `GET /` sends a browser (`web::page`), made once for every shard.
+    pub page: Arc<str>,
 }
 
 #[derive(Default)]
@@ -63,6 +65,8 @@ struct Slot {
     room: Option<Waker>,
     /// The client's socket and its tag, once in the shard's room set.
     watched: Option<(RawFd, u32)>,
+    /// Whether the client's start is recorded in the shard's stats.
+    started: bool,
 }
 
 /// The shard's view of the world, shared by its tasks (one thread, so `Cell`s suffice).
@@ -72,6 +76,8 @@ pub struct Shard {
     pub header_timeout: Duration,
     /// Whether clients may speak HTTP.
     pub http: bool,
+    /// The web page, as `ShardSetup::page`.
+    pub page: Arc<str>,
     published: Arc<Published>,
     /// Every shard's clients, counted for the watcher (see [`Audience`]).
     audience: Arc<Audience>,
@@ -118,6 +124,7 @@ impl Shard {
             stats,
             header_timeout,
             http: true,
+            page: Arc::from(""),
             published,
             audience,
             interest,
@@ -432,8 +439,8 @@ fn room_key(index: usize, tag: u32) -> u64 {
 /// socket's writability: its `poll_write` always tries a `send` first. And a small `send`
 /// is a poor test of room for `sendfile`: a full TCP socket still takes a byte or two into
 /// the last packet it queued while it refuses the new packet `sendfile` needs, so a one-byte
-/// probe in its place spun, a byte per turn, until the peer acknowledged more (30,000 such
-/// bytes per 8 GiB of catch-up, a quarter of the shard's CPU). The set holds each socket of
+/// probe in its place spun, a byte per turn, until the peer acknowledged more
+/// (docs/benchmarks.md, "Full sockets: the probe that spun"). The set holds each socket of
 /// the shard that has ever been full, edge-triggered on room: an edge is the kernel's own
 /// "writable" (a third of the buffer free), the one a single-thread epoll server waits for.
 /// The set's descriptor is awaited through the shard's io_uring like any other, and one
@@ -495,6 +502,12 @@ pub struct ClientSlot {
 }
 
 impl ClientSlot {
+    /// Records where the client starts streaming, for [`crate::Handle::client_starts`].
+    pub fn started(&self, start: ClientStart) {
+        self.shard.slots.borrow_mut()[self.index].started = true;
+        self.shard.stats.started(self.index, start);
+    }
+
     /// A number naming this client in logs, unique within its shard.
     pub fn id(&self) -> u64 {
         self.id.unwrap_or(u64::MAX)
@@ -611,6 +624,9 @@ impl Drop for ClientSlot {
         if slot.growth.is_some() {
             shard.waiting.set(shard.waiting.get() - 1);
         }
+        if slot.started {
+            shard.stats.ended(self.index);
+        }
         shard.free.borrow_mut().push(self.index);
         if self.id.is_none() {
             return;
@@ -645,7 +661,11 @@ pub async fn run(
         stats,
         room,
         http,
+        page,
     } = setup;
+    // A second descriptor for the same socket, to stop it listening once the shard stops
+    // accepting (see below); glommio's listener gives no access to its own.
+    let listening = listener.try_clone();
     let listener = sys::adopt_listener(listener);
     let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
     let status_bell = match status {
@@ -655,6 +675,7 @@ pub async fn run(
     let shard = Rc::new(Shard {
         status_bell,
         http,
+        page,
         ..Shard::new(
             index,
             stats,
@@ -682,9 +703,10 @@ pub async fn run(
             // Why look before waiting? A ring that is already there came while the shard
             // was sending the last one around: the file grows faster than the shard can
             // send it. Taking it at once, again and again, would keep the shard from its
-            // reactor for as long as that lasts (seen with 5,000 clients a shard: new
-            // connections sat unaccepted in the backlog for a minute). So such a ring, like
-            // growth the shard found itself, waits for a turn through the reactor first.
+            // reactor for as long as that lasts, and new connections would sit unaccepted
+            // (docs/benchmarks.md, "A busy shard that never looked at its reactor"). So such
+            // a ring, like growth the shard found itself, waits for a turn through the
+            // reactor first.
             let (rang, waited) = match future::poll_once(&mut next).await {
                 Some(rang) => (rang, false),
                 None => (next.await, true),
@@ -755,7 +777,22 @@ pub async fn run(
             }
         }
     }
+    // Why not just drop the listener? Its last accept was queued in the shard's io_uring,
+    // and the kernel keeps a reference to the socket until that accept is cancelled, which
+    // can be after the process has exited (the ring is torn down in the background), so a
+    // server restarted at once could not bind the port. Shutting the socket down takes it
+    // out of LISTEN now, whoever still holds it (docs/benchmarks.md, "Where the constants
+    // come from").
+    match &listening {
+        Ok(fd) => {
+            if let Err(e) = sys::stop_listening(fd.as_fd()) {
+                error!(shard = index, error = %e, "cannot stop listening");
+            }
+        }
+        Err(e) => error!(shard = index, error = %e, "cannot stop listening: no descriptor for it"),
+    }
     drop(listener);
+    drop(listening);
 
     if shard.phase() == Phase::Draining {
         future::or(shard.until_no_clients(), async {

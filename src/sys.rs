@@ -226,6 +226,14 @@ pub fn set_linger_zero(socket: RawFd) -> io::Result<()> {
     setsockopt(socket, libc::SOL_SOCKET, libc::SO_LINGER, linger)
 }
 
+/// Stops a listening socket listening, at once: connections in its backlog are reset, and
+/// the port no longer counts as in use, even while another reference to the socket lives
+/// on (an io_uring accept the kernel has not finished cancelling, a process still exiting).
+pub(crate) fn stop_listening(listener: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor the caller keeps open for the call.
+    check(unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) }).map(drop)
+}
+
 /// Shuts down the sending side: the peer gets a FIN once everything queued has gone out.
 pub(crate) fn shutdown_write(socket: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller owns.

@@ -223,8 +223,13 @@ impl Watch {
             label: jobs.label,
             limits: jobs.limits,
         });
+        // As a shard's listener (see shard::run): stopped listening on the way out, so that
+        // the port is free once the process has exited.
+        let mut metrics_listening = None;
         if let Some(listener) = jobs.metrics {
-            let listener = sys::adopt_listener(listener.into());
+            let listener = OwnedFd::from(listener);
+            metrics_listening = listener.try_clone().ok();
+            let listener = sys::adopt_listener(listener);
             let metrics = metrics::serve(listener, view.clone(), bells.clone());
             glommio::spawn_local(metrics).detach();
         }
@@ -317,6 +322,11 @@ impl Watch {
         };
         notifier.stopping(outcome.status());
         bells.ring_all();
+        if let Some(fd) = metrics_listening {
+            if let Err(e) = sys::stop_listening(fd.as_fd()) {
+                warn!(error = %e, "cannot stop listening for metrics requests");
+            }
+        }
         Ok(outcome)
     }
 

@@ -27,3 +27,4 @@ mod protocol;
 mod regressions;
 mod rotation;
 mod wakeups;
+mod web;

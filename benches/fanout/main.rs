@@ -65,6 +65,11 @@ struct Options {
     #[arg(long, value_name = "PATH")]
     baseline_bin: Option<PathBuf>,
 
+    /// Also measure this tree's tailsrv with extra options, as target NAME (repeatable; e.g.
+    /// `--variant "linger-0=--linger 0"`)
+    #[arg(long, value_name = "NAME=ARGS", value_parser = parse_variant)]
+    variant: Vec<(String, Vec<String>)>,
+
     /// Relay catch-up: also copy with this tailsrv-fetch binary (e.g. the previous commit's),
     /// as fetcher `baseline`, for a before and after in one run
     #[arg(long, value_name = "PATH")]
@@ -192,6 +197,20 @@ enum Scenario {
     Shards,
     Soak,
     Relay,
+}
+
+/// `NAME=ARGS`: a target name and the options it adds, split at white space.
+fn parse_variant(text: &str) -> Result<(String, Vec<String>), String> {
+    let (name, args) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=ARGS"))?;
+    if name.is_empty() || ["reference", "tailsrv", "baseline"].contains(&name) {
+        return Err(format!("`{name}` cannot name a variant"));
+    }
+    Ok((
+        name.to_string(),
+        args.split_whitespace().map(String::from).collect(),
+    ))
 }
 
 /// CPUs by number.
@@ -361,6 +380,14 @@ fn run(opts: Options) -> Result<bool, String> {
         targets.push(Target::Baseline {
             bin: bin.clone(),
             shards: opts.shards,
+        });
+    }
+    for (name, args) in &opts.variant {
+        targets.push(Target::Variant {
+            name: name.clone(),
+            bin: bin.clone(),
+            shards: opts.shards,
+            args: args.clone(),
         });
     }
     // The shards scenario compares tailsrv with one and with two shards.

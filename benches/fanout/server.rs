@@ -35,6 +35,14 @@ pub enum Target {
     /// Another tailsrv binary (`--baseline-bin`, say the previous commit's), for a before and
     /// after in one run.
     Baseline { bin: PathBuf, shards: Option<u16> },
+    /// This tree's binary with extra options (`--variant NAME=ARGS`, e.g. another
+    /// `--linger`), measured as target NAME.
+    Variant {
+        name: String,
+        bin: PathBuf,
+        shards: Option<u16>,
+        args: Vec<String>,
+    },
     /// A server someone else started, on `file`; its pid, if given, for resource figures.
     External {
         addr: SocketAddr,
@@ -59,6 +67,7 @@ impl Target {
             Target::TailsrvHttp {
                 shards: Some(n), ..
             } => format!("tailsrv-http-s{n}"),
+            Target::Variant { name, .. } => name.clone(),
             Target::External { .. } => "external".into(),
         }
     }
@@ -129,6 +138,17 @@ impl Server {
                 if is_baseline && help_mentions(bin, "[default: 1024") {
                     cmd.args(["--max-clients-per-ip", "0"]);
                 }
+                if let Some(n) = shards {
+                    cmd.arg("--shards").arg(n.to_string());
+                }
+                cmd.arg(file).env("RUST_LOG", "info");
+                cmd
+            }
+            Target::Variant {
+                bin, shards, args, ..
+            } => {
+                let mut cmd = Command::new(bin);
+                cmd.args(["-p", "0", "--bind", "127.0.0.1"]).args(args);
                 if let Some(n) = shards {
                     cmd.arg("--shards").arg(n.to_string());
                 }
@@ -222,7 +242,8 @@ impl Server {
                     let fine = match self.target {
                         Target::Tailsrv { .. }
                         | Target::TailsrvHttp { .. }
-                        | Target::Baseline { .. } => status.success(),
+                        | Target::Baseline { .. }
+                        | Target::Variant { .. } => status.success(),
                         _ => true,
                     };
                     return if fine {

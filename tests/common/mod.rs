@@ -4,6 +4,7 @@
 //!   (removed on drop), and keeps every line the server logs; [`InProcess`] runs a whole
 //!   server inside the test process through `tailsrv::Server` and reads its state from its
 //!   `Handle`.
+//! - `browser`: [`Browser`], headless Chromium through WebDriver, for the web page.
 //! - `client`: [`Client`], a `TcpStream` with deadline-bound reads.
 //! - `file`: temp directories, deterministic content, appends, byte comparisons.
 //! - `http`: HTTP requests on the streaming port, and their response heads.
@@ -14,6 +15,7 @@
 //! Nothing here sleeps to synchronise: conditions are polled until a deadline, and a missed
 //! deadline fails the test with the server's log.
 
+mod browser;
 mod client;
 mod file;
 mod http;
@@ -22,9 +24,11 @@ mod metrics;
 mod server;
 mod systemd;
 
+pub use browser::*;
 pub use client::*;
 pub use file::*;
 pub use logs::*;
+pub use metrics::*;
 pub use server::*;
 pub use systemd::*;
 
@@ -52,5 +56,28 @@ pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
             return false;
         }
         thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Says that the calling test did not run its checks here, and why: on stderr, and as a
+/// `SKIP: test: why` line in the file `TAILSRV_SKIPS` names, if set (`.ci/run` sets it and
+/// counts the lines in its closing line). A skipped test still reports "ok" to the harness,
+/// so without this it would count as a pass.
+pub fn skip(why: &str) {
+    let name = thread::current()
+        .name()
+        .unwrap_or("an unnamed test")
+        .to_string();
+    eprintln!("SKIP: {name}: {why}");
+    if let Some(path) = std::env::var_os("TAILSRV_SKIPS") {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "SKIP: {name}: {why}"));
+        if let Err(e) = written {
+            panic!("recording the skip in {}: {e}", path.to_string_lossy());
+        }
     }
 }
