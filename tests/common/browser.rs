@@ -46,14 +46,6 @@ fn find_program(env: &str, name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Says that `test` is skipped and why, where a person sees it even when the test passes.
-///
-/// Why write to the stderr handle and not `eprintln!`? The test harness captures
-/// `eprintln!` of passing tests; a skip must show in every run's output.
-pub fn note_skip(test: &str, why: &str) {
-    let _ = writeln!(io::stderr(), "SKIP {test}: {why}");
-}
-
 impl Browser {
     /// Starts chromedriver and a headless Chromium session with a fresh profile, or, with no
     /// browser installed, notes that the calling test is skipped and returns `None` (and
@@ -72,7 +64,7 @@ impl Browser {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{test}: CI=true, and {why}: .ci/run installs them");
             }
-            note_skip(test, why);
+            skip(why);
             return None;
         };
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
