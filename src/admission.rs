@@ -212,8 +212,8 @@ impl Admission {
     /// the shard should pause before accepting again (it is short of descriptors or memory).
     ///
     /// A shortage of descriptors is logged when it starts, every [`LOG_EVERY`] while it
-    /// lasts, and once when it ends (see [`Admission::watch_shortage`]); the first to see
-    /// it returns `Backoff::Start`, and its shard should run the watch.
+    /// lasts, and once when it ends (see [`Admission::until_shortage_ends`]); the first to see
+    /// it returns `Backoff::Start`, and its shard should run that.
     pub fn accept_failed(&self, shard: usize, stats: &ShardStats, error: &io::Error) -> Backoff {
         let errno = error.raw_os_error();
         if !matches!(errno, Some(libc::EMFILE | libc::ENFILE)) {
@@ -257,7 +257,7 @@ impl Admission {
     }
 
     /// Runs while a shortage of descriptors lasts and logs its end.
-    pub async fn watch_shortage(self: Arc<Self>) {
+    pub async fn until_shortage_ends(self: Arc<Self>) {
         loop {
             glommio::timer::Timer::new(EXHAUSTION_QUIET / 2).await;
             if let Some((for_ms, failed)) = self.exhaustion.ended(self.now_ms(), EXHAUSTION_QUIET) {
@@ -283,7 +283,7 @@ pub enum Backoff {
     No,
     /// Pause, then accept again.
     Pause,
-    /// Pause, and start [`Admission::watch_shortage`]: this shard saw the shortage first.
+    /// Pause, and start [`Admission::until_shortage_ends`]: this shard saw the shortage first.
     Start,
 }
 

@@ -7,12 +7,13 @@
 //! Process-wide set-up (signal mask, resource limits, logging) is not done here, so several
 //! servers can run in one process.
 
+use crate::accept;
 use crate::addr;
 use crate::admission::{Admission, Limits};
 use crate::cli::Options;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
-use crate::shard::{self, ShardSetup};
+use crate::shard::ShardSetup;
 use crate::state::{FileId, Interest, Phase, Published};
 use crate::stats::{Protocol, Rotation, ShardStats, WatcherStats};
 use crate::sys;
@@ -374,7 +375,7 @@ impl Server {
                 let setup = setups.lock().map(|mut s| s.pop()).ok().flatten();
                 let Some(setup) = setup else { return };
                 let index = setup.index;
-                shard::run(
+                accept::run(
                     setup,
                     shard_published,
                     audience,

@@ -656,7 +656,7 @@ pub(crate) async fn readable_or_soon(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// A new epoll set, for a shard's sockets waiting for room (see `shard::RoomWatch`).
+/// A new epoll set, for a shard's sockets waiting for room (see `shard::wake_drained`).
 pub(crate) fn epoll() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked before it is owned.
     let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
@@ -666,7 +666,7 @@ pub(crate) fn epoll() -> io::Result<OwnedFd> {
 
 /// Adds `socket` to `epoll`, edge-triggered on room to write (errors and hang-ups are always
 /// reported too); `key` comes back with its events.
-pub(crate) fn epoll_watch_room(epoll: BorrowedFd<'_>, socket: RawFd, key: u64) -> io::Result<()> {
+pub(crate) fn epoll_add_room(epoll: BorrowedFd<'_>, socket: RawFd, key: u64) -> io::Result<()> {
     let mut event = libc::epoll_event {
         events: (libc::EPOLLOUT | libc::EPOLLET) as u32,
         u64: key,
