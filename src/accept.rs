@@ -79,6 +79,7 @@ pub async fn run(
                 }
                 if backoff != Backoff::No {
                     Timer::new(ACCEPT_BACKOFF).await;
+                    admission.retrying();
                 }
             }
         }

@@ -256,6 +256,12 @@ impl Admission {
         }
     }
 
+    /// A shard that paused after a failed accept (see [`Admission::accept_failed`]) accepts
+    /// again: the shortage can end only once an accept after its last failure goes unfailed.
+    pub fn retrying(&self) {
+        self.exhaustion.retrying(self.now_ms());
+    }
+
     /// Runs while a shortage of descriptors lasts and logs its end.
     pub async fn until_shortage_ends(self: Arc<Self>) {
         loop {

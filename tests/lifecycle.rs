@@ -258,7 +258,7 @@ fn closed_clients_are_freed() {
         poll_until(PATIENCE, || connected() == 0),
         "warm-up client never finished"
     );
-    let baseline = settled_fd_count(&server);
+    let baseline = server.settled_held_fds();
     let table = server.fd_table();
 
     let file_now = fs::read(server.path()).unwrap();
@@ -285,21 +285,6 @@ fn closed_clients_are_freed() {
         fd_changes(&table, &server.fd_table())
     );
     assert_eq!(connected(), 0, "clients still counted");
-}
-
-/// The server's descriptor count once it holds still: the metrics requests just made close
-/// their connections a moment after the answer has gone out.
-fn settled_fd_count(server: &Server) -> usize {
-    let mut last = server.held_fds();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = server.held_fds();
-        if now == last || Instant::now() >= deadline {
-            return now;
-        }
-        last = now;
-    }
 }
 
 /// Asserts a run failed cleanly: the status, one `tailsrv: error:` line, no panic.

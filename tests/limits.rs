@@ -289,7 +289,7 @@ fn running_out_of_descriptors_is_logged_once_at_start_and_once_at_the_end() {
     // shortage gets EMFILE and warns "metrics: accept failed" (1 run in 10 beside two CPU
     // hogs), and its listener's duplicate would be missing from the baseline.
     assert_eq!(shortages(&server), 0, "a shortage before any client came");
-    let baseline = server.held_fds();
+    let baseline = server.settled_held_fds();
     let table = server.fd_table();
     // More clients than descriptors: the last ones wait in the listen backlog.
     let mut clients: Vec<Client> = (0..64).map(|_| server.connect(b"0\n")).collect();

@@ -391,7 +391,7 @@ fn a_rotation_storm_never_mixes_generations_or_leaks_descriptors() {
     let stop = Arc::new(AtomicBool::new(false));
     // A scrape first, so that whatever the metrics endpoint makes lazily is in the baseline.
     assert!(file_info(&server).is_some());
-    let baseline = server.held_fds();
+    let baseline = server.settled_held_fds();
 
     let writer = {
         let (path, generations, stop) = (path.clone(), generations.clone(), stop.clone());

@@ -485,11 +485,34 @@ impl Server {
     #[track_caller]
     pub fn held_fds(&self) -> usize {
         let table = self.fd_table();
-        assert!(!table.is_empty(), "no descriptors listed for {}", self.pid());
+        assert!(
+            !table.is_empty(),
+            "no descriptors listed for {}",
+            self.pid()
+        );
         table
             .values()
             .filter(|t| !t.starts_with("anon_inode:"))
             .count()
+    }
+
+    /// [`Server::held_fds`] once it holds still: unchanged for 200 ms (at most [`PATIENCE`]).
+    ///
+    /// Why wait? A metrics request's connection is shut down when the answer has gone out
+    /// (the client reads its end there) and closed a moment later, when the task answering it
+    /// ends; a count taken in between has it.
+    pub fn settled_held_fds(&self) -> usize {
+        const STILL: Duration = Duration::from_millis(200);
+        let deadline = Instant::now() + PATIENCE;
+        let (mut last, mut since) = (self.held_fds(), Instant::now());
+        while since.elapsed() < STILL && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+            let now = self.held_fds();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
+        last
     }
 
     /// The server's descriptor table: each open descriptor and what it names
