@@ -66,33 +66,33 @@ fn a_rename_and_create_ends_100_clients_mid_stream_with_the_old_bytes_then_serve
     append_pattern(&path, 0, OLD);
     let server = InProcess::with_shards(&path, 2, &[]);
     let first = expect_serving(&server.handle, &path);
-    let mut clients: Vec<Client> = (0..CLIENTS)
+    // One reading thread per client, started before the rotation: they read in parallel, so
+    // that no client's full socket waits on another's turn, and nothing is left to start
+    // during the 2 s the old file's clients have (on a machine loaded ~50 deep, starting
+    // 100 threads after the rename once left 5 clients cut short by the drain's end).
+    let (started, mid_stream) = std::sync::mpsc::channel();
+    let readers: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let mut c = Client::connect(server.port());
             c.send(b"0\n");
-            c
+            let started = started.clone();
+            thread::spawn(move || {
+                c.expect_pattern(0, 1000, PATIENCE);
+                started.send(()).unwrap();
+                c.expect_pattern(1000, OLD + TAIL - 1000, PATIENCE);
+                c.expect_eof(PATIENCE);
+            })
         })
         .collect();
     // Mid-stream: every client has started on the file.
-    for c in &mut clients {
-        c.expect_pattern(0, 1000, PATIENCE);
+    for _ in 0..CLIENTS {
+        mid_stream.recv_timeout(PATIENCE).expect("a client started");
     }
     assert_eq!(server.handle.file_readers(), CLIENTS as u64);
     append_pattern(&path, OLD, TAIL);
     fs::rename(&path, dir.join("served.log.1")).unwrap();
     let new = other(3000);
     fs::write(&path, &new).unwrap();
-
-    // Read in parallel, so that no client's full socket waits on another's turn.
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|mut c| {
-            thread::spawn(move || {
-                c.expect_pattern(1000, OLD + TAIL - 1000, PATIENCE);
-                c.expect_eof(PATIENCE);
-            })
-        })
-        .collect();
     for r in readers {
         r.join().expect("a client of the old file");
     }
