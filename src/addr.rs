@@ -128,12 +128,49 @@ pub fn bind_shards(
     shards: usize,
     backlog: i32,
 ) -> Result<(SocketAddr, Vec<OwnedFd>), Error> {
+    let bind = |at| patiently(at, || sys::bind_listeners(at, shards, backlog));
     let Some(host) = host else {
-        return bind_wildcard(port, |at| sys::bind_listeners(at, shards, backlog));
+        return bind_wildcard(port, bind);
     };
-    bind_first(host, port, "clients", "binding", |at| {
-        sys::bind_listeners(at, shards, backlog)
-    })
+    bind_first(host, port, "clients", "binding", bind)
+}
+
+/// How long a bind that finds its port in use keeps trying.
+///
+/// Why try again at all? A server restarted at once may find the port still held for a
+/// moment by the process it replaces, if that process did not stop listening before it
+/// exited (tailsrv does; older versions did not). Why so short? A port that is really in
+/// use, by a second server say, must still fail promptly.
+pub const IN_USE_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Runs `bind`, and while it fails with "address in use", runs it again every few
+/// milliseconds for up to [`IN_USE_PATIENCE`]; logs when it took more than one try.
+fn patiently<T>(at: SocketAddr, mut bind: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let started = std::time::Instant::now();
+    let mut tries = 1u32;
+    loop {
+        match bind() {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EADDRINUSE)
+                    && started.elapsed() < IN_USE_PATIENCE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                tries += 1;
+            }
+            result => {
+                // A failure is the caller's one-line error; only a success after waiting
+                // needs saying.
+                if tries > 1 && result.is_ok() {
+                    let waited_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    info!(
+                        %at, tries, waited_ms,
+                        "the port was in use at first (a process that just exited, most likely); bound"
+                    );
+                }
+                return result;
+            }
+        }
+    }
 }
 
 /// Binds every address: the IPv6 wildcard, which takes IPv4 clients too, or the IPv4
@@ -161,7 +198,7 @@ fn bind_wildcard<T>(
 /// Binds the `--metrics` listener.
 pub fn bind_metrics(at: &HostPort) -> Result<TcpListener, Error> {
     let (_, listener) = bind_first(&at.host, at.port, "metrics", "binding metrics on", |addr| {
-        let listener = TcpListener::bind(addr)?;
+        let listener = patiently(addr, || TcpListener::bind(addr))?;
         Ok((listener.local_addr()?, listener))
     })?;
     Ok(listener)

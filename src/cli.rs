@@ -1,7 +1,7 @@
 //! Command-line options. Their doc comments are the `--help` text.
 
 use crate::addr::{Host, HostPort};
-use crate::admission::Cidr;
+use crate::cidr::Cidr;
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;

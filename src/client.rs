@@ -5,9 +5,10 @@ use crate::admission::Ticket;
 use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
 use crate::http::{self, Head, HeadError, Kind, Route};
 use crate::lines;
+use crate::pace::{take_turns, CHUNK};
 use crate::shard::{ClientSlot, Shard};
 use crate::state::{Ending, Generation, Phase, Reader};
-use crate::stats::{Protocol, Rejection, ShardStats};
+use crate::stats::{ClientStart, Protocol, Rejection, ShardStats};
 use crate::sys;
 use crate::web;
 use futures_lite::future::{self, poll_fn};
@@ -25,19 +26,6 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 use tracing::{debug, info, warn};
-
-/// The most one sendfile call may send before the client goes to the back of the queue.
-///
-/// Why bound it? A client catching up on a large file would otherwise keep its shard busy
-/// for as long as its socket keeps draining, while caught-up clients wait for a 64-byte
-/// append. Most calls stop short of it anyway, when the socket's buffer is full (Linux lets
-/// a TCP send buffer grow to 4 MiB by default); the bound matters for a reader that drains
-/// as fast as the shard sends. Why 4 MiB? Measured with 100 clients catching up, server
-/// pinned to one CPU (2 runs each, after full sockets moved to the epoll wait): server CPU
-/// per GiB was about 2.5x a single-thread epoll server's with 256 KiB, whose full chunks
-/// each end in a turn-taking timer, and 1.2-1.4x with 1, 4 or 16 MiB alike, where most
-/// calls end on a full socket instead.
-pub const CHUNK: usize = 4 << 20;
 
 /// After sending to a client that has half-closed, check this long after that it is still
 /// there. Its reset, if it closed, has arrived by then on any sane network.
@@ -130,6 +118,11 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
                 return;
             };
             debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
+            slot.started(ClientStart {
+                peer: peer.0,
+                offset,
+                http: false,
+            });
             stream_file(
                 &shard,
                 &slot,
@@ -270,6 +263,11 @@ async fn answer_http(
                 return None;
             }
             debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming (http)");
+            slot.started(ClientStart {
+                peer: peer.0,
+                offset,
+                http: true,
+            });
             // Why treat a FIN as the end? An HTTP client does not half-close to keep
             // reading; its FIN means it is gone, so its slot is freed now rather than at
             // the next send's reset.
@@ -675,26 +673,6 @@ async fn wait_for_room(
     ShardStats::add(&shard.stats.blocked, 1);
     slot.until_room(sock, generation).await;
     ShardStats::sub(&shard.stats.blocked, 1);
-}
-
-/// How long a client that just sent a chunk sleeps before its next one: long enough that
-/// its timer is still pending when first polled (which takes well under a microsecond), so
-/// the task really leaves the run queue.
-const TURN: Duration = Duration::from_micros(1);
-
-/// Lets every other client on the shard, and the shard's I/O, have a turn.
-///
-/// Why a timer and not `yield_now`? A task that yields stays runnable, and glommio only
-/// looks at completed I/O (drained sockets, doorbells, new connections) once nothing is
-/// runnable or its preemption timer fires (100 ms by default). Clients catching up with fast
-/// readers would then hold off a caught-up client's 64-byte append for up to 100 ms. A
-/// timer that has not expired when first polled takes the task off the run queue; glommio
-/// fires it from its reactor, so each round of catch-up chunks is followed by an I/O pass.
-/// (A timer that has already expired would not do: glommio's timer completes at once
-/// without yielding. And a 1 ms preemption timer did the same job but made glommio 0.9 lose
-/// wake-ups: a shard fell asleep with a doorbell pending, in one stress run of three.)
-pub(crate) async fn take_turns() {
-    Timer::new(TURN).await;
 }
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the

@@ -18,11 +18,17 @@
 //! - `state`: what the watcher and the shards share: `Published`, its `Generation`s, and the
 //!   doorbells. Each client holds the generation it reads, so a rotated file stays open
 //!   until its last client ends.
-//! - `shard`: one glommio executor per core, each with its own listener on the shared port.
-//!   It answers the doorbell by waking the clients that were waiting for the file to grow.
+//! - `accept`: one glommio executor per core runs a shard's accept loop on its own listener
+//!   on the shared port: it starts the shard, admits each connection and hands it to a
+//!   client task, and winds the shard down at the end.
+//! - `shard`: what a shard's clients share: the size and phase as the shard knows them, who
+//!   waits for what, and the wake-ups. It answers the doorbell by waking (or sending straight
+//!   to) the clients waiting for the file to grow; `shard::slot` is each client's place,
+//!   and the set of full sockets that wakes a client when its socket drains.
+//! - `pace`: how much one client is sent at a time, and how a task takes turns.
 //! - `admission`: what every shard asks about a connection it accepts, before reading
-//!   from it: `--allow`, `--max-clients`, `--max-clients-per-ip`; and warnings about refused
-//!   connections and failed accepts that cannot flood the log.
+//!   from it: `--allow` (`cidr`), `--max-clients`, `--max-clients-per-ip`; and warnings about
+//!   refused connections and failed accepts that cannot flood the log (`ratelimit`).
 //! - `client`: one task per connection: reads the header (`header`) or, when the first bytes
 //!   are an HTTP request line, the request head (`http`: parsing, routing, response heads),
 //!   then moves file bytes to the socket with sendfile ([`sys`]), waiting on a full socket
@@ -30,6 +36,10 @@
 //!   `lines`, reading backwards from the end on the shard's blocking thread. A browser
 //!   asking for `/` gets the web page (`web`: one HTML file in the binary), which follows
 //!   `/stream` with `fetch()`.
+//!
+//! Data flows one way between them: `server` → `accept` → `client` → `shard` → `pace`, with
+//! `state` shared by the watcher and the shards; no module imports one that imports it.
+//!
 //! - `server`: [`Server::bind`] wires it together and returns once every shard accepts;
 //!   [`Server::serve`] runs it until a shutdown future resolves, and a [`Handle`] reads its
 //!   state or stops it from any thread. Tests run whole servers in-process this way.
@@ -49,8 +59,10 @@
 // lives there, each with a SAFETY note (clippy's undocumented_unsafe_blocks checks those).
 #![deny(unsafe_code)]
 
+pub(crate) mod accept;
 pub mod addr;
 pub(crate) mod admission;
+pub(crate) mod cidr;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod control;
@@ -62,7 +74,9 @@ pub(crate) mod lines;
 pub(crate) mod linger;
 pub(crate) mod metrics;
 pub(crate) mod notify;
+pub(crate) mod pace;
 pub mod process;
+pub(crate) mod ratelimit;
 mod server;
 pub(crate) mod shard;
 pub(crate) mod state;
@@ -72,8 +86,8 @@ pub(crate) mod systemd;
 pub(crate) mod watcher;
 pub(crate) mod web;
 
-pub use admission::Cidr;
+pub use cidr::Cidr;
 pub use error::{Error, Outcome};
-pub use server::{Handle, Server};
+pub use server::{Handle, Server, Streaming};
 pub use state::FileId;
 pub use stats::Rotation;

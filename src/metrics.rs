@@ -1,8 +1,8 @@
 //! The Prometheus metrics endpoint: a minimal HTTP/1.1 responder for `GET /metrics` and
 //! `HEAD /metrics`, and the text it renders from the shards' counters.
 
-use crate::admission::{RateLimit, LOG_EVERY};
 use crate::control::View;
+use crate::ratelimit::{RateLimit, LOG_EVERY};
 use crate::state::Bells;
 use crate::stats::{Protocol, Rejection, Rotation, ShardStats, HTTP_STATUSES, LAG_BOUNDS};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};

@@ -7,12 +7,13 @@
 //! Process-wide set-up (signal mask, resource limits, logging) is not done here, so several
 //! servers can run in one process.
 
+use crate::accept;
 use crate::addr;
 use crate::admission::{Admission, Limits};
 use crate::cli::Options;
 use crate::error::{Error, Outcome};
 use crate::notify::Notifier;
-use crate::shard::{self, ShardSetup};
+use crate::shard::ShardSetup;
 use crate::state::{FileId, Interest, Phase, Published};
 use crate::stats::{Protocol, Rotation, ShardStats, WatcherStats};
 use crate::sys;
@@ -45,10 +46,11 @@ const IO_MEMORY: usize = 64 << 10;
 /// time it looks at its reactor. Every accepted connection queues a poll or two (glommio
 /// arms one for each new stream, and one more when its client starts waiting), and a shard
 /// busy sending appends to thousands of clients looks at its reactor only between rounds
-/// of sends. With 128, a burst of 5,000 connections on a busy shard took so many rounds to
-/// submit that some headers, already sent, were not read within the 10 s header timeout
-/// (10,000 clients, about one run in three). 1,024 drains such a burst in a few rounds; it
-/// costs about 100 KiB of ring memory per ring, three rings per shard.
+/// of sends. With 128, a burst of thousands of connections on a busy shard took so many
+/// rounds to submit that headers already sent were not read within the header timeout
+/// (docs/benchmarks.md, "A busy shard that never looked at its reactor"). 1,024 drains
+/// such a burst in a few rounds; it costs about 100 KiB of ring memory per ring, three rings
+/// per shard.
 const SHARD_RING_DEPTH: usize = 1024;
 
 /// Listen backlog per shard: room for a burst of thousands of connects.
@@ -83,6 +85,22 @@ pub struct Handle {
     watcher: Arc<WatcherStats>,
     /// An eventfd the watcher waits on: once bumped, the server stops.
     stop: Arc<OwnedFd>,
+    /// Each shard's line to the watcher, which counts the rings it delivered.
+    interests: Vec<Arc<Interest>>,
+}
+
+/// A client past its header, as [`Handle::client_starts`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streaming {
+    /// The client's address as the server saw it (an IPv4 client of a dual-stack listener
+    /// as `::ffff:a.b.c.d`), if it could be read.
+    pub peer: Option<SocketAddr>,
+    /// The shard serving it.
+    pub shard: usize,
+    /// The offset its header (or HTTP request) resolved to: where it started.
+    pub offset: u64,
+    /// Whether it asked over HTTP.
+    pub http: bool,
 }
 
 impl Handle {
@@ -106,6 +124,11 @@ impl Handle {
     /// truncation.
     pub fn file_id(&self) -> Option<FileId> {
         self.published.current().map(|g| g.id())
+    }
+
+    /// Clients reading the file served now (past their header); 0 while there is none.
+    pub fn file_readers(&self) -> u64 {
+        self.published.current().map_or(0, |g| g.readers())
     }
 
     /// How many times FILE was rotated (or truncated) in this way since start.
@@ -175,6 +198,35 @@ impl Handle {
             .iter()
             .map(|s| ShardStats::get(&s.connected))
             .collect()
+    }
+
+    /// The clients connected now that are past their header, with where each started.
+    pub fn client_starts(&self) -> Vec<Streaming> {
+        let mut all = Vec::new();
+        for (shard, stats) in self.stats.iter().enumerate() {
+            all.extend(stats.starts().into_iter().map(|s| Streaming {
+                peer: s.peer,
+                shard,
+                offset: s.offset,
+                http: s.http,
+            }));
+        }
+        all
+    }
+
+    /// Rings the watcher has delivered to each shard. A shard has answered every one when
+    /// its [`shard_wakeups`](Handle::shard_wakeups) count has caught up with this.
+    pub fn shard_rings(&self) -> Vec<u64> {
+        self.interests.iter().map(|i| i.rings()).collect()
+    }
+
+    /// Whether every shard has answered every ring delivered to it so far: the wake-up
+    /// counts then include every ring the watcher has made.
+    pub fn rings_answered(&self) -> bool {
+        self.shard_wakeups()
+            .iter()
+            .zip(self.shard_rings())
+            .all(|(&answered, rung)| answered >= rung)
     }
 
     /// Times the watcher has woken each shard.
@@ -271,6 +323,7 @@ impl Server {
 
         let (placement, pinned) = placement(shards, &cpus);
         let mut bells = Vec::with_capacity(shards);
+        let mut interests = Vec::with_capacity(shards);
         let mut status_changes = Vec::new();
         let mut setups = Vec::with_capacity(shards);
         let page: Arc<str> = crate::web::page(&opts.file).into();
@@ -280,6 +333,7 @@ impl Server {
             let stats = Arc::new(ShardStats::default());
             let interest = Arc::new(Interest::default());
             bells.push((bell, interest.clone()));
+            interests.push(interest.clone());
             all_stats.push(stats.clone());
             let status = notifier.enabled().then(|| {
                 let (tx, rx) = shared_channel::new_bounded(1);
@@ -307,15 +361,21 @@ impl Server {
         let shard_published = published.clone();
         let audience = watch.audience();
         let shard_admission = admission.clone();
+        // Why carry the caller's log subscriber over? The executors' threads would otherwise
+        // log to the process-wide one: the same thing in the binary, but a test running
+        // several servers in one process gives each its own (see tests/common).
+        let logs = tracing::dispatcher::get_default(|d| d.clone());
+        let shard_logs = logs.clone();
         let pool = LocalExecutorPoolBuilder::new(placement)
             .name("tailsrv-shard")
             .io_memory(IO_MEMORY)
             .ring_depth(SHARD_RING_DEPTH)
             .on_all_shards(move || async move {
+                let _logs = tracing::dispatcher::set_default(&shard_logs);
                 let setup = setups.lock().map(|mut s| s.pop()).ok().flatten();
                 let Some(setup) = setup else { return };
                 let index = setup.index;
-                shard::run(
+                accept::run(
                     setup,
                     shard_published,
                     audience,
@@ -335,6 +395,7 @@ impl Server {
             stats: all_stats.clone(),
             watcher: watch.stats(),
             stop: stop.clone(),
+            interests,
         };
         let jobs = SideJobs {
             stats: all_stats,
@@ -350,6 +411,7 @@ impl Server {
             .name("tailsrv-watcher")
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
+                let _logs = tracing::dispatcher::set_default(&logs);
                 // Set when this future ends or unwinds, so `serve` never waits for nothing.
                 let _done = SetOnDrop(done);
                 watch.run(stop, bells, jobs).await

@@ -311,20 +311,31 @@ impl fmt::Display for FileId {
 }
 
 /// A shard's wish to hear about growth: raised by the shard when a client of its starts
-/// waiting for the file to grow, taken down by the watcher when it rings for growth.
+/// waiting for the file to grow, taken down by the watcher when it rings for growth. It
+/// also counts the rings the watcher delivered, so that a test can tell when the shard has
+/// answered every one (its `doorbells` count catches up).
 #[derive(Debug, Default)]
-pub struct Interest(AtomicBool);
+pub struct Interest {
+    wish: AtomicBool,
+    rung: AtomicU64,
+}
 
 impl Interest {
     /// The shard's side: ring me when the file grows. The shard must look at
     /// [`Generation::size`] again after this, for growth published just before it.
     pub fn raise(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.wish.store(true, Ordering::SeqCst);
     }
 
     /// The watcher's side: takes the wish down; whether it was up.
     fn take(&self) -> bool {
-        self.0.load(Ordering::SeqCst) && self.0.swap(false, Ordering::SeqCst)
+        self.wish.load(Ordering::SeqCst) && self.wish.swap(false, Ordering::SeqCst)
+    }
+
+    /// Rings delivered to the shard so far. A ring that found the last one still unanswered
+    /// is not one: the shard hears both at once.
+    pub fn rings(&self) -> u64 {
+        self.rung.load(Ordering::Relaxed)
     }
 }
 
@@ -332,6 +343,15 @@ impl Interest {
 pub struct Bell {
     pub sender: ConnectedSender<()>,
     pub interest: Arc<Interest>,
+}
+
+impl Bell {
+    /// Rings, without waiting; counts the ring if it was delivered.
+    fn ring(&self) {
+        if self.sender.try_send(()).is_ok() {
+            self.interest.rung.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The shards' doorbells, shared by the watcher's tasks.
@@ -344,7 +364,7 @@ impl Bells {
     /// too; a closed one means the shard has stopped.
     pub fn ring_all(&self) {
         for bell in &self.0 {
-            let _ = bell.sender.try_send(());
+            bell.ring();
         }
     }
 
@@ -357,7 +377,7 @@ impl Bells {
     pub fn ring_waiting(&self) {
         for bell in &self.0 {
             if bell.interest.take() {
-                let _ = bell.sender.try_send(());
+                bell.ring();
             }
         }
     }

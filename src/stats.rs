@@ -4,7 +4,9 @@
 //! an uncontended instruction on the shard's own cache line, and a reader that gathers them
 //! needs no lock and no message to the shard.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Why a client was turned away before it got any data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,25 @@ pub struct ShardStats {
     pub heartbeat: Heartbeat,
     /// The lags of this shard's clients when it last answered the heartbeat.
     pub lag: LagReport,
+    /// Where each client past its header started, by its slot in the shard.
+    starts: Mutex<Vec<Option<ClientStart>>>,
+}
+
+/// Where a client past its header started streaming, as its shard recorded it.
+///
+/// Why keep it? So that a test (or an embedding program) can ask the server where a client
+/// starts, through [`crate::Handle::client_starts`], instead of reading a debug log line
+/// whose wording may change. It costs a lock on the shard's own table, uncontended, once
+/// when a client starts and once when it goes, and 40 bytes per client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientStart {
+    /// The client's address, as the server saw it (IPv4 clients of a dual-stack listener as
+    /// `::ffff:a.b.c.d`); `None` if it could not be read.
+    pub peer: Option<SocketAddr>,
+    /// The offset its header (or HTTP request) resolved to.
+    pub offset: u64,
+    /// Whether it asked over HTTP.
+    pub http: bool,
 }
 
 impl ShardStats {
@@ -111,6 +132,29 @@ impl ShardStats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Records that the client in `slot` started streaming.
+    pub fn started(&self, slot: usize, start: ClientStart) {
+        let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        if starts.len() <= slot {
+            starts.resize(slot + 1, None);
+        }
+        starts[slot] = Some(start);
+    }
+
+    /// Forgets the client in `slot` (it has gone).
+    pub fn ended(&self, slot: usize) {
+        let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(start) = starts.get_mut(slot) {
+            *start = None;
+        }
+    }
+
+    /// The clients of this shard that are streaming now.
+    pub fn starts(&self) -> Vec<ClientStart> {
+        let starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        starts.iter().flatten().copied().collect()
     }
 
     pub fn reject(&self, why: Rejection) {

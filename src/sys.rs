@@ -226,6 +226,14 @@ pub fn set_linger_zero(socket: RawFd) -> io::Result<()> {
     setsockopt(socket, libc::SOL_SOCKET, libc::SO_LINGER, linger)
 }
 
+/// Stops a listening socket listening, at once: connections in its backlog are reset, and
+/// the port no longer counts as in use, even while another reference to the socket lives
+/// on (an io_uring accept the kernel has not finished cancelling, a process still exiting).
+pub(crate) fn stop_listening(listener: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor the caller keeps open for the call.
+    check(unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) }).map(drop)
+}
+
 /// Shuts down the sending side: the peer gets a FIN once everything queued has gone out.
 pub(crate) fn shutdown_write(socket: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller owns.
@@ -648,7 +656,7 @@ pub(crate) async fn readable_or_soon(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// A new epoll set, for a shard's sockets waiting for room (see `shard::RoomWatch`).
+/// A new epoll set, for a shard's sockets waiting for room (see `shard::wake_drained`).
 pub(crate) fn epoll() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the result is checked before it is owned.
     let fd = check(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
@@ -658,7 +666,7 @@ pub(crate) fn epoll() -> io::Result<OwnedFd> {
 
 /// Adds `socket` to `epoll`, edge-triggered on room to write (errors and hang-ups are always
 /// reported too); `key` comes back with its events.
-pub(crate) fn epoll_watch_room(epoll: BorrowedFd<'_>, socket: RawFd, key: u64) -> io::Result<()> {
+pub(crate) fn epoll_add_room(epoll: BorrowedFd<'_>, socket: RawFd, key: u64) -> io::Result<()> {
     let mut event = libc::epoll_event {
         events: (libc::EPOLLOUT | libc::EPOLLET) as u32,
         u64: key,

@@ -107,6 +107,9 @@ enum News {
     /// truncated): every shard must take it in. A generation rotated away comes along, for
     /// the end of its drain.
     Switched(Option<Weak<Generation>>),
+    /// The watch is over: the file is gone or shrank (with `--on-rotation exit`), and the
+    /// server stops with this outcome. Not an error: it is how a watch ends in order.
+    Ended(Outcome),
 }
 
 impl Watch {
@@ -223,8 +226,13 @@ impl Watch {
             label: jobs.label,
             limits: jobs.limits,
         });
+        // As a shard's listener (see accept::run): stopped listening on the way out, so that
+        // the port is free once the process has exited.
+        let mut metrics_listening = None;
         if let Some(listener) = jobs.metrics {
-            let listener = sys::adopt_listener(listener.into());
+            let listener = OwnedFd::from(listener);
+            metrics_listening = listener.try_clone().ok();
+            let listener = sys::adopt_listener(listener);
             let metrics = metrics::serve(listener, view.clone(), bells.clone());
             glommio::spawn_local(metrics).detach();
         }
@@ -282,17 +290,17 @@ impl Watch {
                 }
             };
             match news {
-                Ok(News::Nothing) => {
+                News::Nothing => {
                     if let Wake::Events = wake {
                         self.linger.found_nothing();
                     }
                 }
-                Ok(News::Grew) => {
+                News::Grew => {
                     // Counted first: a test that sees the bytes arrive sees the count too.
                     self.delivered(self.size().saturating_sub(before));
                     bells.ring_waiting();
                 }
-                Ok(News::Switched(rotated)) => {
+                News::Switched(rotated) => {
                     bells.ring_all();
                     if let Some(rotated) = rotated {
                         let end = end_drain(rotated, self.published.clone(), bells.clone());
@@ -300,12 +308,12 @@ impl Watch {
                     }
                     // A new file's watch hears appends; with nobody connected, stop that.
                     match self.follow(audience.anyone())? {
-                        Ok(News::Grew) => bells.ring_waiting(),
-                        Ok(_) => {}
-                        Err(outcome) => break outcome,
+                        News::Grew => bells.ring_waiting(),
+                        News::Ended(outcome) => break outcome,
+                        _ => {}
                     }
                 }
-                Err(outcome) => break outcome,
+                News::Ended(outcome) => break outcome,
             }
             wake = self.next_wake(stop.as_mut(), arrival.as_mut()).await?;
             match wake {
@@ -317,6 +325,11 @@ impl Watch {
         };
         notifier.stopping(outcome.status());
         bells.ring_all();
+        if let Some(fd) = metrics_listening {
+            if let Err(e) = sys::stop_listening(fd.as_fd()) {
+                warn!(error = %e, "cannot stop listening for metrics requests");
+            }
+        }
         Ok(outcome)
     }
 
@@ -384,7 +397,7 @@ impl Watch {
     }
 
     /// Answers the audience bell: hears appends again if someone came, stops if everyone left.
-    fn follow_audience(&mut self) -> Result<Result<News, Outcome>, Error> {
+    fn follow_audience(&mut self) -> Result<News, Error> {
         let anyone = self
             .audience
             .answer()
@@ -399,9 +412,9 @@ impl Watch {
     /// first and size second when coming back? An append before the watch is in the size;
     /// one after it raises an event: the first client cannot miss growth. A truncation while
     /// nobody listened shows as a size below the last one published, as any other.
-    fn follow(&mut self, anyone: bool) -> Result<Result<News, Outcome>, Error> {
+    fn follow(&mut self, anyone: bool) -> Result<News, Error> {
         if anyone == self.following || self.current.is_none() {
-            return Ok(Ok(News::Nothing));
+            return Ok(News::Nothing);
         }
         let mask = if anyone {
             FILE_EVENTS
@@ -412,13 +425,13 @@ impl Watch {
             if !anyone {
                 // Harmless: the watcher keeps hearing appends it could have ignored.
                 debug!(error = %e, "cannot stop hearing appends; hearing them on");
-                return Ok(Ok(News::Nothing));
+                return Ok(News::Nothing);
             }
             return Err(Error::io("watching the file for appends again", e));
         }
         self.set_following(anyone);
         if !anyone {
-            return Ok(Ok(News::Nothing));
+            return Ok(News::Nothing);
         }
         Ok(self.evaluate(false, false))
     }
@@ -451,7 +464,7 @@ impl Watch {
 
     /// Reads every pending inotify event and looks at the file if any came; says what the
     /// shards need to hear, or why to stop.
-    fn take_events(&mut self) -> Result<Result<News, Outcome>, Error> {
+    fn take_events(&mut self) -> Result<News, Error> {
         let mut buffer = [0u8; 4096];
         let mut look_at_path = false;
         let mut dir_gone = false;
@@ -461,7 +474,7 @@ impl Watch {
         // once. Reading again until EAGAIN would cost a system call on every append.
         let events = match self.inotify.read_events(&mut buffer) {
             Ok(events) => events,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Ok(News::Nothing)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(News::Nothing),
             Err(e) => return Err(Error::io("reading inotify events", e)),
         };
         for event in events {
@@ -481,38 +494,38 @@ impl Watch {
             }
         }
         if !any {
-            return Ok(Ok(News::Nothing));
+            return Ok(News::Nothing);
         }
         Ok(self.evaluate(look_at_path, dir_gone))
     }
 
     /// Looks at the file after events: what changed, or why to stop.
-    fn evaluate(&mut self, look_at_path: bool, dir_gone: bool) -> Result<News, Outcome> {
+    fn evaluate(&mut self, look_at_path: bool, dir_gone: bool) -> News {
         let Some(current) = self.current.clone() else {
             if dir_gone {
                 error!(file = %self.path.display(), "the file's directory was removed; exiting");
                 self.published.set_phase(Phase::Closing);
-                return Err(Outcome::FileGone);
+                return News::Ended(Outcome::FileGone);
             }
             match self.open() {
                 Ok(id) => {
                     let size = self.published.size();
                     info!(file = %self.path.display(), %id, size, "file appeared; serving it");
-                    return Ok(News::Switched(None));
+                    return News::Switched(None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
                     warn!(file = %self.path.display(), error = %e, "file appeared but cannot be opened")
                 }
             }
-            return Ok(News::Nothing);
+            return News::Nothing;
         };
         let st = match sys::fstat(current.file()) {
             Ok(st) => st,
             Err(e) => {
                 error!(error = %e, "cannot stat the open file; exiting");
                 self.published.set_phase(Phase::Closing);
-                return Err(Outcome::FileGone);
+                return News::Ended(Outcome::FileGone);
             }
         };
         let size = st.st_size as u64;
@@ -525,9 +538,9 @@ impl Watch {
                     "file shrank (truncated or copytruncate-rotated); resetting all clients and exiting"
                 );
                 self.published.set_phase(Phase::Aborting);
-                return Err(Outcome::Truncated);
+                return News::Ended(Outcome::Truncated);
             }
-            return Ok(self.truncated(&current, size));
+            return self.truncated(&current, size);
         }
         let grew = size > known;
         if grew {
@@ -553,16 +566,16 @@ impl Watch {
                         "file is gone; clients get what it held, then tailsrv exits"
                     );
                     self.published.set_phase(Phase::Draining);
-                    return Err(Outcome::FileGone);
+                    return News::Ended(Outcome::FileGone);
                 }
-                return Ok(self.rotated(current, kind));
+                return self.rotated(current, kind);
             }
         }
         if !grew {
-            return Ok(News::Nothing);
+            return News::Nothing;
         }
         debug!(size, "file grew");
-        Ok(News::Grew)
+        News::Grew
     }
 
     /// FILE's name no longer leads to the file served: its clients drain, and whatever FILE

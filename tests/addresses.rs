@@ -37,32 +37,6 @@ fn bind_accepts_a_host_name_and_says_what_it_bound() {
     assert_eq!(&got, b"by name\n");
 }
 
-/// Scrapes /metrics at `addr` and returns the status line and body.
-fn scrape(addr: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connecting to metrics");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
-}
-
-/// The address the server's log says it serves metrics on.
-fn metrics_addr(server: &Server) -> String {
-    let line = server
-        .logs()
-        .wait_for("the metrics address", PATIENCE, |l| {
-            l.contains("serving metrics at")
-        });
-    field(&line, "addr").expect("addr=").to_string()
-}
-
 #[test]
 fn metrics_accepts_a_host_name() {
     let server = Server::builder()
@@ -70,13 +44,13 @@ fn metrics_accepts_a_host_name() {
         .arg("localhost:0")
         .start();
     let line = resolved_line(&server, "metrics");
-    let addr = metrics_addr(&server);
+    let addr = server.metrics_at();
     assert_eq!(field(&line, "bound"), Some(addr.as_str()), "{line}");
     assert!(
         !addr.ends_with(":0"),
         "the bound port, not the one asked for: {addr}"
     );
-    let (status, body) = scrape(&addr);
+    let (status, body) = metrics_get(&addr, "/metrics");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(body.contains("tailsrv_shards "), "{body}");
 }
@@ -108,11 +82,13 @@ fn ip_literals_still_work_for_bind_and_metrics() {
     let mut got = [0u8; 8];
     stream.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"literal\n");
-    let metrics_at = metrics_addr(&server);
+    let metrics_at = server.metrics_at();
     if v6 {
         assert!(metrics_at.starts_with("[::1]:"), "{metrics_at}");
     }
-    assert!(scrape(&metrics_at).0.starts_with("HTTP/1.1 200"));
+    assert!(metrics_get(&metrics_at, "/metrics")
+        .0
+        .starts_with("HTTP/1.1 200"));
     assert!(
         !server.logs().dump().contains("host name resolved"),
         "a literal is not resolved"
@@ -128,9 +104,9 @@ fn a_privileged_port_refused_to_an_unprivileged_user_names_the_cause() {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1024);
     if !root || start <= 1 {
-        eprintln!(
-            "note: skipped: needs root to drop to uid 65534, and privileged ports (below {start})"
-        );
+        skip(&format!(
+            "needs root to drop to uid 65534, and privileged ports (below {start})"
+        ));
         return;
     }
     let dir = TempDir::new();

@@ -32,6 +32,8 @@ struct Fetch {
     child: Child,
     logs: Logs,
     stdout: Arc<Mutex<Vec<u8>>>,
+    /// The thread collecting stdout; done once the process has exited and the pipe is empty.
+    collecting: Option<thread::JoinHandle<()>>,
     status: Option<ExitStatus>,
 }
 
@@ -58,7 +60,7 @@ impl Fetch {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let sink = stdout.clone();
         let mut out = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
+        let collecting = thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 16];
             while let Ok(n) = out.read(&mut buf) {
                 if n == 0 {
@@ -68,6 +70,7 @@ impl Fetch {
             }
         });
         Fetch {
+            collecting: Some(collecting),
             child,
             logs,
             stdout,
@@ -127,6 +130,12 @@ impl Fetch {
             "tailsrv-fetch exit status; log:\n{}",
             self.logs.dump()
         );
+        // What it wrote may still be in the pipe: the exit can be seen before the last bytes
+        // are collected. The pipe ends when the process has gone.
+        if let Some(collecting) = self.collecting.take() {
+            collecting.join().expect("the stdout collector");
+        }
+        self.logs.wait_closed(PATIENCE);
     }
 }
 
@@ -188,11 +197,11 @@ fn grow(path: PathBuf, start: u64, total: u64, block: u64, seed: u64) -> thread:
 fn relay_leaves_receive_every_byte_while_the_upstream_grows() {
     const FIRST: u64 = 1 << 20;
     const MORE: u64 = 3 << 20;
-    let upstream = Server::start(&pattern_range(0, FIRST as usize));
+    let upstream = Server::in_process(&pattern_range(0, FIRST as usize));
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     let fetch = Fetch::to_file(upstream.port(), &copy, &[]);
-    let relay = Server::builder().serve(&copy).start();
+    let relay = Server::builder().in_process().serve(&copy).start();
 
     let mut whole = relay.connect(b"0\n");
     let mut middle = relay.connect(b"123457\n");
@@ -224,7 +233,7 @@ fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
     const FIRST: u64 = 8 << 20;
     const MORE: u64 = 6 << 20;
     const TOTAL: u64 = FIRST + MORE;
-    let upstream = Server::start(&pattern_range(0, FIRST as usize));
+    let upstream = Server::in_process(&pattern_range(0, FIRST as usize));
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     // Small blocks: the file grows for a second or more, so the kills land mid-stream.
@@ -285,6 +294,7 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
     let fetch = Fetch::to_file(port, &copy, &args);
     expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
     let relay = Server::builder()
+        .in_process()
         .serve(&copy)
         .args(["--metrics", "127.0.0.1:0"])
         .start();
@@ -303,11 +313,12 @@ fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
         &fetch,
     );
     expect_file(&copy, &new, LONG, &fetch);
-    assert!(
-        fetch.logs.lines().iter().any(|l| l.contains("new one")),
-        "the fetcher says the file is new; log:\n{}",
-        fetch.logs.dump()
-    );
+    // Waited for: the copy can be complete before the fetcher's log line is read.
+    fetch
+        .logs
+        .wait_for("the fetcher saying the file is new", PATIENCE, |l| {
+            l.contains("new one")
+        });
 
     // The relay drains its clients from the renamed copy, as for any rotation, and serves
     // the new copy: neither it nor the upstream needed a restart.
@@ -435,12 +446,17 @@ fn numbered(lines: std::ops::Range<usize>) -> Vec<u8> {
 }
 
 /// The identity the server on `port` names for its file.
+#[track_caller]
 fn identity_at(port: u16) -> String {
+    named_identity(port).expect("Tailsrv-File")
+}
+
+/// The identity the server on `port` names for its file, if it has one open (between a
+/// rename and the new file's creation it has none).
+fn named_identity(port: u16) -> Option<String> {
     let mut client = Client::http(port, "HEAD", "/stream");
     let head = client.read_http_head(PATIENCE);
-    head.field("Tailsrv-File")
-        .expect("Tailsrv-File")
-        .to_string()
+    head.field("Tailsrv-File").map(str::to_string)
 }
 
 #[test]
@@ -484,7 +500,7 @@ fn last_asks_the_server_where_to_start_instead_of_reading_the_file() {
 
 #[test]
 fn to_end_fetches_the_file_as_it_was_and_exits_0() {
-    let upstream = Server::start(&pattern_range(0, 200_000));
+    let upstream = Server::in_process(&pattern_range(0, 200_000));
     let addr = format!("127.0.0.1:{}", upstream.port());
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
@@ -587,7 +603,8 @@ fn a_restarted_fetcher_knows_the_identity_of_its_copy() {
     let new = pattern_range(0, OLD as usize + 3_000);
     fs::write(&served, &new).unwrap();
     assert!(
-        poll_until(PATIENCE, || identity_at(port) != first),
+        poll_until(PATIENCE, || named_identity(port)
+            .is_some_and(|id| id != first)),
         "the upstream follows the rotation"
     );
     let fetch = Fetch::to_file(port, &copy, &["--check-timeout", "60"]);
@@ -603,6 +620,7 @@ fn a_restarted_fetcher_knows_the_identity_of_its_copy() {
 #[test]
 fn a_server_without_http_is_fetched_by_offset_and_refuses_what_needs_http() {
     let upstream = Server::builder()
+        .in_process()
         .contents(&pattern_range(0, 30_000))
         .arg("--no-http")
         .start();
@@ -623,7 +641,7 @@ fn a_server_without_http_is_fetched_by_offset_and_refuses_what_needs_http() {
 
 #[test]
 fn once_exits_0_when_the_server_closes_the_stream() {
-    let upstream = Server::start(&pattern_range(0, 10_000));
+    let upstream = Server::in_process(&pattern_range(0, 10_000));
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     let mut fetch = Fetch::to_file(upstream.port(), &copy, &["--once", "--fsync", "0.05"]);
@@ -634,7 +652,7 @@ fn once_exits_0_when_the_server_closes_the_stream() {
 
 #[test]
 fn sigint_and_sigterm_end_a_fetch_in_order_with_130_and_0() {
-    let upstream = Server::start(&pattern_range(0, 20_000));
+    let upstream = Server::in_process(&pattern_range(0, 20_000));
     for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 0)] {
         // Streaming: the copy is complete and the fetcher waits for more.
         let dir = TempDir::new();
@@ -644,12 +662,11 @@ fn sigint_and_sigterm_end_a_fetch_in_order_with_130_and_0() {
         fetch.signal(signal);
         fetch.expect_exit(code, PATIENCE);
         assert_bytes(&read(&copy), &pattern_range(0, 20_000), "the copy");
-        let last = fetch.logs.lines().last().cloned().unwrap_or_default();
-        assert!(
-            last.contains("stopped by a signal") && last.contains("at=20000"),
-            "{}",
-            fetch.logs.dump()
-        );
+        // Its stderr may still be on its way to the collector after the exit.
+        let line = fetch.logs.wait_for("saying it stopped", PATIENCE, |l| {
+            l.contains("stopped by a signal")
+        });
+        assert!(line.contains(" at=20000"), "{line}");
     }
 }
 
@@ -673,7 +690,7 @@ fn a_signal_ends_a_fetch_that_waits_for_data_or_to_reconnect() {
 
 #[test]
 fn a_host_name_is_resolved() {
-    let upstream = Server::start(&pattern_range(0, 3_000));
+    let upstream = Server::in_process(&pattern_range(0, 3_000));
     let args: Vec<OsString> = ["--once", "--from", "100"].map(OsString::from).to_vec();
     let mut fetch = Fetch::start_at(&format!("localhost:{}", upstream.port()), &args);
     assert!(poll_until(LONG, || fetch.stdout_len() == 2_900));
@@ -760,7 +777,7 @@ fn a_file_that_cannot_be_written_exits_5_with_one_line() {
 
 #[test]
 fn a_second_fetcher_on_the_same_file_exits_5() {
-    let upstream = Server::start(&pattern_range(0, 1000));
+    let upstream = Server::in_process(&pattern_range(0, 1000));
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     let first = Fetch::to_file(upstream.port(), &copy, &[]);
@@ -775,7 +792,7 @@ fn a_second_fetcher_on_the_same_file_exits_5() {
 
 #[test]
 fn a_copy_longer_than_the_servers_file_exits_6_when_rotation_handling_is_off() {
-    let upstream = Server::start(&pattern_range(0, 5_000));
+    let upstream = Server::in_process(&pattern_range(0, 5_000));
     let dir = TempDir::new();
     let copy = dir.join("copy.log");
     let held = pattern_range(0, 10_000);

@@ -16,7 +16,11 @@ const EXIT: [&str; 2] = ["--on-rotation", "exit"];
 /// A binary server on a file holding `contents` that exits when FILE is rotated.
 #[track_caller]
 fn start_exiting(contents: &[u8]) -> Server {
-    Server::builder().contents(contents).args(EXIT).start()
+    Server::builder()
+        .in_process()
+        .contents(contents)
+        .args(EXIT)
+        .start()
 }
 
 /// How long the server may take to exit once it has decided to: clients that read promptly
@@ -25,7 +29,7 @@ const EXIT_WITHIN: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_file_created_after_startup_is_served() {
-    let server = Server::builder().no_file().start();
+    let server = Server::builder().in_process().no_file().start();
     assert!(!server.path().exists());
     // A typo in FILE must be visible: a warning with the full path.
     let dir = server.dir().path().canonicalize().unwrap();
@@ -199,17 +203,24 @@ fn a_truncated_file_stops_the_server_with_4_and_resets_clients() {
 /// signal, not because its timeout ran out; with the timeout far beyond PATIENCE, the test
 /// can give the close all the slack a loaded machine needs and still tell the two apart.
 fn assert_signal_closes_everyone(signal: i32) {
+    // The binary: the point is the signal.
     let mut server = Server::builder()
         .contents(TEXT)
-        .arg("--header-timeout")
-        .arg("60")
+        .args(["--header-timeout", "60", "--metrics", "127.0.0.1:0"])
         .start();
     let mut caught_up = server.connect(b"0\n");
     caught_up.expect_bytes(TEXT, PATIENCE);
     let mut new_only = server.connect(b"-0\n");
     let mut past_end = server.connect(b"1000\n");
-    assert_eq!(server.offset_of(&new_only), TEXT.len() as u64);
-    assert_eq!(server.offset_of(&past_end), 1000);
+    // All three are past their header (where each starts, protocol.rs checks).
+    assert!(
+        poll_until(PATIENCE, || server
+            .metrics()
+            .sum("tailsrv_clients_streaming")
+            == 3),
+        "{:?}",
+        server.metrics()
+    );
     let mut no_header = server.connect(b"12");
 
     server.signal(signal);
@@ -232,25 +243,22 @@ fn sigint_closes_clients_with_fin_and_exits_0() {
 
 #[test]
 fn closed_clients_are_freed() {
-    let server = Server::start(TEXT);
-    let done_lines = || {
-        server
-            .logs()
-            .lines()
-            .iter()
-            .filter(|l| l.contains("client done"))
-            .count()
-    };
+    // The binary, whose descriptors are its own to count; the metrics say who is connected.
+    let server = Server::builder()
+        .contents(TEXT)
+        .args(["--metrics", "127.0.0.1:0"])
+        .start();
+    let connected = || server.metrics().sum("tailsrv_clients_connected");
     // Warm up: serve and close one client, so anything made lazily already exists.
     let mut warm = server.connect(b"0\n");
     warm.expect_bytes(TEXT, PATIENCE);
     drop(warm);
     server.append(b"warm-up\n");
     assert!(
-        poll_until(PATIENCE, || done_lines() == 1),
+        poll_until(PATIENCE, || connected() == 0),
         "warm-up client never finished"
     );
-    let baseline = server.fd_count();
+    let baseline = settled_fd_count(&server);
 
     let file_now = fs::read(server.path()).unwrap();
     let mut clients: Vec<Client> = (0..20).map(|_| server.connect(b"0\n")).collect();
@@ -274,10 +282,22 @@ fn closed_clients_are_freed() {
         freed,
         "server still holds {now} descriptors, {baseline} before 20 clients came and went"
     );
-    assert!(
-        poll_until(PATIENCE, || done_lines() == 21),
-        "not every client was logged done"
-    );
+    assert_eq!(connected(), 0, "clients still counted");
+}
+
+/// The server's descriptor count once it holds still: the metrics requests just made close
+/// their connections a moment after the answer has gone out.
+fn settled_fd_count(server: &Server) -> usize {
+    let mut last = server.fd_count();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = server.fd_count();
+        if now == last || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// Asserts a run failed cleanly: the status, one `tailsrv: error:` line, no panic.
@@ -479,15 +499,28 @@ fn the_drain_gives_a_client_that_stopped_reading_2_s_then_closes_it() {
 
 #[test]
 fn sigterm_while_a_clients_socket_is_full_closes_it_and_exits_0() {
-    let mut server = Server::start(&pattern_range(0, FLOOD as usize));
+    let mut server = Server::in_process(&pattern_range(0, FLOOD as usize));
     let mut stalled = server.connect(b"0\n");
     let mut caught_up = server.connect(b"-0\n");
     assert_eq!(server.offset_of(&caught_up), FLOOD);
     assert_eq!(server.offset_of(&stalled), 0);
+    // The stalled client's socket is full: its task waits for room.
+    assert!(
+        poll_until(PATIENCE, || server.handle().blocked() == 1),
+        "the stalled client's socket never filled ({} blocked)",
+        server.handle().blocked()
+    );
     server.sigterm();
     caught_up.expect_eof(PATIENCE);
     // The full socket does not hold the server up: it exits, after a grace of 0.5 s at most.
     server.expect_exit(0, PATIENCE);
+    // The client waiting for room was woken and closed by the shutdown, not abandoned when
+    // its shard gave up on it (a task dropped mid-wait never counts itself unblocked).
+    assert_eq!(
+        server.handle().blocked(),
+        0,
+        "the full socket's client was abandoned"
+    );
     expect_cut_short_then_eof(&mut stalled);
 }
 
@@ -517,7 +550,7 @@ fn appends_to_a_file_renamed_away_are_not_sent() {
 
 #[test]
 fn a_directory_removed_before_the_file_exists_stops_the_server_with_3() {
-    let mut server = Server::builder().no_file().start();
+    let mut server = Server::builder().in_process().no_file().start();
     let mut waiting = server.connect(b"0\n");
     assert_eq!(server.offset_of(&waiting), 0);
     fs::remove_dir(server.dir().path()).unwrap();

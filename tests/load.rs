@@ -24,7 +24,7 @@ fn queued(stream: &TcpStream) -> usize {
 #[test]
 fn a_client_that_never_reads_does_not_hold_up_a_fast_reader() {
     const SIZE: u64 = 64 << 20;
-    let server = Server::start(b"");
+    let server = Server::in_process(b"");
     append_pattern(server.path(), 0, SIZE);
     let mut stuck = server.connect(b"0\n");
     assert_eq!(server.offset_of(&stuck), 0);
@@ -147,7 +147,7 @@ fn hundreds_of_clients_at_mixed_offsets_get_exact_bytes_while_the_file_grows() {
     }
     let final_size = size;
     let content = Arc::new(pattern_range(0, final_size as usize));
-    let server = Server::start(&content[..INITIAL as usize]);
+    let server = Server::in_process(&content[..INITIAL as usize]);
     let written = Arc::new(AtomicU64::new(INITIAL));
 
     let mut next_client = |i: usize| {
@@ -285,6 +285,7 @@ fn poll_and_read(clients: &mut [LoadClient], buf: &mut [u8], content: &[u8], tim
 fn both_shards_serve_clients() {
     const TEXT: &[u8] = b"served by either shard\n";
     let server = Server::builder()
+        .in_process()
         .contents(TEXT)
         .arg("--shards")
         .arg("2")
@@ -304,9 +305,9 @@ fn both_shards_serve_clients() {
         let streaming = server.streaming();
         let s = &streaming[&client.local_port()];
         assert_eq!(s.offset, 0);
-        shards.insert(s.shard.clone());
+        shards.insert(s.shard);
     }
-    let want: BTreeSet<String> = ["0", "1"].map(String::from).into();
+    let want: BTreeSet<usize> = [0, 1].into();
     assert_eq!(shards, want, "shards that served 40 clients");
 
     server.append(b"and more\n");
@@ -332,6 +333,7 @@ fn every_append_reaches_every_caught_up_client_on_every_shard() {
     let final_size = INITIAL + APPENDS * RECORD;
     let content = Arc::new(pattern_range(0, final_size as usize));
     let server = Server::builder()
+        .in_process()
         .contents(&content[..INITIAL as usize])
         .arg("--shards")
         .arg("2")
@@ -347,8 +349,7 @@ fn every_append_reaches_every_caught_up_client_on_every_shard() {
     for client in &mut clients {
         client.resolved(streaming[&client.port].offset, &content);
     }
-    let shards: std::collections::HashSet<&str> =
-        streaming.values().map(|s| s.shard.as_str()).collect();
+    let shards: std::collections::HashSet<usize> = streaming.values().map(|s| s.shard).collect();
     assert_eq!(shards.len(), 2, "both shards must have clients");
 
     let writer = {
@@ -387,10 +388,10 @@ fn every_append_reaches_every_caught_up_client_on_every_shard() {
     while !clients.iter().all(|c| c.done(final_size)) && Instant::now() < deadline {
         poll_and_read(&mut clients, &mut buf, &content, Duration::from_millis(50));
     }
-    let behind: Vec<(&str, u64)> = clients
+    let behind: Vec<(usize, u64)> = clients
         .iter()
         .filter(|c| !c.done(final_size))
-        .map(|c| (streaming[&c.port].shard.as_str(), c.checked))
+        .map(|c| (streaming[&c.port].shard, c.checked))
         .collect();
     assert!(
         behind.is_empty(),

@@ -3,67 +3,16 @@
 
 use crate::common::*;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-
-/// The address the server's log says it serves metrics on.
-fn metrics_addr(server: &Server) -> String {
-    let line = server
-        .logs()
-        .wait_for("the metrics address", PATIENCE, |l| {
-            l.contains("serving metrics at")
-        });
-    field(&line, "addr")
-        .expect("addr= in the metrics line")
-        .to_string()
-}
 
 /// Starts `builder`'s server with its metrics endpoint on a free loopback port; returns the
 /// server and the endpoint's address.
 fn start_with_metrics(builder: ServerBuilder) -> (Server, String) {
     let server = builder.arg("--metrics").arg("127.0.0.1:0").start();
-    let addr = metrics_addr(&server);
+    let addr = server.metrics_at();
     (server, addr)
-}
-
-/// Scrapes `GET /metrics` and parses the samples, keyed by name with labels.
-fn scrape(addr: &str) -> HashMap<String, f64> {
-    let (status, body) = http_get(addr, "/metrics");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad sample line {l:?}"));
-            (
-                name.to_string(),
-                value
-                    .parse()
-                    .unwrap_or_else(|_| panic!("bad value in {l:?}")),
-            )
-        })
-        .collect()
-}
-
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    let (head, body) = http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n"));
-    (head.lines().next().unwrap_or_default().to_string(), body)
-}
-
-/// Sends `request` as it is and returns the response's head (status line and headers)
-/// and body, read until the server closes the connection.
-fn http(addr: &str, request: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).expect("connecting to metrics");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("reading the response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
-    (head.to_string(), body.to_string())
 }
 
 /// The value of header `name` in a response head.
@@ -74,14 +23,6 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn sum(samples: &HashMap<String, f64>, prefix: &str) -> f64 {
-    samples
-        .iter()
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, v)| v)
-        .sum()
-}
-
 #[test]
 fn metrics_match_what_clients_did() {
     const SIZE: u64 = 32 << 20;
@@ -90,6 +31,7 @@ fn metrics_match_what_clients_did() {
     append_pattern(&content, 0, SIZE);
     let (server, addr) = start_with_metrics(
         Server::builder()
+            .in_process()
             .contents(&std::fs::read(&content).unwrap())
             .arg("--shards")
             .arg("2"),
@@ -107,13 +49,13 @@ fn metrics_match_what_clients_did() {
 
     let ok = poll_until(PATIENCE, || {
         let m = scrape(&addr);
-        sum(&m, "tailsrv_clients_blocked{") == 1.0 && sum(&m, "tailsrv_clients_connected{") == 4.0
+        m.total("tailsrv_clients_blocked{") == 1.0 && m.total("tailsrv_clients_connected{") == 4.0
     });
     let m = scrape(&addr);
     assert!(ok, "blocked/connected never settled: {m:?}");
     assert_eq!(m["tailsrv_file_size_bytes"], SIZE as f64);
     assert_eq!(m["tailsrv_shards"], 2.0);
-    assert_eq!(sum(&m, "tailsrv_clients_accepted_total{"), 5.0, "{m:?}");
+    assert_eq!(m.total("tailsrv_clients_accepted_total{"), 5.0, "{m:?}");
     assert_eq!(
         m["tailsrv_clients_rejected_total{reason=\"bad_header\"}"],
         1.0
@@ -123,7 +65,7 @@ fn metrics_match_what_clients_did() {
         0.0
     );
     assert_eq!(m["tailsrv_clients_rejected_total{reason=\"timeout\"}"], 0.0);
-    let sent = sum(&m, "tailsrv_sent_bytes_total{");
+    let sent = m.total("tailsrv_sent_bytes_total{");
     // The readers got everything; the stalled client got what its socket buffers hold.
     assert!(
         sent >= 3.0 * SIZE as f64 && sent < 4.0 * SIZE as f64,
@@ -161,20 +103,20 @@ fn metrics_match_what_clients_did() {
     assert!(poll_until(PATIENCE, || {
         let m = scrape(&addr);
         m["tailsrv_file_size_bytes"] == (SIZE + 1000) as f64
-            && sum(&m, "tailsrv_clients_connected{") == 3.0
+            && m.total("tailsrv_clients_connected{") == 3.0
     }));
 }
 
 #[test]
 fn metrics_endpoint_refuses_other_paths_and_methods() {
-    let (_server, addr) = start_with_metrics(Server::builder());
-    assert!(http_get(&addr, "/nope").0.starts_with("HTTP/1.1 404"));
-    let (head, _) = http(&addr, "POST /metrics HTTP/1.1\r\n\r\n");
+    let (_server, addr) = start_with_metrics(Server::builder().in_process());
+    assert!(metrics_get(&addr, "/nope").0.starts_with("HTTP/1.1 404"));
+    let (head, _) = metrics_request(&addr, "POST /metrics HTTP/1.1\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
     assert_eq!(header(&head, "Allow"), Some("GET, HEAD"), "{head}");
     // A scraper that never finishes its request does not block the next one.
     let _silent = TcpStream::connect(&addr).unwrap();
-    assert!(http_get(&addr, "/metrics").0.starts_with("HTTP/1.1 200"));
+    assert!(metrics_get(&addr, "/metrics").0.starts_with("HTTP/1.1 200"));
 }
 
 #[test]
@@ -194,22 +136,23 @@ fn metrics_address_in_use_is_a_one_line_error() {
 
 #[test]
 fn metrics_answer_head_and_ignore_a_query_string() {
-    let (_server, addr) = start_with_metrics(Server::builder().contents(b"0123456789"));
+    let (_server, addr) =
+        start_with_metrics(Server::builder().in_process().contents(b"0123456789"));
 
     // Prometheus sends a scrape config's `params` as a query string.
-    let (status, body) = http_get(&addr, "/metrics?module=tailsrv&x=1");
+    let (status, body) = metrics_get(&addr, "/metrics?module=tailsrv&x=1");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert!(body.contains("\ntailsrv_file_size_bytes 10\n"), "{body}");
 
     // HEAD: the headers GET would send, Content-Length included, and no body.
-    let (head, body) = http(&addr, "HEAD /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    let (head, body) = metrics_request(&addr, "HEAD /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body, "", "HEAD must not send a body");
     let length: usize = header(&head, "Content-Length")
         .expect("Content-Length")
         .parse()
         .expect("a number");
-    let (_, get_body) = http_get(&addr, "/metrics");
+    let (_, get_body) = metrics_get(&addr, "/metrics");
     // Nothing changes between the two requests (no clients), so the page is the same.
     assert_eq!(
         length,
@@ -220,7 +163,7 @@ fn metrics_answer_head_and_ignore_a_query_string() {
         .unwrap_or_default()
         .starts_with("text/plain; version=0.0.4"));
 
-    let (head, body) = http(&addr, "HEAD /other HTTP/1.1\r\n\r\n");
+    let (head, body) = metrics_request(&addr, "HEAD /other HTTP/1.1\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     assert_eq!(body, "");
 }
@@ -244,9 +187,9 @@ fn parse_with_prometheus(text: &str) -> Option<Vec<Vec<String>>> {
             std::env::var_os("CI").is_none(),
             "CI must have python3 with prometheus_client (.ci/run installs it)"
         );
-        eprintln!(
-            "note: skipping the Prometheus parser check: python3 with prometheus_client is \
-             not installed (pip install prometheus-client)"
+        skip(
+            "the Prometheus parser check: python3 with prometheus_client is not installed \
+             (pip install prometheus-client)",
         );
         return None;
     }
@@ -283,13 +226,14 @@ fn parse_with_prometheus(text: &str) -> Option<Vec<Vec<String>>> {
 fn metrics_parse_as_prometheus_text_and_follow_its_naming_conventions() {
     let (server, addr) = start_with_metrics(
         Server::builder()
+            .in_process()
             .contents(b"some bytes\n")
             .arg("--shards")
             .arg("2"),
     );
     let mut client = server.connect(b"0\n");
     client.expect_bytes(b"some bytes\n", PATIENCE);
-    let (status, text) = http_get(&addr, "/metrics");
+    let (status, text) = metrics_get(&addr, "/metrics");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     let Some(lines) = parse_with_prometheus(&text) else {
         return;

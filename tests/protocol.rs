@@ -16,7 +16,7 @@ fn text_len() -> u64 {
 
 #[test]
 fn zero_sends_the_whole_file_then_what_is_appended() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let mut client = server.connect(b"0\n");
     client.expect_bytes(TEXT, PATIENCE);
     assert_eq!(server.offset_of(&client), 0);
@@ -27,7 +27,7 @@ fn zero_sends_the_whole_file_then_what_is_appended() {
 
 #[test]
 fn plus_n_starts_at_byte_n() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let mut client = server.connect(b"+10\n");
     client.expect_bytes(&TEXT[10..], PATIENCE);
     assert_eq!(server.offset_of(&client), 10);
@@ -37,7 +37,7 @@ fn plus_n_starts_at_byte_n() {
 
 #[test]
 fn bare_n_starts_at_byte_n() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let mut client = server.connect(b"7\n");
     client.expect_bytes(&TEXT[7..], PATIENCE);
     assert_eq!(server.offset_of(&client), 7);
@@ -47,7 +47,7 @@ fn bare_n_starts_at_byte_n() {
 
 #[test]
 fn n_equal_to_the_size_sends_only_new_data() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let mut client = server.connect(format!("{}\n", text_len()).as_bytes());
     assert_eq!(server.offset_of(&client), text_len());
     client.expect_silence(QUIET);
@@ -57,7 +57,7 @@ fn n_equal_to_the_size_sends_only_new_data() {
 
 #[test]
 fn minus_n_sends_the_last_n_bytes() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let mut client = server.connect(b"-5\n");
     client.expect_bytes(&TEXT[TEXT.len() - 5..], PATIENCE);
     assert_eq!(server.offset_of(&client), text_len() - 5);
@@ -67,7 +67,7 @@ fn minus_n_sends_the_last_n_bytes() {
 
 #[test]
 fn minus_zero_sends_only_new_data() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let mut client = server.connect(b"-0\n");
     // The offset is fixed when the header is processed; append only after that.
     assert_eq!(server.offset_of(&client), text_len());
@@ -79,7 +79,7 @@ fn minus_zero_sends_only_new_data() {
 
 #[test]
 fn minus_n_counts_back_from_the_size_when_the_header_arrives() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     server.append(b"0123456789");
     // The watcher may not have seen the append yet; the header must still count from it.
     let mut client = server.connect(b"-4\n");
@@ -89,7 +89,7 @@ fn minus_n_counts_back_from_the_size_when_the_header_arrives() {
 
 #[test]
 fn minus_n_beyond_the_size_is_clamped_to_the_start() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let mut big = server.connect(b"-1000\n");
     let mut min = server.connect(b"-9223372036854775808\n");
     big.expect_bytes(TEXT, PATIENCE);
@@ -103,7 +103,7 @@ fn minus_n_beyond_the_size_is_clamped_to_the_start() {
 
 #[test]
 fn whitespace_and_crlf_around_the_header_are_ignored() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let cases: [(&[u8], u64); 6] = [
         (b"  \t12\t \r\n", 12),
         (b"+3\r\n", 3),
@@ -133,7 +133,7 @@ fn whitespace_and_crlf_around_the_header_are_ignored() {
 
 #[test]
 fn every_append_reaches_a_caught_up_client_in_order() {
-    let server = Server::start(b"");
+    let server = Server::in_process(b"");
     let mut client = server.connect(b"0\n");
     assert_eq!(server.offset_of(&client), 0);
     let mut rng = Rng::new(7);
@@ -150,7 +150,7 @@ fn every_append_reaches_a_caught_up_client_in_order() {
 
 #[test]
 fn a_start_past_the_end_waits_then_gets_bytes_from_its_offset() {
-    let server = Server::start(&pattern_range(0, 10));
+    let server = Server::in_process(&pattern_range(0, 10));
     let mut client = server.connect(b"100\n");
     assert_eq!(server.offset_of(&client), 100);
     client.expect_silence(QUIET);
@@ -202,8 +202,11 @@ fn a_closed_client_is_dropped_by_the_liveness_check() {
     client.send(b"0\n");
     client.expect_bytes(TEXT, PATIENCE);
     assert!(poll_until(PATIENCE, || server.handle.clients() == 1));
+    let checks = server.handle.liveness_checks();
     drop(client);
-    // The server cannot tell a closed client from a half-closed one until it sends to it.
+    // The server cannot tell a closed client from a half-closed one until it sends to it:
+    // closing alone must not drop it.
+    client_still_counted(&server.handle);
     append(&path, b"to nobody\n");
     let dropped = poll_until(PATIENCE, || server.handle.clients() == 0);
     assert!(
@@ -211,11 +214,31 @@ fn a_closed_client_is_dropped_by_the_liveness_check() {
         "closed client still counted ({} checks)",
         server.handle.liveness_checks()
     );
+    // And it was the check that found it gone.
+    assert!(
+        server.handle.liveness_checks() > checks,
+        "the client went without a liveness check"
+    );
+}
+
+/// Asserts that the one client is still counted a moment after it closed: the server
+/// cannot know yet that it is gone.
+#[track_caller]
+fn client_still_counted(handle: &tailsrv::Handle) {
+    let deadline = std::time::Instant::now() + QUIET;
+    while std::time::Instant::now() < deadline {
+        assert_eq!(
+            handle.clients(),
+            1,
+            "dropped before anything was sent to it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]
 fn a_header_ended_by_half_close_without_newline_is_accepted() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let mut plain = server.connect(b"3");
     plain.shutdown_write();
     let mut negative = server.connect(b" -4 ");
@@ -231,7 +254,7 @@ fn a_header_ended_by_half_close_without_newline_is_accepted() {
 
 #[test]
 fn bytes_sent_after_the_header_are_ignored() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     // Junk in the same segment as the header, including things that look like headers.
     let mut client = server.connect(b"0\n5\n-1\nGARBAGE\xff\xfe no newline");
     client.expect_bytes(TEXT, PATIENCE);
@@ -270,7 +293,7 @@ fn assert_refused(server: &Server, bad: &[u8]) {
 
 #[test]
 fn malformed_headers_are_refused() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     for bad in [
         &b"abc\n"[..],
         b"1 2\n",
@@ -286,7 +309,7 @@ fn malformed_headers_are_refused() {
 
 #[test]
 fn overflowing_headers_are_refused() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     for bad in [
         &b"9223372036854775808\n"[..],
         b"-9223372036854775809\n",
@@ -298,7 +321,7 @@ fn overflowing_headers_are_refused() {
 
 #[test]
 fn non_ascii_headers_are_refused() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     for bad in ["\u{ff11}\n".as_bytes(), b"1\xe9\n", b"\xff\n"] {
         assert_refused(&server, bad);
     }
@@ -306,7 +329,7 @@ fn non_ascii_headers_are_refused() {
 
 #[test]
 fn a_header_too_long_without_newline_is_refused() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     let digits = "1".repeat(70);
     assert_refused(&server, digits.as_bytes());
     // Padding counts too: a valid number after 64 spaces is still too long.
@@ -315,7 +338,7 @@ fn a_header_too_long_without_newline_is_refused() {
 
 #[test]
 fn an_empty_header_line_is_refused() {
-    let server = Server::start(TEXT);
+    let server = Server::in_process(TEXT);
     for bad in [&b"\n"[..], b" \t\r\n", b"\n0\n"] {
         assert_refused(&server, bad);
     }
@@ -324,6 +347,7 @@ fn an_empty_header_line_is_refused() {
 #[test]
 fn a_client_without_a_complete_header_in_time_is_closed() {
     let server = Server::builder()
+        .in_process()
         .contents(TEXT)
         .arg("--header-timeout")
         .arg("0.5")
@@ -365,7 +389,7 @@ fn a_client_without_a_complete_header_in_time_is_closed() {
 fn offsets_beyond_4_gib_are_served() {
     const FIVE_GIB: u64 = 5 << 30;
     const MARKER: &[u8] = b"marker at five GiB\n";
-    let server = Server::start(b"");
+    let server = Server::in_process(b"");
     let mut file = OpenOptions::new().write(true).open(server.path()).unwrap();
     // Sparse: the 5 GiB of zeroes take no disk space.
     file.set_len(FIVE_GIB).unwrap();
@@ -398,6 +422,7 @@ fn offsets_beyond_4_gib_are_served() {
 #[test]
 fn the_header_timeout_is_a_deadline_not_an_idle_timer() {
     let server = Server::builder()
+        .in_process()
         .contents(TEXT)
         .arg("--header-timeout")
         .arg("1")

@@ -63,7 +63,10 @@ fn read_checked(
 #[test]
 fn a_storm_of_tiny_appends_reaches_every_client_exactly() {
     const APPENDS: usize = 300_000;
-    let server = Server::builder().args(["--shards", "2"]).start();
+    let server = Server::builder()
+        .in_process()
+        .args(["--shards", "2"])
+        .start();
     let early: Vec<Client> = (0..4).map(|_| server.connect(b"0\n")).collect();
     for c in &early {
         server.offset_of(c);
@@ -119,6 +122,7 @@ fn a_storm_of_tiny_appends_reaches_every_client_exactly() {
 #[test]
 fn a_suspended_server_catches_up_after_sigcont() {
     const START: u64 = 10_000;
+    // The binary: SIGSTOP stops a whole process.
     let server = Server::builder()
         .contents(&pattern_range(0, START as usize))
         .start();
@@ -139,7 +143,7 @@ fn a_suspended_server_catches_up_after_sigcont() {
         c.expect_pattern(START, grown, PATIENCE);
     }
     during[0].expect_pattern(0, size, PATIENCE);
-    assert_eq!(server.offset_of(&during[1]), size - 10);
+    // The last ten bytes and, below, the next append: nothing before size - 10.
     during[1].expect_pattern(size - 10, 10, PATIENCE);
     append_pattern(server.path(), size, 100);
     for c in before.iter_mut().chain(&mut during) {
@@ -157,6 +161,7 @@ fn an_inotify_queue_overflow_loses_no_growth() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(16_384);
+    // The binary: SIGSTOP stops a whole process.
     let server = Server::builder()
         .contents(&pattern_range(0, 1000))
         .args(["--metrics", "127.0.0.1:0"])
@@ -195,7 +200,7 @@ fn a_client_resumes_exactly_once_across_a_server_restart() {
     let dir = TempDir::new();
     let path = dir.join("kept.log");
     append_pattern(&path, 0, 1 << 20);
-    let mut first = Server::builder().serve(&path).start();
+    let mut first = Server::builder().in_process().serve(&path).start();
     let mut client = first.connect(b"0\n");
     let kept = 300_001;
     client.expect_pattern(0, kept, PATIENCE);
@@ -207,7 +212,7 @@ fn a_client_resumes_exactly_once_across_a_server_restart() {
     append_pattern(&path, (1 << 20) + 50_000, 70_000);
     let size = (1 << 20) + 120_000;
 
-    let second = Server::builder().serve(&path).start();
+    let second = Server::builder().in_process().serve(&path).start();
     for header in [format!("{kept}\n"), format!("+{kept}\n")] {
         let mut resumed = second.connect(header.as_bytes());
         assert_eq!(second.offset_of(&resumed), kept);
@@ -223,7 +228,7 @@ fn sigterm_during_a_catch_up_storm_ends_every_client_with_a_fin_after_an_exact_p
     let dir = TempDir::new();
     let path = dir.join("big.log");
     append_pattern(&path, 0, SIZE);
-    let mut server = Server::builder().serve(&path).start();
+    let mut server = Server::builder().in_process().serve(&path).start();
     let progress = Arc::new(AtomicU64::new(0));
     let clients: Vec<Client> = (0..CLIENTS).map(|_| server.connect(b"0\n")).collect();
     for c in &clients {
@@ -267,7 +272,7 @@ fn sigterm_during_a_catch_up_storm_ends_every_client_with_a_fin_after_an_exact_p
 fn growth_through_a_hole_sends_its_zeroes_then_the_data() {
     const START: u64 = 1000;
     const HOLE: u64 = 3 << 20;
-    let server = Server::start(&pattern_range(0, START as usize));
+    let server = Server::in_process(&pattern_range(0, START as usize));
     let mut from_start = server.connect(b"0\n");
     from_start.expect_pattern(0, START, PATIENCE);
     let inside = START + HOLE / 2;
@@ -298,7 +303,7 @@ fn growth_through_a_hole_sends_its_zeroes_then_the_data() {
 
 #[test]
 fn a_second_server_on_the_same_port_exits_1_and_the_first_keeps_every_client() {
-    let first = Server::start(b"first\n");
+    let first = Server::in_process(b"first\n");
     let port = first.port().to_string();
     let dir = TempDir::new();
     let other = dir.join("other.log");
@@ -309,6 +314,13 @@ fn a_second_server_on_the_same_port_exits_1_and_the_first_keeps_every_client() {
     ] {
         let run = run_to_exit(&args, PATIENCE);
         assert_eq!(run.code, Some(1), "{args:?}: {}", run.stderr);
+        // Its bind tries again for a quarter of a second (a port held by a process that
+        // has just exited), no longer: a port that is really in use fails promptly.
+        assert!(
+            run.elapsed < Duration::from_secs(3),
+            "{args:?} took {:?} to give up",
+            run.elapsed
+        );
         assert!(run.stderr.starts_with("tailsrv: error:"), "{}", run.stderr);
         assert!(!run.stderr.contains(" listening "), "{}", run.stderr);
     }

@@ -30,13 +30,31 @@ fn append_records(handle: &Handle, path: &std::path::Path) -> u64 {
     size
 }
 
-/// What the watcher and the shards have done so far.
+/// What the watcher and the shards have done so far, read once every shard has answered
+/// every ring delivered to it (the start-up ring at least). Why wait? A shard counts a
+/// wake-up when it takes the ring, which may be after the watcher made it: read too early,
+/// a ring made before the snapshot is counted after it.
 fn woken(handle: &Handle) -> (u64, u64, Vec<u64>) {
     (
         handle.watcher_wakeups(),
         handle.file_events(),
-        handle.shard_wakeups(),
+        shard_wakeups(handle),
     )
+}
+
+/// [`Handle::shard_wakeups`], once every ring delivered so far has been answered.
+#[track_caller]
+fn shard_wakeups(handle: &Handle) -> Vec<u64> {
+    let settled = poll_until(PATIENCE, || {
+        handle.shard_rings().iter().all(|&rung| rung >= 1) && handle.rings_answered()
+    });
+    assert!(
+        settled,
+        "rings not answered: {:?} delivered, {:?} answered",
+        handle.shard_rings(),
+        handle.shard_wakeups()
+    );
+    handle.shard_wakeups()
 }
 
 /// Nobody connected, nobody woken: the watcher stops hearing appends while no client is
@@ -182,17 +200,17 @@ fn growth_wakes_only_the_shards_with_clients_waiting() {
     let handle = server.handle.clone();
     // Every shard hears the watcher once at start.
     assert!(
-        poll_until(PATIENCE, || handle.shard_wakeups().iter().all(|&n| n >= 1)),
+        shard_wakeups(&handle).iter().all(|&n| n >= 1),
         "shards never woke at start: {:?}",
         handle.shard_wakeups()
     );
 
     // Nobody connected: the file grows, no shard wakes.
     assert!(poll_until(PATIENCE, || !handle.following_growth()));
-    let before = handle.shard_wakeups();
+    let before = shard_wakeups(&handle);
     append_records(&handle, &path);
     assert_eq!(
-        handle.shard_wakeups(),
+        shard_wakeups(&handle),
         before,
         "{APPENDS} appends with no client woke a shard"
     );
@@ -212,13 +230,13 @@ fn growth_wakes_only_the_shards_with_clients_waiting() {
     // One append at a time, each awaited at the client, so that the client is waiting
     // when the next one comes. (Growth that lands while a shard's clients are busy is taken
     // in without a ring when they next wait, so a burst may need no wake-up at all.)
-    let before = handle.shard_wakeups();
+    let before = shard_wakeups(&handle);
     let mut file = OpenOptions::new().append(true).open(&path).unwrap();
     for _ in 0..LOCKSTEP {
         file.write_all(RECORD).unwrap();
         client.expect_bytes(RECORD, PATIENCE);
     }
-    let after = handle.shard_wakeups();
+    let after = shard_wakeups(&handle);
     for (shard, (&was, &now)) in before.iter().zip(&after).enumerate() {
         if shard == mine {
             assert!(

@@ -35,8 +35,8 @@ fn js(text: &str) -> String {
 
 /// Opens the page of the server on `port` (with `query`, e.g. `?lines=50`), or `None` when
 /// the test is skipped for want of a browser.
-fn open(test: &str, port: u16, query: &str) -> Option<Browser> {
-    let browser = Browser::start(test)?;
+fn open(port: u16, query: &str) -> Option<Browser> {
+    let browser = Browser::start()?;
     browser.goto(&format!("http://127.0.0.1:{port}/{query}"));
     Some(browser)
 }
@@ -125,7 +125,7 @@ fn screenshot_path() -> PathBuf {
 fn the_page_shows_the_last_lines_and_an_appended_line_within_a_second() {
     let file = log_lines(0, 1000);
     let server = Server::start(&text(&file));
-    let Some(browser) = open("web::the_page_shows_the_last_lines", server.port(), "") else {
+    let Some(browser) = open(server.port(), "") else {
         return;
     };
     wait_last_line(&browser, &file[999], PATIENCE);
@@ -176,7 +176,7 @@ fn the_page_shows_the_last_lines_and_an_appended_line_within_a_second() {
 fn a_flood_of_20000_lines_leaves_at_most_the_cap_in_the_page_and_it_stays_responsive() {
     let first = log_lines(0, 10);
     let server = Server::start(&text(&first));
-    let Some(browser) = open("web::a_flood_of_20000_lines", server.port(), "") else {
+    let Some(browser) = open(server.port(), "") else {
         return;
     };
     wait_last_line(&browser, &first[9], PATIENCE);
@@ -254,7 +254,7 @@ fn a_flood_of_20000_lines_leaves_at_most_the_cap_in_the_page_and_it_stays_respon
 fn scrolling_up_stops_following_and_the_jump_control_or_end_brings_it_back() {
     let file = log_lines(0, 1000);
     let server = Server::start(&text(&file));
-    let Some(browser) = open("web::scrolling_up_stops_following", server.port(), "") else {
+    let Some(browser) = open(server.port(), "") else {
         return;
     };
     wait_last_line(&browser, &file[999], PATIENCE);
@@ -327,7 +327,7 @@ fn scrolling_up_stops_following_and_the_jump_control_or_end_brings_it_back() {
 fn pause_holds_new_lines_until_resume() {
     let file = log_lines(0, 50);
     let server = Server::start(&text(&file));
-    let Some(browser) = open("web::pause_holds_new_lines", server.port(), "") else {
+    let Some(browser) = open(server.port(), "") else {
         return;
     };
     wait_last_line(&browser, &file[49], PATIENCE);
@@ -364,7 +364,7 @@ fn the_filter_hides_and_shows_lines_and_marks_the_matches() {
         file.push(format!("gamma-{i} [x]"));
     }
     let server = Server::start(&text(&file));
-    let Some(browser) = open("web::the_filter_hides_and_shows_lines", server.port(), "") else {
+    let Some(browser) = open(server.port(), "") else {
         return;
     };
     wait_last_line(&browser, "gamma-29 [x]", PATIENCE);
@@ -468,7 +468,7 @@ fn the_filter_hides_and_shows_lines_and_marks_the_matches() {
 #[test]
 fn utf8_split_across_reads_decodes_and_invalid_bytes_show_as_replacement_characters() {
     let server = Server::start(b"caf\xc3\xa9 ok\nbad \xff\xfe bytes\n");
-    let Some(browser) = open("web::utf8_split_across_reads", server.port(), "") else {
+    let Some(browser) = open(server.port(), "") else {
         return;
     };
     wait_last_line(&browser, "bad \u{FFFD}\u{FFFD} bytes", PATIENCE);
@@ -489,13 +489,50 @@ fn utf8_split_across_reads_decodes_and_invalid_bytes_show_as_replacement_charact
 }
 
 #[test]
+fn a_line_without_end_is_shown_in_pieces_and_nothing_is_lost() {
+    let server = Server::start(b"before\n");
+    let Some(browser) = open(server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, "before", PATIENCE);
+    // 250,000 characters: more than a line may hold in the page. Some of it arrives with
+    // no newline yet, then the rest with its newline; a character of two UTF-16 units
+    // (U+1F600) sits on each cut the page would make at 100,000 units.
+    let long: String = (0..250_000u32)
+        .map(|i| match i {
+            99_999 | 199_998 => '\u{1F600}',
+            _ => char::from(b'a' + (i % 26) as u8),
+        })
+        .collect();
+    let (first, rest) = long.split_at(long.len() / 2 + 1);
+    server.append(first.as_bytes());
+    browser.wait_for(
+        "the unfinished line to be drawn",
+        PATIENCE,
+        "document.querySelector('#log > .partial') !== null || document.querySelectorAll('#log > .line').length > 1",
+    );
+    server.append(rest.as_bytes());
+    server.append(b"\nafter\n");
+    wait_last_line(&browser, "after", PATIENCE);
+    let shown = lines(&browser);
+    let pieces = &shown[1..shown.len() - 1];
+    assert!(
+        pieces.len() >= 3 && pieces.iter().all(|p| p.encode_utf16().count() <= 100_000),
+        "{} pieces of {:?} characters",
+        pieces.len(),
+        pieces.iter().map(String::len).collect::<Vec<_>>()
+    );
+    assert!(pieces.concat() == long, "the pieces are the line, in order");
+}
+
+#[test]
 fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
     let dir = TempDir::new();
     let path = dir.join("app.log");
     fs::write(&path, text(&log_lines(0, 50))).unwrap();
     let port = low_port();
     let mut server = serve_at(&path, port);
-    let Some(browser) = open("web::a_server_restart_mid_stream", port, "") else {
+    let Some(browser) = open(port, "") else {
         return;
     };
     wait_last_line(&browser, &log_lines(49, 1)[0], PATIENCE);
@@ -542,7 +579,7 @@ fn a_replaced_file_shows_a_marker_and_the_new_file_from_its_start() {
     let old = log_lines(0, 20);
     fs::write(&path, text(&old)).unwrap();
     let server = Server::builder().serve(&path).start();
-    let Some(browser) = open("web::a_replaced_file_shows_a_marker", server.port(), "") else {
+    let Some(browser) = open(server.port(), "") else {
         return;
     };
     wait_last_line(&browser, &old[19], PATIENCE);
@@ -579,11 +616,7 @@ fn a_replaced_file_shows_a_marker_and_the_new_file_from_its_start() {
 #[test]
 fn the_page_fits_a_phone_screen() {
     let server = Server::start(&text(&log_lines(0, 300)));
-    let Some(browser) = open(
-        "web::the_page_fits_a_phone_screen",
-        server.port(),
-        "?wrap=1",
-    ) else {
+    let Some(browser) = open(server.port(), "?wrap=1") else {
         return;
     };
     browser.window_size(390, 844);
@@ -603,6 +636,118 @@ fn the_page_fits_a_phone_screen() {
         json!(r#"{"page":true,"controls":true,"wrapped":true}"#),
         "at 390 px wide nothing sticks out, and wrapped lines need no sideways scrolling"
     );
+    // The wrap toggle: off, the long lines run past the edge (and the log scrolls
+    // sideways); on again, they fit.
+    let overflows = "(() => { const l = document.getElementById('log'); return l.scrollWidth > l.clientWidth; })()";
+    browser.click("#wrap");
+    browser.wait_for("long lines unwrapped", PATIENCE, overflows);
+    browser.click("#wrap");
+    browser.wait_for("long lines wrapped", PATIENCE, &format!("!{overflows}"));
+}
+
+#[test]
+fn the_lines_selector_starts_over_with_that_many() {
+    let file = log_lines(0, 300);
+    let server = Server::start(&text(&file));
+    let Some(browser) = open(server.port(), "?lines=50") else {
+        return;
+    };
+    wait_last_line(&browser, &file[299], PATIENCE);
+    assert_lines(&browser, &file[250..], "?lines=50 in the page's address");
+    // The selector, as a person uses it: the last 10 lines of the file as it is now.
+    browser.click("#lines option:first-child");
+    browser.wait_for(
+        "the view to start over with 10 lines",
+        PATIENCE,
+        &format!("{LINES}.length === 10"),
+    );
+    assert_lines(&browser, &file[290..], "the last 10");
+    server.append(b"and one more\n");
+    wait_last_line(&browser, "and one more", PATIENCE);
+    assert_lines(
+        &browser,
+        &[&file[290..], &["and one more".to_string()]].concat(),
+        "then following",
+    );
+}
+
+#[test]
+fn the_text_has_readable_contrast_in_light_and_dark() {
+    let server = Server::start(&text(&log_lines(0, 300)));
+    let Some(browser) = open(server.port(), "") else {
+        return;
+    };
+    wait_last_line(&browser, &log_lines(299, 1)[0], PATIENCE);
+    // Bring out the jump control, the marks and the error message, to measure them too.
+    browser.type_into("#log", KEY_HOME);
+    browser.wait_for(
+        "the jump control",
+        PATIENCE,
+        "!document.getElementById('jump').hidden",
+    );
+    browser.type_into("#filter", "INFO");
+    browser.wait_for(
+        "marks",
+        PATIENCE,
+        "document.querySelector('#log mark') !== null",
+    );
+    // WCAG 2 contrast ratios of text against what is behind it (the nearest opaque
+    // background up the tree).
+    let measure = r##"
+        const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+        const lum = ([r, g, b]) => {
+            const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+            return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+        };
+        const behind = (el) => {
+            for (; el; el = el.parentElement) {
+                const c = rgb(getComputedStyle(el).backgroundColor);
+                if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+            }
+            return [255, 255, 255];
+        };
+        const ratio = (el) => {
+            const a = lum(rgb(getComputedStyle(el).color)), b = lum(behind(el));
+            return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+        };
+        const out = {};
+        for (const sel of ["#log .line", "#log mark", "#title", "#state", "#note", "#jump",
+                           "#pause", "#filter", "#error", "label"]) {
+            out[sel] = Math.round(ratio(document.querySelector(sel)) * 10) / 10;
+        }
+        return out;"##;
+    for dark in [false, true] {
+        browser.color_scheme(dark);
+        browser.wait_for(
+            "the scheme to apply",
+            PATIENCE,
+            &format!("matchMedia('(prefers-color-scheme: dark)').matches === {dark}"),
+        );
+        if dark {
+            // The error message shows only for a bad regular expression.
+            browser.click("#regex");
+            browser.type_into("#filter", "(");
+            browser.wait_for(
+                "the error",
+                PATIENCE,
+                "document.getElementById('error').textContent !== ''",
+            );
+            browser
+                .screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web-page-dark.png"));
+        }
+        let ratios = browser.script(measure, json!([]));
+        let low: Vec<_> = ratios
+            .as_object()
+            .expect("an object")
+            .iter()
+            .filter(|(_, r)| r.as_f64().is_none_or(|r| r < 4.5))
+            .collect();
+        assert!(
+            low.is_empty(),
+            "below the 4.5:1 WCAG AA asks of text ({}): {low:?}",
+            if dark { "dark" } else { "light" }
+        );
+    }
 }
 
 /// What Chromium sends when it opens a page.

@@ -59,8 +59,10 @@ pub struct Group {
     pub role: Role,
     /// The file offset of the first byte this client will receive.
     pub start: u64,
-    /// The header line it sends, newline included.
+    /// The header line it sends, newline included (or an HTTP request, with `http`).
     pub header: String,
+    /// The clients speak HTTP: the response head comes before the file's bytes.
+    pub http: bool,
 }
 
 impl Group {
@@ -70,7 +72,66 @@ impl Group {
             role,
             start,
             header: header.into(),
+            http: false,
         }
+    }
+
+    /// The same clients over HTTP: `GET /stream` with the start the raw header asks for
+    /// (`N` is `from=N`, `-N` is `last=N`), reading past the response head.
+    pub fn over_http(self) -> Group {
+        let raw = self.header.trim();
+        let query = match raw.strip_prefix('-') {
+            Some(n) => format!("last={n}"),
+            None => format!("from={}", raw.trim_start_matches('+')),
+        };
+        Group {
+            header: format!("GET /stream?{query} HTTP/1.1\r\nHost: fanout\r\n\r\n"),
+            http: true,
+            ..self
+        }
+    }
+}
+
+/// How far an HTTP client is through the response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// A raw client, or the head is behind it.
+    Done,
+    /// Reading the head: how many bytes of the blank line's `\r\n\r\n` were last seen, and
+    /// whether the status line has been checked.
+    Reading { matched: u8, checked: bool },
+}
+
+impl Head {
+    /// Takes in received bytes; returns where the file's bytes start among them, once the
+    /// head ends, or an error for a status other than 200.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, String> {
+        let Head::Reading { matched, checked } = self else {
+            return Ok(Some(0));
+        };
+        if !*checked {
+            // The status line arrives in the head's first segment, in one piece.
+            if !bytes.starts_with(b"HTTP/1.1 200 ") {
+                let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+                return Err(format!("HTTP status {:?}", String::from_utf8_lossy(line)));
+            }
+            *checked = true;
+        }
+        for (i, &b) in bytes.iter().enumerate() {
+            let want = b"\r\n\r\n"[*matched as usize];
+            *matched = if b == want {
+                *matched + 1
+            } else if b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if *matched == 4 {
+                *self = Head::Done;
+                return Ok(Some(i + 1));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -291,6 +352,7 @@ struct Conn {
     start_ns: u64,
     warm: bool,
     records: u64,
+    head: Head,
 }
 
 impl Conn {
@@ -305,6 +367,7 @@ impl Conn {
             start_ns: 0,
             warm: false,
             records: 0,
+            head: Head::Done,
         }
     }
 
@@ -514,7 +577,14 @@ impl Worker {
         let Some(fd) = conn.fd.as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
-        let header = self.plan.groups[conn.group as usize].header.as_bytes();
+        let group = &self.plan.groups[conn.group as usize];
+        let header = group.header.as_bytes();
+        if group.http {
+            conn.head = Head::Reading {
+                matched: 0,
+                checked: false,
+            };
+        }
         conn.start_ns = sys::monotonic_ns();
         conn.state = State::Streaming;
         self.out.first_start_ns = self.out.first_start_ns.min(conn.start_ns);
@@ -562,7 +632,8 @@ impl Worker {
         let Some(fd) = self.conns[i].fd.as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
-        let copy = self.plan.verify || role == Role::Live;
+        let in_head = self.conns[i].head != Head::Done;
+        let copy = self.plan.verify || role == Role::Live || in_head;
         let got = if copy {
             tailsrv::sys::recv_now(fd, &mut self.buf)
         } else {
@@ -586,9 +657,22 @@ impl Worker {
             }
         };
         let now = sys::monotonic_ns();
+        // An HTTP client's response head comes first; the file's bytes follow it.
+        let mut data = 0..n;
+        if in_head {
+            match self.conns[i].head.feed(&self.buf[..n]) {
+                Ok(Some(at)) => data = at..n,
+                Ok(None) => return,
+                Err(e) => {
+                    self.fail(i, e);
+                    return;
+                }
+            }
+        }
+        let n = data.len();
         let from = self.conns[i].offset;
         if copy {
-            if let Err(e) = self.view.check(from, &self.buf[..n]) {
+            if let Err(e) = self.view.check(from, &self.buf[data]) {
                 self.fail(i, e);
                 return;
             }

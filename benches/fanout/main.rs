@@ -97,6 +97,11 @@ struct Options {
     #[arg(long)]
     no_reference: bool,
 
+    /// Also measure this tree's tailsrv with HTTP clients (`GET /stream`), as target
+    /// `tailsrv-http`, in the live and catch-up scenarios (always on with --smoke)
+    #[arg(long, conflicts_with = "addr")]
+    http: bool,
+
     /// The tailsrv binary [default: this tree's release build]
     #[arg(long, value_name = "PATH")]
     server_bin: Option<PathBuf>,
@@ -364,6 +369,13 @@ fn run(opts: Options) -> Result<bool, String> {
         targets.push(Target::Reference);
     }
     targets.push(main_target);
+    // The smoke run checks the HTTP clients' bytes too, so that path cannot rot either.
+    if opts.http || (opts.smoke && opts.addr.is_none()) {
+        targets.push(Target::TailsrvHttp {
+            bin: bin.clone(),
+            shards: opts.shards,
+        });
+    }
     if let Some(bin) = &opts.baseline_bin {
         targets.push(Target::Baseline {
             bin: bin.clone(),

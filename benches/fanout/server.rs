@@ -29,6 +29,9 @@ pub enum Target {
     Reference,
     /// This tree's release binary, with `--shards` if given.
     Tailsrv { bin: PathBuf, shards: Option<u16> },
+    /// This tree's release binary, its clients speaking HTTP (`GET /stream`) instead of the
+    /// raw header (`--http`): the same server, the same body path, the HTTP face's cost.
+    TailsrvHttp { bin: PathBuf, shards: Option<u16> },
     /// Another tailsrv binary (`--baseline-bin`, say the previous commit's), for a before and
     /// after in one run.
     Baseline { bin: PathBuf, shards: Option<u16> },
@@ -60,9 +63,18 @@ impl Target {
             Target::Tailsrv {
                 shards: Some(n), ..
             } => format!("tailsrv-s{n}"),
+            Target::TailsrvHttp { shards: None, .. } => "tailsrv-http".into(),
+            Target::TailsrvHttp {
+                shards: Some(n), ..
+            } => format!("tailsrv-http-s{n}"),
             Target::Variant { name, .. } => name.clone(),
             Target::External { .. } => "external".into(),
         }
+    }
+
+    /// Whether its clients speak HTTP.
+    pub fn http(&self) -> bool {
+        matches!(self, Target::TailsrvHttp { .. })
     }
 
     pub fn is_reference(&self) -> bool {
@@ -90,6 +102,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// Whether its clients speak HTTP (the `tailsrv-http` target).
+    pub fn http(&self) -> bool {
+        self.target.http()
+    }
+
     /// Starts `target` on `file` (or adopts an external server) and waits until it listens.
     pub fn start(target: &Target, file: &Path) -> Result<Server, String> {
         let mut cmd = match target {
@@ -109,7 +126,9 @@ impl Server {
                 cmd.arg("--serve-reference").arg(file);
                 cmd
             }
-            Target::Tailsrv { bin, shards } | Target::Baseline { bin, shards } => {
+            Target::Tailsrv { bin, shards }
+            | Target::TailsrvHttp { bin, shards }
+            | Target::Baseline { bin, shards } => {
                 let mut cmd = Command::new(bin);
                 cmd.args(["-p", "0", "--bind", "127.0.0.1"]);
                 // Every bench client comes from 127.0.0.1, up to 10,000 of them: tailsrv has
@@ -222,6 +241,7 @@ impl Server {
                 Ok(Some(status)) => {
                     let fine = match self.target {
                         Target::Tailsrv { .. }
+                        | Target::TailsrvHttp { .. }
                         | Target::Baseline { .. }
                         | Target::Variant { .. } => status.success(),
                         _ => true,

@@ -46,19 +46,15 @@ fn find_program(env: &str, name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Says that `test` is skipped and why, where a person sees it even when the test passes.
-///
-/// Why write to the stderr handle and not `eprintln!`? The test harness captures
-/// `eprintln!` of passing tests; a skip must show in every run's output.
-pub fn note_skip(test: &str, why: &str) {
-    let _ = writeln!(io::stderr(), "SKIP {test}: {why}");
-}
-
 impl Browser {
     /// Starts chromedriver and a headless Chromium session with a fresh profile, or, with no
-    /// browser installed, notes the skip and returns `None` (and fails under `CI=true`).
+    /// browser installed, notes that the calling test is skipped and returns `None` (and
+    /// fails under `CI=true`).
     #[track_caller]
-    pub fn start(test: &str) -> Option<Browser> {
+    pub fn start() -> Option<Browser> {
+        // The test harness names each test's thread after the test.
+        let thread = std::thread::current();
+        let test = thread.name().unwrap_or("a browser test");
         let (Some(driver), Some(chromium)) = (
             find_program("TAILSRV_CHROMEDRIVER", "chromedriver"),
             find_program("TAILSRV_CHROMIUM", "chromium"),
@@ -68,7 +64,7 @@ impl Browser {
             if std::env::var("CI").is_ok_and(|v| v == "true") {
                 panic!("{test}: CI=true, and {why}: .ci/run installs them");
             }
-            note_skip(test, why);
+            skip(why);
             return None;
         };
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -276,6 +272,21 @@ impl Browser {
             "POST",
             &self.session_path("/window/rect"),
             Some(&json!({"width": width, "height": height})),
+        );
+    }
+
+    /// Makes the page see `prefers-color-scheme: dark` (or light), through the DevTools
+    /// protocol command chromedriver passes on.
+    #[track_caller]
+    pub fn color_scheme(&self, dark: bool) {
+        let scheme = if dark { "dark" } else { "light" };
+        self.call(
+            "POST",
+            &self.session_path("/goog/cdp/execute"),
+            Some(&json!({
+                "cmd": "Emulation.setEmulatedMedia",
+                "params": {"features": [{"name": "prefers-color-scheme", "value": scheme}]},
+            })),
         );
     }
 

@@ -3,7 +3,7 @@
 //! Log wording is for people, not an API: prefer the in-process `Handle` or the metrics
 //! endpoint where a test needs the server's state.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,6 +42,24 @@ impl Logs {
         logs
     }
 
+    /// A log subscriber for an in-process server: every tailsrv event at debug level and
+    /// above, formatted as the binary writes it to stderr, goes into these logs.
+    pub fn dispatch(&self) -> tracing::Dispatch {
+        let sink = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("tailsrv=debug"))
+            .with_ansi(false)
+            .with_writer(move || LineSink(sink.clone(), Vec::new()))
+            .finish();
+        tracing::Dispatch::new(subscriber)
+    }
+
+    fn push(&self, line: String) {
+        let (lock, cond) = &*self.0;
+        lock.lock().unwrap().lines.push(line);
+        cond.notify_all();
+    }
+
     /// All lines so far.
     pub fn lines(&self) -> Vec<String> {
         self.0 .0.lock().unwrap().lines.clone()
@@ -70,6 +88,22 @@ impl Logs {
         }
     }
 
+    /// Waits until the process has closed its stderr (it has exited) and every line it
+    /// wrote is in; false if the deadline passes first.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (lock, cond) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        while !state.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = cond.wait_timeout(state, deadline - now).unwrap().0;
+        }
+        true
+    }
+
     /// Waits for the first line that satisfies `matches` and returns it; panics with the log
     /// if none comes within `timeout`.
     #[track_caller]
@@ -93,6 +127,34 @@ impl Logs {
     }
 }
 
+/// Writes what it is given into [`Logs`], a line at a time.
+struct LineSink(Logs, Vec<u8>);
+
+impl Write for LineSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.1.extend_from_slice(buf);
+        while let Some(end) = self.1.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.1.drain(..=end).collect();
+            self.0
+                .push(String::from_utf8_lossy(&line[..end]).into_owned());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineSink {
+    fn drop(&mut self) {
+        if !self.1.is_empty() {
+            let rest = std::mem::take(&mut self.1);
+            self.0.push(String::from_utf8_lossy(&rest).into_owned());
+        }
+    }
+}
+
 /// The value of `name=` in a tracing log line (up to the next space), if present.
 pub fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let key = format!(" {name}=");
@@ -110,24 +172,4 @@ pub fn port_of(peer: &str) -> Option<u16> {
 /// Whether a log line names the peer whose local (client-side) port is `port`.
 pub fn mentions_peer(line: &str, port: u16) -> bool {
     field(line, "peer").and_then(port_of) == Some(port)
-}
-
-/// What a "client streaming" debug line says about one client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Streaming {
-    pub port: u16,
-    pub shard: String,
-    pub offset: u64,
-}
-
-/// Parses a "client streaming" line (logged once a client's header has been resolved).
-pub fn parse_streaming(line: &str) -> Option<Streaming> {
-    if !line.contains("client streaming") {
-        return None;
-    }
-    Some(Streaming {
-        port: field(line, "peer").and_then(port_of)?,
-        shard: field(line, "shard")?.to_owned(),
-        offset: field(line, "offset")?.parse().ok()?,
-    })
 }

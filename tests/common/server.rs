@@ -1,5 +1,7 @@
-//! Running tailsrv: the real binary on port 0 ([`Server`], killed on drop), or to completion
-//! ([`run_to_exit`]); or a whole server inside the test process ([`InProcess`]).
+//! Running tailsrv: the real binary on port 0 ([`Server`], killed on drop), or the same
+//! server inside the test process (`Server::builder().in_process()`, whose state the test
+//! asks through its `Handle`); to completion ([`run_to_exit`]); or a bare in-process server
+//! ([`InProcess`]).
 
 use super::*;
 use std::collections::HashMap;
@@ -28,6 +30,8 @@ pub struct ServerBuilder {
     env: Vec<(String, String)>,
     contents: Option<Vec<u8>>,
     port: u16,
+    /// Run inside the test process rather than as the binary.
+    in_process: bool,
 }
 
 impl ServerBuilder {
@@ -83,6 +87,15 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs the server inside the test process, through `tailsrv::Server` with the same
+    /// command line, so that the test can ask its state (`Server::handle`, `offset_of`)
+    /// rather than read its log. The log is still captured, line by line as the binary
+    /// writes it. Not with `nofile` or `env`; no pid, signals or descriptor counts.
+    pub fn in_process(mut self) -> Self {
+        self.in_process = true;
+        self
+    }
+
     /// Starts tailsrv on port 0 and waits until it logs that it is listening.
     #[track_caller]
     pub fn start(self) -> Server {
@@ -100,6 +113,9 @@ impl ServerBuilder {
         let file = self.serve.clone().unwrap_or_else(|| dir.join("served.log"));
         if let (None, Some(bytes)) = (&self.serve, &self.contents) {
             fs::write(&file, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        }
+        if self.in_process {
+            return self.start_in_process(dir, file);
         }
         let mut cmd = Command::new(BIN);
         cmd.args(["-p", &self.port.to_string()])
@@ -137,11 +153,13 @@ impl ServerBuilder {
         let mut child = cmd.spawn().expect("starting tailsrv");
         let logs = Logs::collect(child.stderr.take().expect("piped stderr"));
         let mut server = Server {
-            child,
+            run: Run::Process {
+                child,
+                status: None,
+            },
             port: 0,
             file,
             logs,
-            status: None,
             dir,
         };
         let mut found = None;
@@ -164,17 +182,87 @@ impl ServerBuilder {
         assert_ne!(server.port, 0, "listening line: {line}");
         Ok(server)
     }
+
+    fn start_in_process(self, dir: TempDir, file: PathBuf) -> Result<Server, String> {
+        assert!(
+            self.nofile.is_none() && self.env.is_empty(),
+            "nofile and env need the binary"
+        );
+        raise_nofile_to_hard();
+        let port = self.port.to_string();
+        let mut args = vec!["tailsrv", "-p", port.as_str()];
+        args.extend(self.args.iter().map(String::as_str));
+        args.push(file.to_str().expect("a UTF-8 temp path"));
+        let opts = Options::try_parse_from_args(&args);
+        let logs = Logs::default();
+        let dispatch = logs.dispatch();
+        let server = tracing::dispatcher::with_default(&dispatch, || tailsrv::Server::bind(&opts));
+        let server = match server {
+            Ok(server) => server,
+            Err(e) => return Err(format!("{}\ntailsrv: error: {e}", logs.dump())),
+        };
+        let handle = server.handle();
+        let metrics = server.metrics_addr();
+        let port = server.local_addr().port();
+        let serving =
+            thread::spawn(move || tracing::dispatcher::with_default(&dispatch, || server.wait()));
+        Ok(Server {
+            run: Run::InProcess {
+                handle,
+                serving: Some(serving),
+                code: None,
+                metrics,
+            },
+            port,
+            file,
+            logs,
+            dir,
+        })
+    }
 }
 
-/// A running tailsrv; killed on drop if it has not exited.
+/// Raises the test process's soft descriptor limit to its hard limit, as the binary does
+/// for itself: in-process servers and the tests' clients share this process's descriptors.
+pub fn raise_nofile_to_hard() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct to a pointer to a live local; setrlimit
+    // reads one.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A running tailsrv; killed (or stopped) on drop if it has not exited.
 pub struct Server {
-    child: Child,
+    run: Run,
     port: u16,
     file: PathBuf,
     logs: Logs,
-    status: Option<ExitStatus>,
     // Dropped after the process is killed (fields drop after `Drop::drop`).
     dir: TempDir,
+}
+
+/// How a [`Server`] runs.
+enum Run {
+    /// The binary.
+    Process {
+        child: Child,
+        status: Option<ExitStatus>,
+    },
+    /// Inside the test process, serving on a thread of its own.
+    InProcess {
+        handle: Handle,
+        serving: Option<JoinHandle<Result<Outcome, Error>>>,
+        /// The exit status the binary would have ended with, once it has stopped.
+        code: Option<i32>,
+        metrics: Option<std::net::SocketAddr>,
+    },
 }
 
 impl Server {
@@ -186,6 +274,7 @@ impl Server {
             env: Vec::new(),
             contents: Some(Vec::new()),
             port: 0,
+            in_process: false,
         }
     }
 
@@ -195,12 +284,39 @@ impl Server {
         Server::builder().contents(contents).start()
     }
 
+    /// As [`Server::start`], inside the test process (see [`ServerBuilder::in_process`]).
+    #[track_caller]
+    pub fn in_process(contents: &[u8]) -> Server {
+        Server::builder().contents(contents).in_process().start()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    #[track_caller]
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        match &self.run {
+            Run::Process { child, .. } => child.id() as i32,
+            Run::InProcess { .. } => panic!("an in-process server has no pid of its own"),
+        }
+    }
+
+    /// The in-process server's handle, to ask it about its state.
+    #[track_caller]
+    pub fn handle(&self) -> &Handle {
+        match &self.run {
+            Run::InProcess { handle, .. } => handle,
+            Run::Process { .. } => panic!("only an in-process server has a handle"),
+        }
+    }
+
+    /// The metrics address of an in-process server, if it serves metrics.
+    pub(super) fn in_process_metrics(&self) -> Option<Option<std::net::SocketAddr>> {
+        match &self.run {
+            Run::InProcess { metrics, .. } => Some(*metrics),
+            Run::Process { .. } => None,
+        }
     }
 
     /// FILE.
@@ -231,25 +347,43 @@ impl Server {
         client
     }
 
-    /// Waits until the server has resolved `client`'s header and returns its start offset.
+    /// Waits until the server has resolved `client`'s header and returns its start offset,
+    /// as the in-process server's `Handle` says.
     #[track_caller]
     pub fn offset_of(&self, client: &Client) -> u64 {
         let port = client.local_port();
-        let line = self
-            .logs
-            .wait_for(&format!("streaming to client port {port}"), PATIENCE, |l| {
-                parse_streaming(l).is_some_and(|s| s.port == port)
-            });
-        parse_streaming(&line).expect("parsed above").offset
+        let mut found = None;
+        poll_until(PATIENCE, || {
+            found = self
+                .handle()
+                .client_starts()
+                .into_iter()
+                .find(|s| s.peer.is_some_and(|p| p.port() == port));
+            found.is_some()
+        });
+        found
+            .unwrap_or_else(|| panic!("client port {port} never started streaming"))
+            .offset
     }
 
-    /// Every client the server has started streaming to so far, by client-side port.
+    /// The clients streaming now, by client-side port, as the in-process server's `Handle`
+    /// says.
+    #[track_caller]
     pub fn streaming(&self) -> HashMap<u16, Streaming> {
-        self.logs
-            .lines()
-            .iter()
-            .filter_map(|l| parse_streaming(l))
-            .map(|s| (s.port, s))
+        self.handle()
+            .client_starts()
+            .into_iter()
+            .filter_map(|s| {
+                let port = s.peer?.port();
+                Some((
+                    port,
+                    Streaming {
+                        port,
+                        shard: s.shard,
+                        offset: s.offset,
+                    },
+                ))
+            })
             .collect()
     }
 
@@ -263,6 +397,7 @@ impl Server {
         )
     }
 
+    #[track_caller]
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) with a pid we spawned and have not reaped (so it is still ours).
         let ret = unsafe { libc::kill(self.pid(), signal) };
@@ -275,24 +410,48 @@ impl Server {
         );
     }
 
+    /// Asks the server to stop as SIGTERM does (in-process: `Handle::shutdown`).
     pub fn sigterm(&self) {
-        self.signal(libc::SIGTERM);
+        match &self.run {
+            Run::Process { .. } => self.signal(libc::SIGTERM),
+            Run::InProcess { handle, .. } => handle.shutdown(),
+        }
     }
 
-    /// Waits for the process to exit; `None` if it is still running at the deadline.
+    /// Waits for the process to exit (in-process: for `serve` to return, with the status
+    /// the binary would have ended with); `None` if it is still running at the deadline.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.status {
-                return Some(status);
-            }
-            self.status = self.child.try_wait().expect("waiting for tailsrv");
-            if self.status.is_none() {
-                if Instant::now() >= deadline {
-                    return None;
+            match &mut self.run {
+                Run::Process { child, status } => {
+                    if status.is_none() {
+                        *status = child.try_wait().expect("waiting for tailsrv");
+                    }
+                    if let Some(status) = *status {
+                        return Some(status);
+                    }
                 }
-                thread::sleep(Duration::from_millis(5));
+                Run::InProcess { serving, code, .. } => {
+                    if code.is_none() && serving.as_ref().is_some_and(|s| s.is_finished()) {
+                        let result = serving.take().expect("checked").join();
+                        *code = Some(match result {
+                            Ok(Ok(Outcome::Signalled)) => 0,
+                            Ok(Ok(Outcome::FileGone)) => 3,
+                            Ok(Ok(Outcome::Truncated)) => 4,
+                            Ok(Err(_)) | Err(_) => 1,
+                        });
+                    }
+                    if let Some(code) = *code {
+                        return Some(ExitStatus::from_raw(code << 8));
+                    }
+                }
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -314,6 +473,7 @@ impl Server {
     }
 
     /// How many descriptors the server process has open.
+    #[track_caller]
     pub fn fd_count(&self) -> usize {
         let dir = format!("/proc/{}/fd", self.pid());
         fs::read_dir(&dir)
@@ -324,9 +484,21 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.status.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        match &mut self.run {
+            Run::Process { child, status } => {
+                if status.is_none() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+            Run::InProcess {
+                handle, serving, ..
+            } => {
+                if let Some(serving) = serving.take() {
+                    handle.shutdown();
+                    let _ = serving.join();
+                }
+            }
         }
         if thread::panicking() {
             eprintln!(
@@ -524,6 +696,14 @@ impl ParseArgs for Options {
         use clap::Parser;
         Options::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
+}
+
+/// A client past its header, as the server says: its port (client side), shard and start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streaming {
+    pub port: u16,
+    pub shard: usize,
+    pub offset: u64,
 }
 
 /// A port outside the kernel's ephemeral range, free right now, so that a server can be

@@ -10,7 +10,7 @@ pub fn have_systemd_analyze() -> bool {
         .output()
         .is_ok();
     if !found {
-        eprintln!("note: skipped: systemd-analyze is not installed here");
+        super::skip("systemd-analyze is not installed here");
     }
     found
 }

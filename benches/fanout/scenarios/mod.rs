@@ -226,7 +226,12 @@ impl Bench {
 
     /// Runs one scenario, prints its tables, writes its CSV. `Ok(false)`: a run failed.
     pub fn run(&mut self, scenario: Scenario) -> Result<bool, String> {
-        let targets = self.targets.clone();
+        let mut targets = self.targets.clone();
+        // HTTP clients are measured where the issue asks (live and catch-up); the other
+        // scenarios' clients (stalled, churn's FIN, soak's random headers) are raw ones.
+        if !matches!(scenario, Scenario::Live | Scenario::Catchup) {
+            targets.retain(|t| !t.http());
+        }
         match scenario {
             Scenario::Appendcost => appendcost::run(self, &targets),
             Scenario::Catchup => catchup::run(self, &targets),

@@ -129,8 +129,14 @@ impl Bench {
     }
 
     /// A plan for these groups against `server`: clients verify every byte, records count
-    /// from offset 0, headers go out as soon as each client connects. Runs change the rest.
+    /// from offset 0, headers go out as soon as each client connects (as HTTP requests for
+    /// the `tailsrv-http` target). Runs change the rest.
     pub(super) fn plan(&self, server: &Server, groups: Vec<Group>) -> Plan {
+        let groups = if server.http() {
+            groups.into_iter().map(Group::over_http).collect()
+        } else {
+            groups
+        };
         Plan {
             addr: server.addr,
             threads: self.s.threads,

@@ -1,9 +1,9 @@
-//! A shard: one executor pinned to a core, its SO_REUSEPORT listener, and the clients it
-//! accepted. Nothing here is shared with other shards except [`Published`] (and the
+//! A shard: one executor pinned to a core, its SO_REUSEPORT listener, and what its clients
+//! share: the file's size and phase as the shard knows them, who waits for what, and the
+//! wake-ups (doorbell, direct sends). Each client's place is in [`slot`]. Nothing here is shared with other shards except [`Published`] (and the
 //! [`Generation`]s it hands out) and the stats.
 
-use crate::admission::{Admission, Backoff};
-use crate::client;
+use crate::pace::take_turns;
 use crate::state::{Audience, Generation, Interest, Phase, Published};
 use crate::stats::ShardStats;
 use crate::sys;
@@ -13,24 +13,23 @@ use glommio::timer::Timer;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
-use tracing::{debug, error};
+use tracing::error;
+
+mod slot;
+
+pub use slot::ClientSlot;
+use slot::{send_direct, wake_drained, Slot};
 
 /// How long clients may keep reading after the file is gone (or rotated away) before they
 /// are closed.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How long a shard waits for its clients to close on shutdown before it stops anyway.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
-/// How long to pause accepting after running out of descriptors or memory.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// How long a full socket waits before trying again when it cannot join the room set.
-const ROOM_RETRY: Duration = Duration::from_millis(1);
-
 /// What one shard starts with, made on the main thread.
 pub struct ShardSetup {
     pub index: usize,
@@ -41,30 +40,12 @@ pub struct ShardSetup {
     /// Rung when clients come or go, if systemd wants status lines.
     pub status: Option<SharedSender<()>>,
     pub stats: Arc<ShardStats>,
-    /// An empty epoll set, for the shard's sockets that wait for room (see [`watch_room`]).
+    /// An empty epoll set, for the shard's sockets that wait for room (see [`wake_drained`]).
     pub room: OwnedFd,
     /// Whether the HTTP face is on (`--no-http` turns it off).
     pub http: bool,
     /// The web page `GET /` sends a browser (`web::page`), made once for every shard.
     pub page: Arc<str>,
-}
-
-#[derive(Default)]
-struct Slot {
-    /// Woken when the file grows, the phase changes or a new generation is taken in (a
-    /// caught-up client).
-    growth: Option<Waker>,
-    /// Woken when the phase changes or a new generation is taken in (a client waiting on
-    /// its socket).
-    phase: Option<Waker>,
-    /// Where the client is in the file, once its header is read.
-    offset: Option<u64>,
-    /// The socket of a client waiting for growth that the doorbell may send to directly.
-    direct: Option<RawFd>,
-    /// Woken when the client's full socket has room again.
-    room: Option<Waker>,
-    /// The client's socket and its tag, once in the shard's room set.
-    watched: Option<(RawFd, u32)>,
 }
 
 /// The shard's view of the world, shared by its tasks (one thread, so `Cell`s suffice).
@@ -103,7 +84,7 @@ pub struct Shard {
     /// The doorbell task, while it waits.
     bell_task: RefCell<Option<Waker>>,
     status_bell: Option<ConnectedSender<()>>,
-    /// The epoll set of sockets that have been full (see [`watch_room`]).
+    /// The epoll set of sockets that have been full (see [`wake_drained`]).
     room: OwnedFd,
 }
 
@@ -359,7 +340,7 @@ impl Shard {
                 // Why the tag? A slot is reused by the next client; an edge for the one
                 // before must not wake it (harmless, but a wasted send).
                 if let Some(slot) = slots.get_mut(index) {
-                    if slot.watched.is_some_and(|(_, t)| t == tag) {
+                    if slot.in_room.is_some_and(|(_, t)| t == tag) {
                         wakers.extend(slot.room.take());
                     }
                 }
@@ -398,7 +379,7 @@ impl Shard {
     /// Resolves once the shard's phase is at least `phase`.
     pub fn until_phase(self: &Rc<Self>, phase: Phase) -> impl Future<Output = ()> + 'static {
         let shard = self.clone();
-        let slot = shard.attach_watcher();
+        let slot = shard.attach_task();
         future::poll_fn(move |cx| {
             if shard.phase() >= phase {
                 return Poll::Ready(());
@@ -408,8 +389,8 @@ impl Shard {
         })
     }
 
-    /// A slot that is not a client: for the shard's own tasks that watch the phase.
-    fn attach_watcher(self: &Rc<Self>) -> ClientSlot {
+    /// A slot that is not a client: for the shard's own tasks that wait on the phase.
+    fn attach_task(self: &Rc<Self>) -> ClientSlot {
         self.alloc_slot(None)
     }
 
@@ -426,221 +407,24 @@ impl Shard {
     }
 }
 
-/// The key a client's socket has in the room set: its slot, and a tag from its id.
-fn room_key(index: usize, tag: u32) -> u64 {
-    (index as u64) << 32 | u64::from(tag)
+/// A shard that is up: its state, shared by its tasks, and its listener, for the accept
+/// loop ([`crate::accept`]).
+pub struct Started {
+    pub shard: Rc<Shard>,
+    pub listener: glommio::net::TcpListener,
+    /// A second descriptor for the listening socket, to stop it listening once the shard
+    /// stops accepting; glommio's listener gives no access to its own.
+    pub listening: io::Result<OwnedFd>,
 }
 
-/// Wakes the shard's clients whose full sockets have room again, until the shard closes.
-///
-/// Why an epoll set, in a server built on io_uring? glommio 0.9 has no public way to await a
-/// socket's writability: its `poll_write` always tries a `send` first. And a small `send`
-/// is a poor test of room for `sendfile`: a full TCP socket still takes a byte or two into
-/// the last packet it queued while it refuses the new packet `sendfile` needs, so a one-byte
-/// probe in its place spun, a byte per turn, until the peer acknowledged more (30,000 such
-/// bytes per 8 GiB of catch-up, a quarter of the shard's CPU). The set holds each socket of
-/// the shard that has ever been full, edge-triggered on room: an edge is the kernel's own
-/// "writable" (a third of the buffer free), the one a single-thread epoll server waits for.
-/// The set's descriptor is awaited through the shard's io_uring like any other, and one
-/// wake-up collects every socket that drained meanwhile. A socket joins once, the first time
-/// it is full; after that a stall costs no system call of its own.
-async fn watch_room(shard: Rc<Shard>) {
-    let mut keys = [0u64; 64];
-    loop {
-        if let Err(e) = sys::readable_or_soon(shard.room.as_fd()).await {
-            error!(shard = shard.index, error = %e, "waiting for full sockets to drain");
-            Timer::new(ROOM_RETRY).await;
-        }
-        loop {
-            match sys::epoll_ready(shard.room.as_fd(), &mut keys) {
-                Ok(n) => {
-                    shard.room_ready(&keys[..n]);
-                    if n < keys.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    error!(shard = shard.index, error = %e, "collecting sockets with room");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Sends a waiting client everything up to `size`, if it has a direct socket and the socket
-/// takes it all; adds what went out to `sent`. `false` means the client's task must run.
-fn send_direct(slot: &mut Slot, file: Option<BorrowedFd<'_>>, size: u64, sent: &mut u64) -> bool {
-    let (Some(sock), Some(file), Some(offset)) = (slot.direct, file, slot.offset) else {
-        return false;
-    };
-    if offset >= size {
-        // Nothing new for this one: it keeps waiting.
-        return true;
-    }
-    let due = size - offset;
-    let count = usize::try_from(due).map_or(client::CHUNK, |d| d.min(client::CHUNK));
-    match crate::sys::sendfile(sock, file, offset, count) {
-        Ok(n) => {
-            slot.offset = Some(offset + n as u64);
-            *sent += n as u64;
-            n as u64 == due
-        }
-        Err(_) => false,
-    }
-}
-
-/// A client's place in its shard; dropping it forgets the client.
-pub struct ClientSlot {
-    shard: Rc<Shard>,
-    index: usize,
-    /// `None` for the shard's own tasks, which are not counted as clients.
-    id: Option<u64>,
-}
-
-impl ClientSlot {
-    /// A number naming this client in logs, unique within its shard.
-    pub fn id(&self) -> u64 {
-        self.id.unwrap_or(u64::MAX)
-    }
-
-    /// Wake this task when the file grows or the phase changes. With `direct`, the client's
-    /// socket, the shard may instead send the new bytes itself and leave the task asleep
-    /// (see `Shard::bump`); the task then finds its offset moved on. Only a client reading
-    /// the shard's current generation may ask for that: the shard sends from that file.
-    pub fn wait_growth(&self, waker: &Waker, direct: Option<RawFd>) {
-        {
-            let mut slots = self.shard.slots.borrow_mut();
-            let slot = &mut slots[self.index];
-            if slot.growth.replace(waker.clone()).is_none() {
-                self.shard.waiting.set(self.shard.waiting.get() + 1);
-            }
-            slot.phase = Some(waker.clone());
-            slot.direct = direct;
-        }
-        self.shard.raise_interest();
-    }
-
-    /// Forgets the task's wish to hear about growth, and with it any direct sending.
-    pub fn stop_waiting(&self) {
-        let mut slots = self.shard.slots.borrow_mut();
-        let slot = &mut slots[self.index];
-        if slot.growth.take().is_some() {
-            self.shard.waiting.set(self.shard.waiting.get() - 1);
-        }
-        slot.direct = None;
-    }
-
-    /// Where the client is: what it last set, or where direct sends have taken it since.
-    pub fn offset(&self) -> Option<u64> {
-        self.shard.slots.borrow()[self.index].offset
-    }
-
-    /// Wake this task when the phase changes.
-    pub fn wait_phase(&self, waker: &Waker) {
-        self.shard.slots.borrow_mut()[self.index].phase = Some(waker.clone());
-    }
-
-    /// Resolves when `socket`, which was just found full, has room again (or the server is
-    /// closing, or the generation it reads has ended, or the socket failed: the next send
-    /// says which).
-    ///
-    /// Why through the shard's epoll set? See [`watch_room`]. The socket joins the set the
-    /// first time it is full and stays until the client goes; an edge that arrived before this
-    /// call is stale (the socket filled since) and is not counted, as nothing is registered
-    /// to hear it. The caller must call this right after the send that found the socket full,
-    /// without yielding in between, or it could sleep through the edge it waits for.
-    pub async fn until_room(&self, socket: RawFd, generation: Option<&Generation>) {
-        if let Err(e) = self.watch_room(socket) {
-            // Without the set (it takes kernel memory per socket), look again soon: slow for
-            // this client, harmless to the others.
-            debug!(shard = self.shard.index, client = self.id(), error = %e, "cannot watch the socket for room; polling it");
-            Timer::new(ROOM_RETRY).await;
-            return;
-        }
-        let mut registered = false;
-        future::poll_fn(|cx| {
-            let mut slots = self.shard.slots.borrow_mut();
-            let slot = &mut slots[self.index];
-            let ended = generation.is_some_and(|g| g.ending() >= crate::state::Ending::Closed);
-            if self.shard.phase() >= Phase::Closing || ended {
-                slot.room = None;
-                return Poll::Ready(());
-            }
-            if registered && slot.room.is_none() {
-                // The room task took the waker: the socket has news.
-                return Poll::Ready(());
-            }
-            registered = true;
-            slot.room = Some(cx.waker().clone());
-            slot.phase = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// Puts the client's socket in the shard's room set, if it is not there yet.
-    fn watch_room(&self, socket: RawFd) -> io::Result<()> {
-        let mut slots = self.shard.slots.borrow_mut();
-        let slot = &mut slots[self.index];
-        if slot.watched.is_some_and(|(fd, _)| fd == socket) {
-            return Ok(());
-        }
-        let tag = self.id() as u32;
-        sys::epoll_watch_room(self.shard.room.as_fd(), socket, room_key(self.index, tag))?;
-        slot.watched = Some((socket, tag));
-        Ok(())
-    }
-
-    /// Takes the client's socket out of the shard's room set; call before closing it.
-    pub fn forget_room(&self) {
-        let watched = self.shard.slots.borrow_mut()[self.index].watched.take();
-        if let Some((socket, _)) = watched {
-            // Closing the socket would take it out too, unless another reference to it lives
-            // on (a pending io_uring operation); the explicit delete leaves no doubt.
-            let _ = sys::epoll_forget(self.shard.room.as_fd(), socket);
-        }
-    }
-
-    /// Records where the client is, for the lag report.
-    pub fn set_offset(&self, offset: u64) {
-        self.shard.slots.borrow_mut()[self.index].offset = Some(offset);
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let shard = &self.shard;
-        let slot = std::mem::take(&mut shard.slots.borrow_mut()[self.index]);
-        if slot.growth.is_some() {
-            shard.waiting.set(shard.waiting.get() - 1);
-        }
-        shard.free.borrow_mut().push(self.index);
-        if self.id.is_none() {
-            return;
-        }
-        shard.clients.set(shard.clients.get() - 1);
-        ShardStats::sub(&shard.stats.connected, 1);
-        shard.audience.leave();
-        shard.clients_changed();
-        if shard.clients.get() == 0 {
-            if let Some(waker) = shard.idle.borrow_mut().take() {
-                waker.wake();
-            }
-        }
-    }
-}
-
-/// Runs one shard until shutdown: adopts its listener, follows the doorbell, accepts clients.
-pub async fn run(
+/// Starts one shard on its executor: adopts its listener, connects to its doorbell, and
+/// starts the tasks that follow the doorbell and wake clients whose sockets drained.
+pub async fn start(
     setup: ShardSetup,
     published: Arc<Published>,
     audience: Arc<Audience>,
     header_timeout: Duration,
-    admission: Arc<Admission>,
-    ready: impl FnOnce(),
-) {
+) -> Started {
     let ShardSetup {
         index,
         listener,
@@ -652,6 +436,7 @@ pub async fn run(
         http,
         page,
     } = setup;
+    let listening = listener.try_clone();
     let listener = sys::adopt_listener(listener);
     let doorbell = crate::state::connect_patiently(doorbell.connect()).await;
     let status_bell = match status {
@@ -676,7 +461,7 @@ pub async fn run(
 
     let room_shard = shard.clone();
     let closing = shard.until_phase(Phase::Closing);
-    glommio::spawn_local(future::or(watch_room(room_shard), closing)).detach();
+    glommio::spawn_local(future::or(wake_drained(room_shard), closing)).detach();
 
     let bell_shard = shard.clone();
     glommio::spawn_local(async move {
@@ -689,9 +474,10 @@ pub async fn run(
             // Why look before waiting? A ring that is already there came while the shard
             // was sending the last one around: the file grows faster than the shard can
             // send it. Taking it at once, again and again, would keep the shard from its
-            // reactor for as long as that lasts (seen with 5,000 clients a shard: new
-            // connections sat unaccepted in the backlog for a minute). So such a ring, like
-            // growth the shard found itself, waits for a turn through the reactor first.
+            // reactor for as long as that lasts, and new connections would sit unaccepted
+            // (docs/benchmarks.md, "A busy shard that never looked at its reactor"). So such
+            // a ring, like growth the shard found itself, waits for a turn through the
+            // reactor first.
             let (rang, waited) = match future::poll_once(&mut next).await {
                 Some(rang) => (rang, false),
                 None => (next.await, true),
@@ -705,7 +491,7 @@ pub async fn run(
                 Some(false) => true,
             };
             if turn_first {
-                client::take_turns().await;
+                take_turns().await;
             }
             bell_shard.refresh();
         }
@@ -718,75 +504,41 @@ pub async fn run(
     })
     .detach();
 
-    ready();
-    debug!(shard = index, "accepting");
-    let stop = shard.until_phase(Phase::Draining);
-    futures_lite::pin!(stop);
-    loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            (&mut stop).await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
-                ShardStats::add(&shard.stats.accepted, 1);
-                // Why decide before reading anything? A peer that may not connect, or that
-                // would go over a limit, then costs one accept and one close, and never a
-                // task or a header timer.
-                let peer = stream.peer_addr().ok();
-                match admission.admit(peer.map(|p| p.ip())) {
-                    Ok(ticket) => {
-                        glommio::spawn_local(client::serve(shard.clone(), stream, ticket)).detach();
-                    }
-                    Err(why) => {
-                        let peer = peer.map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()));
-                        let peer = peer.map_or("unknown".to_string(), |p| p.to_string());
-                        admission.refused(index, &shard.stats, peer, why);
-                        drop(stream);
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                // Out of descriptors or memory: the connection waits in the backlog; pause
-                // rather than spin on it. The admission state logs it without flooding.
-                let e = io::Error::from(e);
-                let backoff = admission.accept_failed(index, &shard.stats, &e);
-                if backoff == Backoff::Start {
-                    glommio::spawn_local(admission.clone().watch_shortage()).detach();
-                }
-                if backoff != Backoff::No {
-                    Timer::new(ACCEPT_BACKOFF).await;
-                }
-            }
-        }
+    Started {
+        shard,
+        listener,
+        listening,
     }
-    drop(listener);
+}
 
-    if shard.phase() == Phase::Draining {
-        future::or(shard.until_no_clients(), async {
-            Timer::new(DRAIN_GRACE).await;
-        })
+impl Shard {
+    /// Once the shard has stopped accepting: lets a drain run its course (at most
+    /// [`DRAIN_GRACE`]), then gives its clients [`CLOSE_GRACE`] to close.
+    pub async fn wind_down(&self) {
+        if self.phase() == Phase::Draining {
+            future::or(self.until_no_clients(), async {
+                Timer::new(DRAIN_GRACE).await;
+            })
+            .await;
+            self.advance(Phase::Closing);
+        }
+        let closed = future::or(
+            async {
+                self.until_no_clients().await;
+                true
+            },
+            async {
+                Timer::new(CLOSE_GRACE).await;
+                false
+            },
+        )
         .await;
-        shard.advance(Phase::Closing);
-    }
-    let closed = future::or(
-        async {
-            shard.until_no_clients().await;
-            true
-        },
-        async {
-            Timer::new(CLOSE_GRACE).await;
-            false
-        },
-    )
-    .await;
-    if !closed {
-        error!(
-            shard = index,
-            clients = shard.clients.get(),
-            "clients still open after shutdown grace"
-        );
+        if !closed {
+            error!(
+                shard = self.index,
+                clients = self.clients.get(),
+                "clients still open after shutdown grace"
+            );
+        }
     }
 }
