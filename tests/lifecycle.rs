@@ -5,7 +5,7 @@ use crate::common::*;
 use std::fs::{self, OpenOptions};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
-use tailsrv::Outcome;
+use tailsrv::{Outcome, Rotation};
 
 const TEXT: &[u8] = b"The quick brown fox jumps over the lazy dog\n";
 
@@ -13,7 +13,7 @@ const TEXT: &[u8] = b"The quick brown fox jumps over the lazy dog\n";
 /// when it shrinks (by default tailsrv follows the name: see tests/rotation.rs).
 const EXIT: [&str; 2] = ["--on-rotation", "exit"];
 
-/// A binary server on a file holding `contents` that exits when FILE is rotated.
+/// A server (in-process) on a file holding `contents` that exits when FILE is rotated.
 #[track_caller]
 fn start_exiting(contents: &[u8]) -> Server {
     Server::builder()
@@ -96,18 +96,25 @@ fn assert_drained(mut a: Audience) {
     a.waiting.expect_eof(PATIENCE);
 }
 
-/// Waits for the error line that says the file is gone and asserts the reason it gives.
+/// Waits until the server has counted the file as gone for the reason `why` (its `Handle`
+/// counts rotations by kind), and for no other reason.
 #[track_caller]
-fn assert_gone_because(server: &Server, why: &str) {
-    let line = server
-        .logs()
-        .wait_for("saying the file is gone", PATIENCE, |l| {
-            l.contains("file is gone")
-        });
+fn assert_gone_because(server: &Server, why: Rotation) {
+    let handle = server.handle();
     assert!(
-        line.contains(&format!("why=\"{why}\"")),
-        "want why={why:?}: {line}"
+        poll_until(PATIENCE, || handle.rotations(why) == 1),
+        "the server did not see the file {why:?}"
     );
+    for other in [
+        Rotation::Deleted,
+        Rotation::Renamed,
+        Rotation::Replaced,
+        Rotation::Truncated,
+    ] {
+        if other != why {
+            assert_eq!(handle.rotations(other), 0, "{other:?} too");
+        }
+    }
 }
 
 #[test]
@@ -116,7 +123,7 @@ fn a_deleted_file_is_drained_to_clients_then_the_server_exits_3() {
     let clients = audience(&server);
     append_pattern(server.path(), BODY, TAIL);
     fs::remove_file(server.path()).unwrap();
-    assert_gone_because(&server, "deleted");
+    assert_gone_because(&server, Rotation::Deleted);
     assert_drained(clients);
     server.expect_exit(3, EXIT_WITHIN);
 }
@@ -127,7 +134,7 @@ fn a_file_renamed_away_is_drained_to_clients_then_the_server_exits_3() {
     let clients = audience(&server);
     append_pattern(server.path(), BODY, TAIL);
     fs::rename(server.path(), server.dir().join("rotated.log")).unwrap();
-    assert_gone_because(&server, "renamed away");
+    assert_gone_because(&server, Rotation::Renamed);
     assert_drained(clients);
     server.expect_exit(3, EXIT_WITHIN);
 }
@@ -142,7 +149,7 @@ fn a_file_replaced_by_another_is_drained_then_the_server_exits_3() {
     fs::write(&next, vec![b'N'; 2 * (BODY + TAIL) as usize]).unwrap();
     // `mv next FILE` unlinks the served file as `rm` would; it is still "replaced".
     fs::rename(&next, server.path()).unwrap();
-    assert_gone_because(&server, "replaced by another file");
+    assert_gone_because(&server, Rotation::Replaced);
     assert_drained(clients);
     server.expect_exit(3, EXIT_WITHIN);
 }

@@ -109,27 +109,35 @@ pub(super) fn run(b: &mut Bench, targets: &[Target]) -> Result<bool, String> {
     if let Some(bin) = &b.s.baseline_fetch_bin {
         fetchers.push(("fetch=baseline".to_string(), bin.clone()));
     }
-    for (variant, bin) in fetchers {
-        let point = Point {
-            clients: 1,
-            variant,
-            reps: b.s.reps,
-            verify: true,
-        };
-        b.run_point(
-            &mut catchup,
-            "relay catch-up",
-            point,
-            &targets,
-            |b, t, s| b.relay_catchup_once(t, &bin, s),
-            |f| {
-                format!(
-                    "{:.2} GiB/s, fetcher {:.2} CPU s/GiB",
-                    nan(f.gib_per_s),
-                    nan(f.fetch_cpu_s_per_gib)
-                )
-            },
-        );
+    // Why one repetition at a time, the fetchers alternating? A copy's time and CPU depend on
+    // the page cache's writeback of the copies before it; all of one fetcher's runs, then all
+    // of the other's, measured that more than the fetchers.
+    for rep in 1..=b.s.reps {
+        for (variant, bin) in &fetchers {
+            let point = Point {
+                clients: 1,
+                variant: variant.clone(),
+                reps: 1,
+                verify: true,
+            };
+            b.run_point(
+                &mut catchup,
+                "relay catch-up",
+                point,
+                &targets,
+                |b, t, s| b.relay_catchup_once(t, bin, s),
+                |f| {
+                    format!(
+                        "{:.2} GiB/s, fetcher {:.2} CPU s/GiB",
+                        nan(f.gib_per_s),
+                        nan(f.fetch_cpu_s_per_gib)
+                    )
+                },
+            );
+            for s in catchup.samples.iter_mut().rev().take(targets.len()) {
+                s.rep = rep;
+            }
+        }
     }
     ok &= b.finish(
         "relay_catchup",
@@ -374,6 +382,8 @@ impl Bench {
         let total = offset + len;
         // The copy lives beside a run file of its own, not the shared catch-up file.
         let copy = RelayFile::beside(&path.with_extension("catchup"));
+        // Every copy starts with no dirty pages left by the one before (see `run`).
+        let _ = Command::new("sync").status();
         let up_before = upstream.usage().map(|u| u.cpu_s);
         let t0 = Instant::now();
         let mut fetcher = Fetcher::start(&upstream, &copy.0, fetch_bin)?;
