@@ -129,3 +129,18 @@ fn bind_reports_a_missing_directory_as_an_error() {
     let err = Server::bind(&opts).err().expect("binding must fail");
     assert!(err.to_string().contains("no-such-dir"), "{err}");
 }
+
+#[test]
+fn join_within_leaves_a_thread_that_does_not_finish_and_says_so() {
+    // What the harness's drops rely on to fail a test, rather than hang the test binary,
+    // when a stopped server never returns from `serve`.
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    let stuck = thread::spawn(move || blocked.recv().is_ok());
+    assert!(join_within(stuck, std::time::Duration::from_millis(50)).is_none());
+    // The detached thread is still running: it ends only when let go.
+    release.send(()).expect("the stuck thread is still waiting");
+    let done = thread::spawn(|| 7);
+    assert_eq!(join_within(done, PATIENCE).map(|r| r.unwrap()), Some(7));
+    let panicked = thread::spawn(|| panic!("on purpose"));
+    assert!(join_within(panicked, PATIENCE).is_some_and(|r| r.is_err()));
+}

@@ -496,7 +496,15 @@ impl Drop for Server {
             } => {
                 if let Some(serving) = serving.take() {
                     handle.shutdown();
-                    let _ = serving.join();
+                    if let Err(stuck) = join_stopped(serving, handle, "in-process tailsrv") {
+                        eprintln!(
+                            "--- tailsrv log (port {}) ---\n{}",
+                            self.port,
+                            self.logs.dump()
+                        );
+                        fail_in_drop(&stuck);
+                        return;
+                    }
                 }
             }
         }
@@ -507,6 +515,56 @@ impl Drop for Server {
                 self.logs.dump()
             );
         }
+    }
+}
+
+/// How long a test helper waits for a server it has stopped (`Handle::shutdown`) to
+/// return from `serve` before calling it stuck. Twice [`PATIENCE`]: a stop that takes
+/// longer is a bug, not a slow machine.
+pub const STOP_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Joins the thread serving an in-process server that has been told to stop, waiting at
+/// most [`STOP_PATIENCE`]. If it has not finished by then, leaves it running (a thread
+/// cannot be killed, and blocking here would hang the whole test binary) and returns
+/// what to report: which server, and what its `Handle` says.
+fn join_stopped<T>(serving: JoinHandle<T>, handle: &Handle, what: &str) -> Result<(), String> {
+    if join_within(serving, STOP_PATIENCE).is_some() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} on port {} did not stop within {STOP_PATIENCE:?} of Handle::shutdown \
+         (left running; stopping={}, clients={}, file_open={}, open_generations={}, \
+         watcher_wakeups={})",
+        handle.local_addr().port(),
+        handle.stopping(),
+        handle.clients(),
+        handle.file_open(),
+        handle.open_generations(),
+        handle.watcher_wakeups(),
+    ))
+}
+
+/// Joins `thread` if it finishes within `timeout`, with what it returned (or its panic);
+/// `None` if it is still running then, in which case it is left running, detached: a thread
+/// cannot be killed, and waiting on would block the caller for as long as it runs.
+pub fn join_within<T>(thread: JoinHandle<T>, timeout: Duration) -> Option<thread::Result<T>> {
+    if poll_until(timeout, || thread.is_finished()) {
+        Some(thread.join())
+    } else {
+        None
+    }
+}
+
+/// Reports `why` from a `Drop`: fails the test by panicking, unless the thread is already
+/// panicking (a second panic would abort the whole test binary), in which case it only
+/// says so on stderr, and the first failure stands.
+fn fail_in_drop(why: &str) {
+    if thread::panicking() {
+        use std::io::Write;
+        // The stderr handle rather than `eprintln!`, which the harness may capture.
+        let _ = writeln!(std::io::stderr(), "{why}");
+    } else {
+        panic!("{why}");
     }
 }
 
@@ -680,7 +738,9 @@ impl Drop for InProcess {
     fn drop(&mut self) {
         if let Some(serving) = self.serving.take() {
             self.handle.shutdown();
-            let _ = serving.join();
+            if let Err(stuck) = join_stopped(serving, &self.handle, "in-process server") {
+                fail_in_drop(&stuck);
+            }
         }
     }
 }
