@@ -7,7 +7,8 @@
 //! bound.
 //!
 //! ```text
-//!   cargo bench --bench lines -- [--reps N] [--size BYTES] [--dir DIR] [--server-cpus LIST]
+//!   cargo bench --bench lines -- [--reps N] [--size BYTES] [--counts N,N] [--dir DIR]
+//!                                 [--server-cpus LIST] [--server-bin PATH] [--out DIR]
 //! ```
 //!
 //! Results: a Markdown table on stdout and `benches/results/lines.csv`; method and numbers
@@ -29,6 +30,8 @@ struct Options {
     dir: PathBuf,
     server_cpus: Option<String>,
     counts: Vec<u64>,
+    server_bin: PathBuf,
+    out: PathBuf,
 }
 
 fn options() -> Options {
@@ -38,6 +41,8 @@ fn options() -> Options {
         dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/lines-bench")),
         server_cpus: None,
         counts: vec![10, 1000, 100_000],
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_tailsrv")),
+        out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results")),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -47,6 +52,8 @@ fn options() -> Options {
             "--size" => o.size = value().parse().expect("--size BYTES"),
             "--dir" => o.dir = PathBuf::from(value()),
             "--server-cpus" => o.server_cpus = Some(value()),
+            "--server-bin" => o.server_bin = PathBuf::from(value()),
+            "--out" => o.out = PathBuf::from(value()),
             "--counts" => {
                 o.counts = value()
                     .split(',')
@@ -116,12 +123,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(file: &Path, cpus: Option<&str>) -> Server {
-        let bin = env!("CARGO_BIN_EXE_tailsrv");
+    fn start(bin: &Path, file: &Path, cpus: Option<&str>) -> Server {
         let mut cmd = match cpus {
             Some(list) => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", list, bin]);
+                c.args(["-c", list]).arg(bin);
                 c
             }
             None => Command::new(bin),
@@ -263,7 +269,7 @@ fn main() {
     let long_name = format!("last {} MiB one line", long_line / MIB);
     let names = [("log", &normal), (long_name.as_str(), &long)];
     for (name, path) in names {
-        let server = Server::start(path, o.server_cpus.as_deref());
+        let server = Server::start(&o.server_bin, path, o.server_cpus.as_deref());
         let counts: &[u64] = if name == "log" { &o.counts } else { &[2] };
         for cache in ["hot", "cold"] {
             for &n in counts {
@@ -304,7 +310,6 @@ fn main() {
             }
         }
     }
-    let out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results"));
-    fs::create_dir_all(&out).expect("results directory");
-    fs::write(out.join("lines.csv"), csv).expect("writing lines.csv");
+    fs::create_dir_all(&o.out).expect("results directory");
+    fs::write(o.out.join("lines.csv"), csv).expect("writing lines.csv");
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 /// Stream a growing file to many TCP clients: `tail -f` as a server.
 ///
 /// A client connects and sends a header line: `N` (or `+N`) starts at byte N, `-N` sends the
-/// last N bytes, `-0` only what is appended from now on. tailsrv then sends the file from
-/// there and keeps sending as it grows. Try: `echo -0 | nc -N HOST PORT`.
+/// last N bytes, `nN` the last N lines, `-0` only what is appended from now on. tailsrv then
+/// sends the file from there and keeps sending as it grows. Try: `echo n10 | nc HOST PORT`.
+/// The same port speaks HTTP: `curl -N http://HOST:PORT/stream` (see --no-http).
 #[derive(Parser, Debug, Clone)]
 #[command(
     version,

@@ -388,10 +388,13 @@ fn a_line_longer_than_the_scan_bound_starts_the_stream_at_the_bound() {
 
 #[test]
 fn curl_follows_the_stream_and_sees_the_headers() {
+    let Some(curl) = required_program("curl", "curl") else {
+        return;
+    };
     let (_dir, path) = served(20);
     let server = InProcess::start(&path, &[]);
     let url = format!("http://127.0.0.1:{}/stream?lines=2", server.port());
-    let mut curl = Command::new("curl")
+    let mut curl = Command::new(curl)
         .args(["-sS", "-N", "-D", "-", &url])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

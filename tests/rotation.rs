@@ -586,21 +586,12 @@ fn a_rotation_storm_never_mixes_generations_or_leaks_descriptors() {
     assert_eq!(server.metrics().sum("tailsrv_open_files"), 1);
 }
 
-/// Where Debian's `logrotate` is (`.ci/run` installs it).
-fn logrotate() -> &'static str {
-    [
-        "/usr/sbin/logrotate",
-        "/usr/bin/logrotate",
-        "/sbin/logrotate",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("logrotate is not installed: apt-get install logrotate (.ci/run does)")
-}
-
 #[test]
 fn logrotate_create_and_copytruncate_keep_the_server_up() {
     const OLD: u64 = 200_000;
+    let Some(logrotate) = required_program("logrotate", "logrotate") else {
+        return;
+    };
     let server = Server::builder()
         .contents(&pattern_range(0, OLD as usize))
         .args(["--metrics", "127.0.0.1:0"])
@@ -639,7 +630,7 @@ fn logrotate_create_and_copytruncate_keep_the_server_up() {
         );
         fs::write(&conf, rules).unwrap();
         let state = server.dir().join("logrotate.state");
-        let run = std::process::Command::new(logrotate())
+        let run = std::process::Command::new(&logrotate)
             .arg("-f")
             .arg("-s")
             .arg(&state)

@@ -59,6 +59,27 @@ pub fn poll_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Finds a program a test drives (`name` on PATH or in /usr/sbin and /sbin), or says the
+/// calling test is skipped and returns `None` when it is missing. Under `CI=true` a missing
+/// program fails the test instead: `.ci/run` installs `package` (Debian's), so its absence
+/// there is a broken CI, not a machine without the tool.
+#[track_caller]
+pub fn required_program(name: &str, package: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        let why = format!("{name} is not installed here (Debian: apt-get install {package})");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true, and {why}: .ci/run installs it");
+        }
+        skip(&why);
+    }
+    found
+}
+
 /// Says that the calling test did not run its checks here, and why: on stderr, and as a
 /// `SKIP: test: why` line in the file `TAILSRV_SKIPS` names, if set (`.ci/run` sets it and
 /// counts the lines in its closing line). A skipped test still reports "ok" to the harness,

@@ -600,20 +600,60 @@ pub const STOP_PATIENCE: Duration = Duration::from_secs(20);
 /// cannot be killed, and blocking here would hang the whole test binary) and returns
 /// what to report: which server, and what its `Handle` says.
 fn join_stopped<T>(serving: JoinHandle<T>, handle: &Handle, what: &str) -> Result<(), String> {
-    if join_within(serving, STOP_PATIENCE).is_some() {
+    if poll_until(STOP_PATIENCE, || serving.is_finished()) {
+        let _ = serving.join();
         return Ok(());
     }
-    Err(format!(
-        "{what} on port {} did not stop within {STOP_PATIENCE:?} of Handle::shutdown \
-         (left running; stopping={}, clients={}, file_open={}, open_generations={}, \
-         watcher_wakeups={})",
-        handle.local_addr().port(),
+    let state = format!(
+        "stopping={}, clients={}, file_open={}, open_generations={}, file_events={}, \
+         watcher_wakeups={}",
         handle.stopping(),
         handle.clients(),
         handle.file_open(),
         handle.open_generations(),
+        handle.file_events(),
         handle.watcher_wakeups(),
+    );
+    // Where every thread is, for whoever reads the failure. Attaching a debugger also
+    // interrupts a thread asleep in io_uring_enter: a server that stops right after it
+    // slept through the wake-up that should have stopped it (see `connect_patiently`).
+    let stacks = thread_stacks();
+    let after = if poll_until(Duration::from_secs(5), || serving.is_finished()) {
+        "it stopped within 5 s of the debugger attaching (a lost wake-up)"
+    } else {
+        "it did not stop after the debugger attached either"
+    };
+    // Dropping the JoinHandle detaches the thread: it is leaked, not waited for.
+    drop(serving);
+    Err(format!(
+        "{what} on port {} did not stop within {STOP_PATIENCE:?} of Handle::shutdown; \
+         left running ({state}); {after}\n--- threads of the test process ---\n{stacks}",
+        handle.local_addr().port(),
     ))
+}
+
+/// Every thread's stack in this process, by gdb (`thread apply all bt`), or why not.
+fn thread_stacks() -> String {
+    let pid = std::process::id().to_string();
+    let child = Command::new("gdb")
+        .args(["-p", &pid, "-batch", "-nx", "-ex", "thread apply all bt"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(e) => return format!("(no stacks: cannot run gdb: {e})"),
+    };
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(out)) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(Err(e)) => format!("(no stacks: gdb: {e})"),
+        Err(_) => "(no stacks: gdb still running after 60 s)".into(),
+    }
 }
 
 /// Joins `thread` if it finishes within `timeout`, with what it returned (or its panic);
