@@ -406,14 +406,17 @@ impl Server {
             status_changes,
         };
         let watcher_done = Latch::default();
-        let done = watcher_done.clone();
+        // Set when the watcher's future ends or unwinds, so `serve` never waits for nothing.
+        // Why made here and moved in, not made inside the future? If glommio fails to build
+        // the executor on its thread, the closure is dropped without being called: the
+        // latch must be set then too.
+        let done = SetOnDrop(watcher_done.clone());
         let watcher = LocalExecutorBuilder::new(Placement::Unbound)
             .name("tailsrv-watcher")
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
                 let _logs = tracing::dispatcher::set_default(&logs);
-                // Set when this future ends or unwinds, so `serve` never waits for nothing.
-                let _done = SetOnDrop(done);
+                let _done = done;
                 watch.run(stop, bells, jobs).await
             });
         let watcher = match watcher {
