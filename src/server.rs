@@ -331,7 +331,9 @@ impl Server {
         for (index, listener) in listeners.into_iter().enumerate() {
             let (bell, doorbell) = shared_channel::new_bounded(1);
             let stats = Arc::new(ShardStats::default());
-            let interest = Arc::new(Interest::default());
+            let interest = Arc::new(
+                Interest::new().map_err(|e| Error::io("creating a shard's growth bell", e))?,
+            );
             bells.push((bell, interest.clone()));
             interests.push(interest.clone());
             all_stats.push(stats.clone());
