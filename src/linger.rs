@@ -10,9 +10,18 @@
 //! wake carries every append of the window. Kafka's producers (`linger.ms`), Nagle's
 //! algorithm and NIC interrupt coalescing make the same trade.
 //!
-//! What it costs: an append that arrives less than W after the last delivery waits for the
-//! rest of the window, so under load a reader sees appends up to W later than it would have.
-//! An append to a file that was calm for W is delivered at once, as without the window.
+//! Why does the window grow? A fixed window is a bad trade at both ends: one short enough to
+//! leave a file appended to 1,000 times a second alone (under 1 ms) saves little at 10,000 a
+//! second, and one long enough to save there delays every append of the calmer file. So the
+//! window starts at a quarter of `--linger` (the *first window*) and doubles with every
+//! delivery that had to wait for it, up to `--linger`; a look that finds the file calm takes
+//! it back to the first window. Appends that come less often than the first window are
+//! never held; a file that stays busier than that is delivered once per `--linger`.
+//!
+//! What it costs: an append that arrives less than the current window after the last
+//! delivery waits for the rest of it, so under load a reader sees appends up to `--linger`
+//! later than it would have. An append to a file that was calm for the first window is
+//! delivered at once, as without the window.
 //!
 //! Why also sleep before looking at inotify, and only while busy? Waking for the inotify
 //! event, then again when the window ends, would be two wake-ups per delivery where one
@@ -29,6 +38,9 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(1);
 /// The watcher's memory of its last delivery, and what it implies for the next.
 #[derive(Debug)]
 pub(crate) struct Linger {
+    /// `--linger`: the longest window.
+    most: Duration,
+    /// The window now: from a quarter of `most`, doubling while the file stays busy.
     window: Duration,
     /// When growth was last published.
     last: Option<Instant>,
@@ -39,9 +51,10 @@ pub(crate) struct Linger {
 }
 
 impl Linger {
-    pub fn new(window: Duration) -> Linger {
+    pub fn new(most: Duration) -> Linger {
         Linger {
-            window,
+            most,
+            window: first_window(most),
             last: None,
             busy: false,
             held: false,
@@ -73,10 +86,17 @@ impl Linger {
     }
 
     /// Growth was published at `now`; returns whether that delivery waited for its window.
+    /// One that did makes the next window twice as long (up to `--linger`); one that did
+    /// not starts again from the first window.
     pub fn delivered(&mut self, now: Instant) -> bool {
         let held = std::mem::take(&mut self.held);
         self.last = Some(now);
         self.busy = held;
+        self.window = if held {
+            (self.window * 2).min(self.most)
+        } else {
+            first_window(self.most)
+        };
         held
     }
 
@@ -84,7 +104,19 @@ impl Linger {
     pub fn found_nothing(&mut self) {
         self.busy = false;
         self.held = false;
+        self.window = first_window(self.most);
     }
+
+    /// The window now.
+    #[cfg(test)]
+    fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+/// The window a calm file starts with: a quarter of `--linger`.
+pub fn first_window(most: Duration) -> Duration {
+    most / 4
 }
 
 /// Parses a `--linger` window: a number and a unit (`us`, `ms` or `s`), or `0` for none.
@@ -128,35 +160,60 @@ mod tests {
         let mut l = Linger::new(W);
         assert_eq!(l.hold(t0), None, "nothing delivered yet");
         assert!(!l.delivered(t0));
-        // The next append comes after the window: no hold, and no sleep before waiting.
-        let later = t0 + W + Duration::from_micros(1);
+        // The next append comes after the first window: no hold, and no sleep before waiting.
+        let later = t0 + W / 4 + Duration::from_micros(1);
         assert_eq!(l.hold(later), None);
         assert_eq!(l.sleep_first(later), None);
     }
 
     #[test]
-    fn growth_within_the_window_waits_for_its_end_then_the_watcher_sleeps_first() {
+    fn appends_further_apart_than_the_first_window_are_never_held() {
+        let t0 = Instant::now();
+        let mut l = Linger::new(W);
+        let gap = W / 4 + Duration::from_micros(10);
+        for i in 0..100 {
+            let t = t0 + gap * i;
+            assert_eq!(l.sleep_first(t), None);
+            assert_eq!(l.hold(t), None, "append {i} was held");
+            assert!(!l.delivered(t));
+            assert_eq!(l.window(), W / 4);
+        }
+    }
+
+    #[test]
+    fn a_busy_file_doubles_the_window_up_to_linger_and_calm_starts_it_again() {
         let t0 = Instant::now();
         let mut l = Linger::new(W);
         l.delivered(t0);
         // Calm until now: the watcher waits for inotify, not for the window.
         assert_eq!(l.sleep_first(t0), None);
-        // An event comes half a window later: it waits for the window's end.
-        let t1 = t0 + W / 2;
-        assert_eq!(l.hold(t1), Some(t0 + W));
+        // An event comes soon after: it waits for the end of the first window.
+        let first = W / 4;
+        assert_eq!(l.hold(t0 + first / 2), Some(t0 + first));
         l.held();
-        assert!(l.delivered(t0 + W), "that delivery waited");
-        // Busy now: sleep out the next window before looking at inotify.
-        assert_eq!(l.sleep_first(t0 + W), Some(t0 + 2 * W));
-        l.held();
-        assert!(l.delivered(t0 + 2 * W));
-        // The look after the next window finds nothing: calm again.
+        assert!(l.delivered(t0 + first), "that delivery waited");
+        // Busy now: sleep out the next window, twice as long, before looking at inotify.
+        let mut at = t0 + first;
+        let mut window = first * 2;
+        for _ in 0..5 {
+            assert_eq!(l.sleep_first(at), Some(at + window));
+            l.held();
+            at += window;
+            assert!(l.delivered(at));
+            window = (window * 2).min(W);
+        }
+        assert_eq!(l.window(), W, "the window stops growing at --linger");
+        // The look after the next window finds nothing: calm again, and the first window.
         l.held();
         l.found_nothing();
-        assert_eq!(l.sleep_first(t0 + 3 * W), None);
-        // An event after that, more than a window since the last delivery, goes at once.
-        assert_eq!(l.hold(t0 + 3 * W + Duration::from_micros(1)), None);
-        assert!(!l.delivered(t0 + 3 * W + Duration::from_micros(1)));
+        assert_eq!(l.window(), first);
+        assert_eq!(l.sleep_first(at + W), None);
+        // An event after that, more than a first window since the last delivery, goes at once.
+        let calm = at + W + Duration::from_micros(1);
+        assert_eq!(l.hold(calm), None);
+        assert!(!l.delivered(calm));
+        // And one soon after it waits for the first window only.
+        assert_eq!(l.hold(calm + first / 2), Some(calm + first));
     }
 
     #[test]
