@@ -12,23 +12,24 @@
 //!
 //! Why does the window grow? A fixed window is a bad trade at both ends: one short enough to
 //! leave a file appended to 1,000 times a second alone (under 1 ms) saves little at 10,000 a
-//! second, and one long enough to save there delays every append of the calmer file. So the
-//! window starts at a quarter of `--linger` (the *first window*) and doubles with every
-//! delivery that had to wait for it, up to `--linger`; a look that finds the file calm takes
-//! it back to the first window. Appends that come less often than the first window are
-//! never held; a file that stays busier than that is delivered once per `--linger`.
+//! second, and one long enough to save there delays every append of the calmer file. So what
+//! decides whether an append waits is the *first window*, a quarter of `--linger`: growth
+//! heard less than that after the last delivery waits, growth heard later goes at once. And
+//! how long it waits grows with the load: the window doubles with every delivery that had to
+//! wait, up to `--linger`, and starts again from the first window with the first delivery
+//! that did not. Appends that come less often than the first window are never held; a file
+//! that stays busier than that is delivered once per `--linger`.
 //!
-//! What it costs: an append that arrives less than the current window after the last
-//! delivery waits for the rest of it, so under load a reader sees appends up to `--linger`
-//! later than it would have. An append to a file that was calm for the first window is
-//! delivered at once, as without the window.
+//! Why judge by when inotify spoke, and not sleep out the window before reading inotify?
+//! Sleeping blind saves the watcher one wake-up per delivery, but then it cannot tell one
+//! append per window from a hundred: a file appended to every millisecond would look busy
+//! to a window of 2 ms forever, and each of its appends would wait. Hearing the event first
+//! tells how soon after the last delivery the file grew, which is the whole question.
 //!
-//! Why also sleep before looking at inotify, and only while busy? Waking for the inotify
-//! event, then again when the window ends, would be two wake-ups per delivery where one
-//! does: while appends keep coming (the last delivery had to wait), the watcher sleeps out
-//! the window first and then reads everything inotify merged meanwhile. When that look finds
-//! nothing, the file has calmed down, and the watcher goes back to waiting for inotify, so
-//! a calm file costs one wake-up per append, as it did before.
+//! What it costs: an append heard within the first window after a delivery waits for the
+//! rest of the current window, so under load a reader sees appends up to `--linger` later
+//! than it would have. An append to a file that was calm for the first window is delivered
+//! at once, as without the window.
 
 use std::time::{Duration, Instant};
 
@@ -44,8 +45,6 @@ pub(crate) struct Linger {
     window: Duration,
     /// When growth was last published.
     last: Option<Instant>,
-    /// Whether the last delivery had to wait for its window: the file is busy.
-    busy: bool,
     /// Whether the look now under way waited for the window.
     held: bool,
 }
@@ -56,28 +55,23 @@ impl Linger {
             most,
             window: first_window(most),
             last: None,
-            busy: false,
             held: false,
         }
     }
 
-    /// When the next delivery may happen, if that is later than `now`.
+    /// Growth was heard at `now`: until when it must wait, if at all. It waits if it came
+    /// within the first window after the last delivery, and then until the current window
+    /// after that delivery ends.
     pub fn hold(&self, now: Instant) -> Option<Instant> {
         if self.window.is_zero() {
             return None;
         }
-        let until = self.last? + self.window;
-        (until > now).then_some(until)
-    }
-
-    /// Whether to sleep until the window ends before even waiting for inotify, and until
-    /// when: only while the file is busy.
-    pub fn sleep_first(&self, now: Instant) -> Option<Instant> {
-        if self.busy {
-            self.hold(now)
-        } else {
-            None
+        let last = self.last?;
+        if now >= last + first_window(self.most) {
+            return None;
         }
+        let until = last + self.window;
+        (until > now).then_some(until)
     }
 
     /// The look now under way waited for the window.
@@ -91,7 +85,6 @@ impl Linger {
     pub fn delivered(&mut self, now: Instant) -> bool {
         let held = std::mem::take(&mut self.held);
         self.last = Some(now);
-        self.busy = held;
         self.window = if held {
             (self.window * 2).min(self.most)
         } else {
@@ -100,11 +93,10 @@ impl Linger {
         held
     }
 
-    /// A look found no growth: the file is calm, wait for inotify again.
+    /// A look found no growth (the event was about something else): nothing was delivered,
+    /// and the window stays as it was.
     pub fn found_nothing(&mut self) {
-        self.busy = false;
         self.held = false;
-        self.window = first_window(self.most);
     }
 
     /// The window now.
@@ -160,20 +152,30 @@ mod tests {
         let mut l = Linger::new(W);
         assert_eq!(l.hold(t0), None, "nothing delivered yet");
         assert!(!l.delivered(t0));
-        // The next append comes after the first window: no hold, and no sleep before waiting.
-        let later = t0 + W / 4 + Duration::from_micros(1);
-        assert_eq!(l.hold(later), None);
-        assert_eq!(l.sleep_first(later), None);
+        // The next append comes after the first window: no hold.
+        assert_eq!(l.hold(t0 + W / 4), None);
+        assert_eq!(l.hold(t0 + W), None);
     }
 
     #[test]
-    fn appends_further_apart_than_the_first_window_are_never_held() {
+    fn appends_further_apart_than_the_first_window_are_never_held_even_after_a_burst() {
         let t0 = Instant::now();
         let mut l = Linger::new(W);
+        l.delivered(t0);
+        // A burst first: the window grows to --linger.
+        let mut at = t0;
+        for _ in 0..4 {
+            let until = l.hold(at + Duration::from_micros(10)).unwrap();
+            l.held();
+            l.delivered(until);
+            at = until;
+        }
+        assert_eq!(l.window(), W);
+        // Then appends a little more than a first window apart: none waits, the window
+        // starts again from the first one.
         let gap = W / 4 + Duration::from_micros(10);
-        for i in 0..100 {
-            let t = t0 + gap * i;
-            assert_eq!(l.sleep_first(t), None);
+        for i in 1..100 {
+            let t = at + gap * i;
             assert_eq!(l.hold(t), None, "append {i} was held");
             assert!(!l.delivered(t));
             assert_eq!(l.window(), W / 4);
@@ -181,39 +183,30 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_file_doubles_the_window_up_to_linger_and_calm_starts_it_again() {
+    fn a_busy_file_doubles_the_window_up_to_linger() {
         let t0 = Instant::now();
         let mut l = Linger::new(W);
         l.delivered(t0);
-        // Calm until now: the watcher waits for inotify, not for the window.
-        assert_eq!(l.sleep_first(t0), None);
-        // An event comes soon after: it waits for the end of the first window.
-        let first = W / 4;
-        assert_eq!(l.hold(t0 + first / 2), Some(t0 + first));
-        l.held();
-        assert!(l.delivered(t0 + first), "that delivery waited");
-        // Busy now: sleep out the next window, twice as long, before looking at inotify.
-        let mut at = t0 + first;
-        let mut window = first * 2;
-        for _ in 0..5 {
-            assert_eq!(l.sleep_first(at), Some(at + window));
+        // Growth heard soon after a delivery waits for the window after it, which doubles
+        // with every held delivery: W/4, W/2, W, W, ...
+        let mut at = t0;
+        for window in [W / 4, W / 2, W, W, W] {
+            let heard = at + Duration::from_micros(100);
+            assert_eq!(l.hold(heard), Some(at + window));
             l.held();
             at += window;
-            assert!(l.delivered(at));
-            window = (window * 2).min(W);
+            assert!(l.delivered(at), "that delivery waited");
         }
-        assert_eq!(l.window(), W, "the window stops growing at --linger");
-        // The look after the next window finds nothing: calm again, and the first window.
+        // An event that turns out to be no growth changes nothing.
+        assert!(l.hold(at + Duration::from_micros(100)).is_some());
         l.held();
         l.found_nothing();
-        assert_eq!(l.window(), first);
-        assert_eq!(l.sleep_first(at + W), None);
-        // An event after that, more than a first window since the last delivery, goes at once.
-        let calm = at + W + Duration::from_micros(1);
+        assert_eq!(l.window(), W);
+        // Growth heard after the first window goes at once, and the window starts again.
+        let calm = at + W / 4;
         assert_eq!(l.hold(calm), None);
         assert!(!l.delivered(calm));
-        // And one soon after it waits for the first window only.
-        assert_eq!(l.hold(calm + first / 2), Some(calm + first));
+        assert_eq!(l.hold(calm + W / 8), Some(calm + W / 4));
     }
 
     #[test]
@@ -224,7 +217,7 @@ mod tests {
         assert_eq!(l.hold(t0), None);
         l.held();
         l.delivered(t0);
-        assert_eq!(l.sleep_first(t0), None);
+        assert_eq!(l.hold(t0), None, "however busy");
     }
 
     #[test]
