@@ -6,20 +6,19 @@ use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
 use crate::http::{self, Head, HeadError, Kind, Route};
 use crate::lines;
 use crate::pace::{take_turns, CHUNK};
-use crate::shard::{ClientSlot, Shard};
+use crate::shard::{Connection, Shard};
 use crate::state::{Ending, Generation, Phase, Reader};
 use crate::stats::{ClientStart, Protocol, Rejection, ShardStats};
 use crate::sys;
 use crate::web;
 use futures_lite::future::{self, poll_fn};
-use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -41,19 +40,20 @@ const KEEPALIVE: (i32, i32, i32) = (60, 10, 6);
 /// Serves one accepted connection to its end. Never fails: a client's trouble is its own.
 ///
 /// `ticket` is the client's place under the server's limits, given back when this returns.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, ticket: Ticket) {
     // Why a parameter and not a wrapping `async` block in the accept loop? Such a block keeps
     // the whole client future twice in its own state: 0.8 KiB more per connected client.
     let _ticket = ticket;
-    let slot = shard.attach();
     let peer = Peer(stream.peer_addr().ok());
-    let fd = stream.as_raw_fd();
+    let mut conn = Connection::new(shard.attach(), stream);
+    let fd = conn.socket();
     if let Err(e) = sys::set_nonblocking(fd) {
         // Without it one stalled client could block the shard: refuse to serve it.
-        warn!(shard = shard.index, client = slot.id(), %peer, error = %e, "cannot make the socket non-blocking");
+        warn!(shard = shard.index, client = conn.id(), %peer, error = %e, "cannot make the socket non-blocking");
         return;
     }
-    if let Err(e) = stream
+    if let Err(e) = conn
+        .stream()
         .set_nodelay(true)
         .map_err(io::Error::from)
         .and_then(|_| {
@@ -61,12 +61,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
             sys::set_keepalive(fd, idle, interval, count)
         })
     {
-        debug!(shard = shard.index, client = slot.id(), error = %e, "setting socket options");
+        debug!(shard = shard.index, client = conn.id(), error = %e, "setting socket options");
     }
 
     // Whether the client's first bytes made it an HTTP client: a timeout is then answered 408.
     let is_http = Cell::new(false);
-    let request = future::or(read_request(&mut stream, shard.http, &is_http), async {
+    let request = future::or(read_request(&mut conn, shard.http, &is_http), async {
         future::or(
             async {
                 Timer::new(shard.header_timeout).await;
@@ -99,10 +99,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
                 // Why not wait for room? A fresh socket's buffer takes a short answer whole;
                 // one that does not is a client not worth waiting for.
                 shard.stats.responded(status);
-                let _ = sys::send_now(fd, response.as_bytes());
+                let _ = sys::send_now(conn.socket(), response.as_bytes());
             }
-            refuse(&shard, &slot, peer, failure);
-            close(&stream);
+            refuse(&shard, &conn, peer, failure);
+            close(conn.socket());
             return;
         }
     };
@@ -112,45 +112,36 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
             let size = shard.fresh_size();
             // The generation the offset is resolved against: the client reads it to its end.
             let reader = shard.current().map(Reader::new);
-            let Some(offset) = resolve(&shard, &slot, peer, start, size, reader.as_ref()).await
+            let Some(offset) = resolve(&shard, &conn, peer, start, size, reader.as_ref()).await
             else {
-                close(&stream);
+                close(conn.socket());
                 return;
             };
-            debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
-            slot.started(ClientStart {
+            debug!(shard = shard.index, client = conn.id(), %peer, ?start, offset, "client streaming");
+            conn.started(ClientStart {
                 peer: peer.0,
                 offset,
                 http: false,
             });
-            stream_file(
-                &shard,
-                &slot,
-                &mut stream,
-                offset,
-                input_open,
-                false,
-                reader,
-            )
-            .await
+            stream_file(&shard, &mut conn, offset, input_open, false, reader).await
         }
         Request::Http { route, host, html } => {
             let _serving = shard.stats.serving(Protocol::Http);
-            match answer_http(&shard, &slot, &mut stream, peer, route, host, html).await {
+            match answer_http(&shard, &mut conn, peer, route, host, html).await {
                 Some(end) => end,
                 None => {
-                    close(&stream);
+                    close(conn.socket());
                     return;
                 }
             }
         }
     };
-    slot.forget_room();
-    debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
+    conn.forget_room();
+    debug!(shard = shard.index, client = conn.id(), %peer, end = %end, "client done");
     if shard.phase() == Phase::Aborting || matches!(end, End::Truncated) {
-        abort(&stream);
+        abort(conn.socket());
     } else {
-        close(&stream);
+        close(conn.socket());
     }
 }
 
@@ -176,7 +167,7 @@ enum Request {
 /// anyway; the shard goes on serving while it reads.
 async fn resolve(
     shard: &Rc<Shard>,
-    slot: &ClientSlot,
+    conn: &Connection,
     peer: Peer,
     start: Start,
     size: u64,
@@ -210,7 +201,7 @@ async fn resolve(
         Ok(found) => {
             if found.cut_short {
                 info!(
-                    shard = shard.index, client = slot.id(), %peer, lines = n, offset = found.offset,
+                    shard = shard.index, client = conn.id(), %peer, lines = n, offset = found.offset,
                     max_scan = lines::MAX_SCAN,
                     "the lines asked for reach further back than the scan looks; starting mid-line"
                 );
@@ -218,7 +209,7 @@ async fn resolve(
             Some(found.offset)
         }
         Err(e) => {
-            warn!(shard = shard.index, client = slot.id(), %peer, error = %e, "cannot count lines; closing connection");
+            warn!(shard = shard.index, client = conn.id(), %peer, error = %e, "cannot count lines; closing connection");
             None
         }
     }
@@ -229,19 +220,17 @@ async fn resolve(
 /// response is complete (HEAD, help, errors) or could not be sent: the caller closes.
 async fn answer_http(
     shard: &Rc<Shard>,
-    slot: &ClientSlot,
-    stream: &mut TcpStream,
+    conn: &mut Connection,
     peer: Peer,
     route: Route,
     host: Option<String>,
     html: bool,
 ) -> Option<End> {
-    let sock = stream.as_raw_fd();
     let (status, response) = match route {
         Route::Stream { start, head_only } => {
             let size = shard.fresh_size();
             let reader = shard.current().map(Reader::new);
-            let Some(offset) = resolve(shard, slot, peer, start, size, reader.as_ref()).await
+            let Some(offset) = resolve(shard, conn, peer, start, size, reader.as_ref()).await
             else {
                 shard.stats.responded(500);
                 let response = http::reply(
@@ -250,20 +239,20 @@ async fn answer_http(
                     "cannot read the file\n",
                     head_only,
                 );
-                let _ = send_all(shard, slot, sock, response.as_bytes()).await;
+                let _ = send_all(shard, conn, response.as_bytes()).await;
                 return None;
             };
             let head = http::stream_head(offset, size, reader.as_ref().map(|g| g.id()));
             shard.stats.responded(200);
-            if let Err(e) = send_all(shard, slot, sock, head.as_bytes()).await {
-                debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response head");
+            if let Err(e) = send_all(shard, conn, head.as_bytes()).await {
+                debug!(shard = shard.index, client = conn.id(), %peer, error = %e, "sending the response head");
                 return None;
             }
             if head_only {
                 return None;
             }
-            debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming (http)");
-            slot.started(ClientStart {
+            debug!(shard = shard.index, client = conn.id(), %peer, ?start, offset, "client streaming (http)");
+            conn.started(ClientStart {
                 peer: peer.0,
                 offset,
                 http: true,
@@ -271,7 +260,7 @@ async fn answer_http(
             // Why treat a FIN as the end? An HTTP client does not half-close to keep
             // reading; its FIN means it is gone, so its slot is freed now rather than at
             // the next send's reset.
-            return Some(stream_file(shard, slot, stream, offset, true, true, reader).await);
+            return Some(stream_file(shard, conn, offset, true, true, reader).await);
         }
         Route::Index { head_only } if html => (200, web::response(&shard.page, head_only)),
         Route::Index { head_only } => (
@@ -309,30 +298,25 @@ async fn answer_http(
     shard.stats.responded(status);
     if status >= 400 {
         shard.stats.reject(Rejection::BadHeader);
-        warn!(shard = shard.index, client = slot.id(), %peer, status, "refused HTTP request; closing connection");
+        warn!(shard = shard.index, client = conn.id(), %peer, status, "refused HTTP request; closing connection");
     }
-    if let Err(e) = send_all(shard, slot, sock, response.as_bytes()).await {
-        debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response");
+    if let Err(e) = send_all(shard, conn, response.as_bytes()).await {
+        debug!(shard = shard.index, client = conn.id(), %peer, error = %e, "sending the response");
     }
     None
 }
 
 /// Sends all of `bytes`, waiting for room as a stream does; fails if the client fails or the
 /// server closes first.
-async fn send_all(
-    shard: &Shard,
-    slot: &ClientSlot,
-    sock: RawFd,
-    mut bytes: &[u8],
-) -> io::Result<()> {
+async fn send_all(shard: &Shard, conn: &Connection, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        match sys::send_now(sock, bytes) {
+        match sys::send_now(conn.socket(), bytes) {
             Ok(n) => bytes = &bytes[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if shard.phase() >= Phase::Closing {
                     return Err(io::Error::other("server closing"));
                 }
-                wait_for_room(shard, slot, sock, None).await;
+                wait_for_room(shard, conn, None).await;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -366,8 +350,8 @@ impl std::fmt::Display for Peer {
     }
 }
 
-fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) {
-    let client = slot.id();
+fn refuse(shard: &Shard, conn: &Connection, peer: Peer, failure: HeaderFailure) {
+    let client = conn.id();
     match failure {
         HeaderFailure::Bad(e) => {
             let why = if e == HeaderError::TooLong {
@@ -407,7 +391,7 @@ fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) 
 /// Reads a raw header up to the first newline, or to a half-close; or, with `http` and
 /// first bytes that start an HTTP request line, an HTTP request head (setting `is_http`).
 async fn read_request(
-    stream: &mut TcpStream,
+    conn: &mut Connection,
     http: bool,
     is_http: &Cell<bool>,
 ) -> Result<Request, HeaderFailure> {
@@ -416,7 +400,7 @@ async fn read_request(
     let mut buf = [0u8; MAX_HEADER_LEN];
     let mut len = 0;
     loop {
-        let n = recv_some(stream, &mut buf[len..]).await?;
+        let n = recv_some(conn, &mut buf[len..]).await?;
         if n == 0 {
             if len == 0 {
                 return Err(HeaderFailure::Silent);
@@ -431,7 +415,7 @@ async fn read_request(
         len += n;
         if http && http::kind(&buf[..len]) == Kind::Http {
             is_http.set(true);
-            return read_http_head(stream, &buf[..len]).await;
+            return read_http_head(conn, &buf[..len]).await;
         }
         match header::scan(&buf[..len]) {
             Progress::Done(result) => {
@@ -448,7 +432,7 @@ async fn read_request(
 }
 
 /// Reads the rest of an HTTP request head, whose first bytes are `first`, and routes it.
-async fn read_http_head(stream: &mut TcpStream, first: &[u8]) -> Result<Request, HeaderFailure> {
+async fn read_http_head(conn: &mut Connection, first: &[u8]) -> Result<Request, HeaderFailure> {
     let mut head = Vec::with_capacity(1024);
     head.extend_from_slice(first);
     loop {
@@ -466,7 +450,7 @@ async fn read_http_head(stream: &mut TcpStream, first: &[u8]) -> Result<Request,
         // parse_head refuses a partial head of MAX_HEAD bytes, so there is room here.
         let len = head.len();
         head.resize(http::MAX_HEAD, 0);
-        let n = recv_some(stream, &mut head[len..]).await?;
+        let n = recv_some(conn, &mut head[len..]).await?;
         head.truncate(len + n);
         if n == 0 {
             // The client stopped sending before the blank line that ends a head.
@@ -476,16 +460,15 @@ async fn read_http_head(stream: &mut TcpStream, first: &[u8]) -> Result<Request,
 }
 
 /// Receives what the client sent, waiting for it if there is nothing yet; 0 at its end.
-async fn recv_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, HeaderFailure> {
-    let sock = stream.as_raw_fd();
+async fn recv_some(conn: &mut Connection, buf: &mut [u8]) -> Result<usize, HeaderFailure> {
     loop {
         // Why try a plain recv first? Clients send their header with the connection, so it
         // is usually waiting when we accept; glommio's read would first wait for the poll it
         // armed when the stream was made, a reactor round trip per connection.
-        return match sys::recv_now(sock, buf) {
+        return match sys::recv_now(conn.socket(), buf) {
             Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, buf))
+                poll_fn(|cx| conn.poll_read(cx, buf))
                     .await
                     .map_err(HeaderFailure::Io)
             }
@@ -536,15 +519,13 @@ enum Woke {
 /// client reads the first file that appears under its name.
 async fn stream_file(
     shard: &Shard,
-    slot: &ClientSlot,
-    stream: &mut TcpStream,
+    conn: &mut Connection,
     mut offset: u64,
     mut input_open: bool,
     fin_ends: bool,
     mut reader: Option<Reader>,
 ) -> End {
-    let sock = stream.as_raw_fd();
-    slot.set_offset(offset);
+    conn.set_offset(offset);
     // Sent data and not yet checked that the client is still there. Only a half-closed client
     // needs the check (an open input shows its reset at once), but data sent just before its
     // input closed counts too: its reset may be the one still on its way.
@@ -593,10 +574,9 @@ async fn stream_file(
                 }
                 // Only a client of the shard's current file can be sent to by the shard.
                 let direct = input_open && current;
-                let woke =
-                    wait_for_news(shard, slot, stream, input_open, direct, verify.as_mut()).await;
+                let woke = wait_for_news(shard, conn, input_open, direct, verify.as_mut()).await;
                 // The shard may have sent to the socket directly while this task slept.
-                offset = slot.offset().unwrap_or(offset);
+                offset = conn.offset().unwrap_or(offset);
                 match woke {
                     Woke::Changed => {}
                     // A client that keeps sending gets its input dropped in turns, like
@@ -613,7 +593,7 @@ async fn stream_file(
                         verify = None;
                         unverified = false;
                         ShardStats::add(&shard.stats.liveness_checks, 1);
-                        if sys::tcp_is_closed(sock).unwrap_or(true) {
+                        if sys::tcp_is_closed(conn.socket()).unwrap_or(true) {
                             return End::Gone(io::ErrorKind::ConnectionReset.into());
                         }
                     }
@@ -625,20 +605,18 @@ async fn stream_file(
         let count = usize::try_from(size - offset)
             .unwrap_or(usize::MAX)
             .min(CHUNK);
-        let full = match sys::sendfile(sock, file, offset, count) {
+        let full = match sys::sendfile(conn.socket(), file, offset, count) {
             Ok(0) => {
                 // The file is shorter than the watcher said: it was truncated, and the watcher
                 // is about to say so. Send nothing; wait for its word.
-                if let Woke::Failed(e) =
-                    wait_for_news(shard, slot, stream, false, false, None).await
-                {
+                if let Woke::Failed(e) = wait_for_news(shard, conn, false, false, None).await {
                     return End::Gone(e);
                 }
                 false
             }
             Ok(n) => {
                 offset += n as u64;
-                slot.set_offset(offset);
+                conn.set_offset(offset);
                 ShardStats::add(&shard.stats.bytes_sent, n as u64);
                 unverified = true;
                 if n == count && offset < shard.size() {
@@ -657,21 +635,16 @@ async fn stream_file(
             Err(e) => return End::Gone(e),
         };
         if full {
-            wait_for_room(shard, slot, sock, reader.as_deref()).await;
+            wait_for_room(shard, conn, reader.as_deref()).await;
         }
     }
 }
 
 /// Waits for a full socket to take more, counting the client as blocked meanwhile.
-async fn wait_for_room(
-    shard: &Shard,
-    slot: &ClientSlot,
-    sock: RawFd,
-    generation: Option<&Generation>,
-) {
+async fn wait_for_room(shard: &Shard, conn: &Connection, generation: Option<&Generation>) {
     ShardStats::add(&shard.stats.full_waits, 1);
     ShardStats::add(&shard.stats.blocked, 1);
-    slot.until_room(sock, generation).await;
+    conn.until_room(generation).await;
     ShardStats::sub(&shard.stats.blocked, 1);
 }
 
@@ -680,28 +653,26 @@ async fn wait_for_room(
 /// `direct`, the shard may send the client its appends itself (see `Shard::bump`).
 async fn wait_for_news(
     shard: &Shard,
-    slot: &ClientSlot,
-    stream: &mut TcpStream,
+    conn: &mut Connection,
     input_open: bool,
     direct: bool,
     mut verify: Option<&mut Timer>,
 ) -> Woke {
     let seen = shard.changes();
-    let sock = stream.as_raw_fd();
     let mut junk = [0u8; 64];
     // Why only with input open? A half-closed client's reset shows only in the check that
     // follows a send, which its task must arm; the shard cannot do that for it.
-    let direct = (input_open && direct).then_some(sock);
+    let direct = input_open && direct;
     let woke = poll_fn(|cx| {
         if shard.changes() != seen {
             return Poll::Ready(Woke::Changed);
         }
-        slot.wait_growth(cx.waker(), direct);
+        conn.wait_growth(cx.waker(), direct);
         if input_open {
-            match Pin::new(&mut *stream).poll_read(cx, &mut junk) {
+            match conn.poll_read(cx, &mut junk) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Woke::InputClosed),
                 Poll::Ready(Ok(_)) => {
-                    return Poll::Ready(match drain(sock) {
+                    return Poll::Ready(match drain(conn.socket()) {
                         Ok(true) => Woke::Input,
                         Ok(false) => Woke::InputClosed,
                         Err(e) => Woke::Failed(e),
@@ -720,12 +691,12 @@ async fn wait_for_news(
     })
     .await;
     // From here on the task sends for itself: the shard must not send behind its back.
-    slot.stop_waiting();
+    conn.stop_waiting();
     woke
 }
 
 /// Discards pending input; `Ok(false)` if the client has closed its sending side.
-fn drain(sock: RawFd) -> io::Result<bool> {
+fn drain(sock: BorrowedFd<'_>) -> io::Result<bool> {
     match sys::discard_input(sock) {
         Ok(0) => Ok(false),
         Ok(_) => Ok(true),
@@ -742,16 +713,15 @@ fn drain(sock: RawFd) -> io::Result<bool> {
 /// were never the file's at that offset. A reset drops them, and tells the client that the
 /// stream did not end cleanly. (Bytes the kernel already sent are beyond anyone's reach; on
 /// the same host that includes what sits unread in the client's receive buffer.)
-fn abort(stream: &TcpStream) {
-    let _ = sys::set_linger_zero(stream.as_raw_fd());
+fn abort(sock: BorrowedFd<'_>) {
+    let _ = sys::set_linger_zero(sock);
 }
 
 /// Ends the connection in order: FIN after everything queued, then close.
 ///
 /// Why discard input first? Closing a socket with unread input makes the kernel send a reset
 /// instead of a FIN, and a reset can make the client lose data it has not read yet.
-fn close(stream: &TcpStream) {
-    let sock = stream.as_raw_fd();
+fn close(sock: BorrowedFd<'_>) {
     let _ = sys::shutdown_write(sock);
     for _ in 0..16 {
         if !matches!(sys::discard_input(sock), Ok(n) if n > 0) {

@@ -55,8 +55,10 @@
 //! [`sys`], whose safe system-call wrappers the bench builds its reference server from.
 //! Everything else is `pub(crate)` and may change freely.
 
-// Why deny and not forbid? src/sys.rs, and only it, allows unsafe code: every unsafe block
-// lives there, each with a SAFETY note (clippy's undocumented_unsafe_blocks checks those).
+// Why deny and not forbid? src/sys.rs allows unsafe code: every system call lives there, each
+// with a SAFETY note (clippy's undocumented_unsafe_blocks checks those). One function beside
+// it allows it too, `Slot::direct_socket` in src/shard/slot.rs: the shard borrows a waiting
+// client's socket by its raw descriptor, which only the type that owns both can vouch for.
 #![deny(unsafe_code)]
 
 pub(crate) mod accept;
