@@ -1,23 +1,22 @@
-//! One client: read its header (or HTTP request head), then send it the file from its offset
-//! for as long as it stays connected.
+//! One client's task: read its request (`request`), answer it (`answer` for HTTP), then send
+//! it the file from its offset for as long as it stays connected.
 
+use crate::addr::Peer;
 use crate::admission::Ticket;
-use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
-use crate::http::{self, Head, HeadError, Kind, Route};
+use crate::answer::{self, answer, Answer};
+use crate::header::Start;
 use crate::lines;
 use crate::pace::{take_turns, CHUNK};
+use crate::request::{self, Request};
 use crate::shard::{Connection, Shard};
-use crate::state::{Ending, Generation, Phase, Reader};
-use crate::stats::{ClientStart, Protocol, Rejection, ShardStats};
+use crate::state::{Ending, Phase, Reader};
+use crate::stats::{ClientStart, Protocol, ShardStats};
 use crate::sys;
-use crate::web;
 use futures_lite::future::{self, poll_fn};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
@@ -64,47 +63,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, ticket: Ticket) {
         debug!(shard = shard.index, client = conn.id(), error = %e, "setting socket options");
     }
 
-    // Whether the client's first bytes made it an HTTP client: a timeout is then answered 408.
-    let is_http = Cell::new(false);
-    let request = future::or(read_request(&mut conn, shard.http, &is_http), async {
-        future::or(
-            async {
-                Timer::new(shard.header_timeout).await;
-                Err(HeaderFailure::Timeout)
-            },
-            async {
-                shard.until_phase(Phase::Draining).await;
-                Err(HeaderFailure::Shutdown)
-            },
-        )
-        .await
-    })
-    .await;
-
-    let request = match request {
-        Ok(r) => r,
-        Err(failure) => {
-            let answer = match &failure {
-                HeaderFailure::Timeout if is_http.get() => Some((408, http::timed_out())),
-                HeaderFailure::Http(e) => Some((
-                    match e {
-                        HeadError::Malformed => 400,
-                        HeadError::TooLarge => 431,
-                    },
-                    http::refusal(*e),
-                )),
-                _ => None,
-            };
-            if let Some((status, response)) = answer {
-                // Why not wait for room? A fresh socket's buffer takes a short answer whole;
-                // one that does not is a client not worth waiting for.
-                shard.stats.responded(status);
-                let _ = sys::send_now(conn.socket(), response.as_bytes());
-            }
-            refuse(&shard, &conn, peer, failure);
-            close(conn.socket());
-            return;
-        }
+    let Some(request) = request::read(&shard, &mut conn, peer).await else {
+        close(conn.socket());
+        return;
     };
     let end = match request {
         Request::Raw { start, input_open } => {
@@ -127,13 +88,33 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, ticket: Ticket) {
         }
         Request::Http { route, host, html } => {
             let _serving = shard.stats.serving(Protocol::Http);
-            match answer_http(&shard, &mut conn, peer, route, host, html).await {
-                Some(end) => end,
-                None => {
+            let (start, head_only) = match answer(route, host.as_deref(), html, &shard.page) {
+                Answer::Stream { start, head_only } => (start, head_only),
+                Answer::Complete { status, response } => {
+                    answer::send_complete(&shard, &conn, peer, status, &response).await;
                     close(conn.socket());
                     return;
                 }
-            }
+            };
+            let size = shard.fresh_size();
+            let reader = shard.current().map(Reader::new);
+            let resolved = resolve(&shard, &conn, peer, start, size, reader.as_ref()).await;
+            let file = reader.as_ref().map(|g| g.id());
+            let began = answer::begin_stream(&shard, &conn, peer, resolved, size, file, head_only);
+            let Some(offset) = began.await else {
+                close(conn.socket());
+                return;
+            };
+            debug!(shard = shard.index, client = conn.id(), %peer, ?start, offset, "client streaming (http)");
+            conn.started(ClientStart {
+                peer: peer.0,
+                offset,
+                http: true,
+            });
+            // Why treat a FIN as the end? An HTTP client does not half-close to keep
+            // reading; its FIN means it is gone, so its slot is freed now rather than at
+            // the next send's reset.
+            stream_file(&shard, &mut conn, offset, true, true, reader).await
         }
     };
     conn.forget_room();
@@ -143,19 +124,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, ticket: Ticket) {
     } else {
         close(conn.socket());
     }
-}
-
-/// What a client asked for, once its header or request head is read.
-enum Request {
-    /// A raw header: where to start, and whether the client's sending side is still open.
-    Raw { start: Start, input_open: bool },
-    /// An HTTP request: what to serve, the `Host` it named (for the help text), and whether
-    /// it accepts HTML (a browser, which gets the web page at `/`).
-    Http {
-        route: Route,
-        host: Option<String>,
-        html: bool,
-    },
 }
 
 /// Resolves a start to an offset in a file of `size` bytes; `None` (logged) if reading the
@@ -212,269 +180,6 @@ async fn resolve(
             warn!(shard = shard.index, client = conn.id(), %peer, error = %e, "cannot count lines; closing connection");
             None
         }
-    }
-}
-
-/// Answers an HTTP request. For `GET /stream` that is the response head and then the file,
-/// as for a raw client, until either side closes; the reason is returned. `None` when the
-/// response is complete (HEAD, help, errors) or could not be sent: the caller closes.
-async fn answer_http(
-    shard: &Rc<Shard>,
-    conn: &mut Connection,
-    peer: Peer,
-    route: Route,
-    host: Option<String>,
-    html: bool,
-) -> Option<End> {
-    let (status, response) = match route {
-        Route::Stream { start, head_only } => {
-            let size = shard.fresh_size();
-            let reader = shard.current().map(Reader::new);
-            let Some(offset) = resolve(shard, conn, peer, start, size, reader.as_ref()).await
-            else {
-                shard.stats.responded(500);
-                let response = http::reply(
-                    "500 Internal Server Error",
-                    &[],
-                    "cannot read the file\n",
-                    head_only,
-                );
-                let _ = send_all(shard, conn, response.as_bytes()).await;
-                return None;
-            };
-            let head = http::stream_head(offset, size, reader.as_ref().map(|g| g.id()));
-            shard.stats.responded(200);
-            if let Err(e) = send_all(shard, conn, head.as_bytes()).await {
-                debug!(shard = shard.index, client = conn.id(), %peer, error = %e, "sending the response head");
-                return None;
-            }
-            if head_only {
-                return None;
-            }
-            debug!(shard = shard.index, client = conn.id(), %peer, ?start, offset, "client streaming (http)");
-            conn.started(ClientStart {
-                peer: peer.0,
-                offset,
-                http: true,
-            });
-            // Why treat a FIN as the end? An HTTP client does not half-close to keep
-            // reading; its FIN means it is gone, so its slot is freed now rather than at
-            // the next send's reset.
-            return Some(stream_file(shard, conn, offset, true, true, reader).await);
-        }
-        Route::Index { head_only } if html => (200, web::response(&shard.page, head_only)),
-        Route::Index { head_only } => (
-            200,
-            http::reply(
-                "200 OK",
-                &[("Vary", "Accept")],
-                &http::help(host.as_deref()),
-                head_only,
-            ),
-        ),
-        Route::NotFound { head_only } => (
-            404,
-            http::reply(
-                "404 Not Found",
-                &[],
-                "no such path: try /stream, or / for help\n",
-                head_only,
-            ),
-        ),
-        Route::BadMethod => (
-            405,
-            http::reply(
-                "405 Method Not Allowed",
-                &[("Allow", http::ALLOW)],
-                "only GET and HEAD\n",
-                false,
-            ),
-        ),
-        Route::BadRequest(why) => (
-            400,
-            http::reply("400 Bad Request", &[], &format!("{why}\n"), false),
-        ),
-    };
-    shard.stats.responded(status);
-    if status >= 400 {
-        shard.stats.reject(Rejection::BadHeader);
-        warn!(shard = shard.index, client = conn.id(), %peer, status, "refused HTTP request; closing connection");
-    }
-    if let Err(e) = send_all(shard, conn, response.as_bytes()).await {
-        debug!(shard = shard.index, client = conn.id(), %peer, error = %e, "sending the response");
-    }
-    None
-}
-
-/// Sends all of `bytes`, waiting for room as a stream does; fails if the client fails or the
-/// server closes first.
-async fn send_all(shard: &Shard, conn: &Connection, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match sys::send_now(conn.socket(), bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if shard.phase() >= Phase::Closing {
-                    return Err(io::Error::other("server closing"));
-                }
-                wait_for_room(shard, conn, None).await;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-#[derive(Debug)]
-enum HeaderFailure {
-    Bad(HeaderError),
-    /// An HTTP request head that was refused.
-    Http(HeadError),
-    Timeout,
-    /// The client closed before sending anything.
-    Silent,
-    Io(io::Error),
-    Shutdown,
-}
-
-/// A client's address for logs: IPv4 clients of a dual-stack listener shown as IPv4.
-#[derive(Clone, Copy)]
-struct Peer(Option<SocketAddr>);
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(addr) => SocketAddr::new(addr.ip().to_canonical(), addr.port()).fmt(f),
-            None => f.write_str("unknown"),
-        }
-    }
-}
-
-fn refuse(shard: &Shard, conn: &Connection, peer: Peer, failure: HeaderFailure) {
-    let client = conn.id();
-    match failure {
-        HeaderFailure::Bad(e) => {
-            let why = if e == HeaderError::TooLong {
-                Rejection::TooLong
-            } else {
-                Rejection::BadHeader
-            };
-            shard.stats.reject(why);
-            warn!(shard = shard.index, client, %peer, reason = %e, "bad header; closing connection");
-        }
-        HeaderFailure::Http(e) => {
-            shard.stats.reject(match e {
-                HeadError::TooLarge => Rejection::TooLong,
-                HeadError::Malformed => Rejection::BadHeader,
-            });
-            warn!(shard = shard.index, client, %peer, reason = ?e, "bad HTTP request head; closing connection");
-        }
-        HeaderFailure::Timeout => {
-            shard.stats.reject(Rejection::Timeout);
-            warn!(
-                shard = shard.index, client, %peer, timeout = ?shard.header_timeout,
-                reason = "no complete header in time", "bad header; closing connection"
-            );
-        }
-        HeaderFailure::Silent => {
-            debug!(shard = shard.index, client, %peer, "closed before sending a header")
-        }
-        HeaderFailure::Io(e) => {
-            debug!(shard = shard.index, client, %peer, error = %e, "error reading header")
-        }
-        HeaderFailure::Shutdown => {
-            debug!(shard = shard.index, client, %peer, "shutting down before header")
-        }
-    }
-}
-
-/// Reads a raw header up to the first newline, or to a half-close; or, with `http` and
-/// first bytes that start an HTTP request line, an HTTP request head (setting `is_http`).
-async fn read_request(
-    conn: &mut Connection,
-    http: bool,
-    is_http: &Cell<bool>,
-) -> Result<Request, HeaderFailure> {
-    // Why a fixed array? The header is capped, so a slow or hostile client costs these
-    // 64 bytes in its task and nothing that grows. An HTTP head gets a buffer of its own.
-    let mut buf = [0u8; MAX_HEADER_LEN];
-    let mut len = 0;
-    loop {
-        let n = recv_some(conn, &mut buf[len..]).await?;
-        if n == 0 {
-            if len == 0 {
-                return Err(HeaderFailure::Silent);
-            }
-            return header::at_eof(&buf[..len])
-                .map(|start| Request::Raw {
-                    start,
-                    input_open: false,
-                })
-                .map_err(HeaderFailure::Bad);
-        }
-        len += n;
-        if http && http::kind(&buf[..len]) == Kind::Http {
-            is_http.set(true);
-            return read_http_head(conn, &buf[..len]).await;
-        }
-        match header::scan(&buf[..len]) {
-            Progress::Done(result) => {
-                return result
-                    .map(|start| Request::Raw {
-                        start,
-                        input_open: true,
-                    })
-                    .map_err(HeaderFailure::Bad)
-            }
-            Progress::NeedMore => {}
-        }
-    }
-}
-
-/// Reads the rest of an HTTP request head, whose first bytes are `first`, and routes it.
-async fn read_http_head(conn: &mut Connection, first: &[u8]) -> Result<Request, HeaderFailure> {
-    let mut head = Vec::with_capacity(1024);
-    head.extend_from_slice(first);
-    loop {
-        match http::parse_head(&head) {
-            Head::Done { method, target } => {
-                return Ok(Request::Http {
-                    route: http::route(&method, &target),
-                    host: http::host(&head),
-                    html: http::accepts_html(&head),
-                })
-            }
-            Head::Bad(e) => return Err(HeaderFailure::Http(e)),
-            Head::NeedMore => {}
-        }
-        // parse_head refuses a partial head of MAX_HEAD bytes, so there is room here.
-        let len = head.len();
-        head.resize(http::MAX_HEAD, 0);
-        let n = recv_some(conn, &mut head[len..]).await?;
-        head.truncate(len + n);
-        if n == 0 {
-            // The client stopped sending before the blank line that ends a head.
-            return Err(HeaderFailure::Http(HeadError::Malformed));
-        }
-    }
-}
-
-/// Receives what the client sent, waiting for it if there is nothing yet; 0 at its end.
-async fn recv_some(conn: &mut Connection, buf: &mut [u8]) -> Result<usize, HeaderFailure> {
-    loop {
-        // Why try a plain recv first? Clients send their header with the connection, so it
-        // is usually waiting when we accept; glommio's read would first wait for the poll it
-        // armed when the stream was made, a reactor round trip per connection.
-        return match sys::recv_now(conn.socket(), buf) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                poll_fn(|cx| conn.poll_read(cx, buf))
-                    .await
-                    .map_err(HeaderFailure::Io)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => Err(HeaderFailure::Io(e)),
-        };
     }
 }
 
@@ -635,17 +340,9 @@ async fn stream_file(
             Err(e) => return End::Gone(e),
         };
         if full {
-            wait_for_room(shard, conn, reader.as_deref()).await;
+            conn.until_room(reader.as_deref()).await;
         }
     }
-}
-
-/// Waits for a full socket to take more, counting the client as blocked meanwhile.
-async fn wait_for_room(shard: &Shard, conn: &Connection, generation: Option<&Generation>) {
-    ShardStats::add(&shard.stats.full_waits, 1);
-    ShardStats::add(&shard.stats.blocked, 1);
-    conn.until_room(generation).await;
-    ShardStats::sub(&shard.stats.blocked, 1);
 }
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the

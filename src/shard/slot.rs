@@ -243,7 +243,7 @@ impl Connection {
 
     /// Resolves when the socket, which was just found full, has room again (or the server is
     /// closing, or the generation it reads has ended, or the socket failed: the next send
-    /// says which).
+    /// says which). The client counts as blocked meanwhile.
     ///
     /// Why through the shard's epoll set? See [`wake_drained`]. The socket joins the set the
     /// first time it is full and stays until the client goes; an edge that arrived before this
@@ -251,6 +251,15 @@ impl Connection {
     /// to hear it. The caller must call this right after the send that found the socket full,
     /// without yielding in between, or it could sleep through the edge it waits for.
     pub async fn until_room(&self, generation: Option<&Generation>) {
+        let stats = &self.slot.shard.stats;
+        ShardStats::add(&stats.full_waits, 1);
+        ShardStats::add(&stats.blocked, 1);
+        self.wait_for_room(generation).await;
+        ShardStats::sub(&stats.blocked, 1);
+    }
+
+    /// [`Connection::until_room`], without the counting.
+    async fn wait_for_room(&self, generation: Option<&Generation>) {
         if let Err(e) = self.join_room() {
             // Without the set (it takes kernel memory per socket), look again soon: slow for
             // this client, harmless to the others.
