@@ -2,10 +2,11 @@
 //! an error, or the head of `/stream`, whose body the send loop writes), and sending it.
 
 use crate::addr::Peer;
+use crate::file_id::FileId;
 use crate::header::Start;
 use crate::http::{self, Route};
 use crate::shard::{Connection, Shard};
-use crate::state::{FileId, Phase};
+use crate::state::Phase;
 use crate::stats::Rejection;
 use crate::sys;
 use crate::web;

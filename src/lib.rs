@@ -72,6 +72,8 @@ pub(crate) mod client;
 pub(crate) mod control;
 pub mod error;
 pub mod fetch;
+pub(crate) mod file_id;
+pub(crate) mod handle;
 pub(crate) mod header;
 pub(crate) mod http;
 pub(crate) mod lines;
@@ -93,6 +95,7 @@ pub(crate) mod web;
 
 pub use cidr::Cidr;
 pub use error::{Error, Outcome};
-pub use server::{Handle, Server, Streaming};
-pub use state::FileId;
+pub use file_id::FileId;
+pub use handle::{Handle, Streaming};
+pub use server::Server;
 pub use stats::Rotation;
