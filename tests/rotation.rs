@@ -715,10 +715,18 @@ fn the_http_file_identity_changes_at_each_rotation_and_truncation_of_one_server(
     let second = identity();
     assert_ne!(second, first);
     truncate(&path);
-    assert!(poll_until(PATIENCE, || server
-        .handle
-        .rotations(Rotation::Truncated)
-        == 1));
+    let handle = &server.handle;
+    assert!(
+        poll_until(PATIENCE, || handle.rotations(Rotation::Truncated) == 1),
+        "the truncation was not seen: rotations {:?}, size {}, following {}, idle looks {}, \
+         inotify wake-ups {}, clients {}",
+        Rotation::ALL.map(|kind| handle.rotations(kind)),
+        handle.file_size(),
+        handle.following_growth(),
+        handle.idle_looks(),
+        handle.watcher_wakeups(),
+        handle.clients(),
+    );
     let third = identity();
     assert_ne!(third, second);
     assert_eq!(third, server.handle.file_id().unwrap().to_string());
