@@ -7,8 +7,8 @@
 //! response ends when either side closes. So the only HTTP-specific work per client is one
 //! parse and one short write.
 
+use crate::file_id::FileId;
 use crate::header::Start;
-use crate::state::FileId;
 use std::fmt::Write;
 
 /// The largest request head accepted, request line and header fields included.

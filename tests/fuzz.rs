@@ -266,7 +266,7 @@ fn fuzz_one(port: u16, rng: &mut Rng, size: &AtomicU64, case: u64, tally: &Tally
             };
         }
         Leave::Reset => {
-            let _ = tailsrv::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&stream));
+            let _ = tailsrv::sys::set_linger_zero(std::os::fd::AsFd::as_fd(&stream));
             drop(stream);
             return None;
         }
@@ -564,7 +564,7 @@ fn http_fuzz_one(port: u16, rng: &mut Rng, size: u64, case: u64) -> bool {
     match rng.below(10) {
         0 => return false,
         1 => {
-            let _ = tailsrv::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&stream));
+            let _ = tailsrv::sys::set_linger_zero(std::os::fd::AsFd::as_fd(&stream));
             return false;
         }
         2 => {
