@@ -272,6 +272,19 @@ fn unprivileged_port_start() -> u16 {
         .unwrap_or(1024)
 }
 
+/// A client's address for logs: IPv4 clients of a dual-stack listener shown as IPv4.
+#[derive(Clone, Copy)]
+pub(crate) struct Peer(pub(crate) Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => SocketAddr::new(addr.ip().to_canonical(), addr.port()).fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,25 +1,23 @@
-//! One client: read its header (or HTTP request head), then send it the file from its offset
-//! for as long as it stays connected.
+//! One client's task: read its request (`request`), answer it (`answer` for HTTP), then send
+//! it the file from its offset for as long as it stays connected.
 
+use crate::addr::Peer;
 use crate::admission::Ticket;
-use crate::header::{self, HeaderError, Progress, Start, MAX_HEADER_LEN};
-use crate::http::{self, Head, HeadError, Kind, Route};
+use crate::answer::{self, answer, Answer};
+use crate::header::Start;
 use crate::lines;
 use crate::pace::{take_turns, CHUNK};
-use crate::shard::{ClientSlot, Shard};
-use crate::state::{Ending, Generation, Phase, Reader};
-use crate::stats::{ClientStart, Protocol, Rejection, ShardStats};
+use crate::request::{self, Request};
+use crate::shard::{Connection, Shard};
+use crate::state::{Ending, Phase, Reader};
+use crate::stats::{ClientStart, Protocol, ShardStats};
 use crate::sys;
-use crate::web;
 use futures_lite::future::{self, poll_fn};
-use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -41,19 +39,20 @@ const KEEPALIVE: (i32, i32, i32) = (60, 10, 6);
 /// Serves one accepted connection to its end. Never fails: a client's trouble is its own.
 ///
 /// `ticket` is the client's place under the server's limits, given back when this returns.
-pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, ticket: Ticket) {
     // Why a parameter and not a wrapping `async` block in the accept loop? Such a block keeps
     // the whole client future twice in its own state: 0.8 KiB more per connected client.
     let _ticket = ticket;
-    let slot = shard.attach();
     let peer = Peer(stream.peer_addr().ok());
-    let fd = stream.as_raw_fd();
+    let mut conn = Connection::new(shard.attach(), stream);
+    let fd = conn.socket();
     if let Err(e) = sys::set_nonblocking(fd) {
         // Without it one stalled client could block the shard: refuse to serve it.
-        warn!(shard = shard.index, client = slot.id(), %peer, error = %e, "cannot make the socket non-blocking");
+        warn!(shard = shard.index, client = conn.id(), %peer, error = %e, "cannot make the socket non-blocking");
         return;
     }
-    if let Err(e) = stream
+    if let Err(e) = conn
+        .stream()
         .set_nodelay(true)
         .map_err(io::Error::from)
         .and_then(|_| {
@@ -61,50 +60,12 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
             sys::set_keepalive(fd, idle, interval, count)
         })
     {
-        debug!(shard = shard.index, client = slot.id(), error = %e, "setting socket options");
+        debug!(shard = shard.index, client = conn.id(), error = %e, "setting socket options");
     }
 
-    // Whether the client's first bytes made it an HTTP client: a timeout is then answered 408.
-    let is_http = Cell::new(false);
-    let request = future::or(read_request(&mut stream, shard.http, &is_http), async {
-        future::or(
-            async {
-                Timer::new(shard.header_timeout).await;
-                Err(HeaderFailure::Timeout)
-            },
-            async {
-                shard.until_phase(Phase::Draining).await;
-                Err(HeaderFailure::Shutdown)
-            },
-        )
-        .await
-    })
-    .await;
-
-    let request = match request {
-        Ok(r) => r,
-        Err(failure) => {
-            let answer = match &failure {
-                HeaderFailure::Timeout if is_http.get() => Some((408, http::timed_out())),
-                HeaderFailure::Http(e) => Some((
-                    match e {
-                        HeadError::Malformed => 400,
-                        HeadError::TooLarge => 431,
-                    },
-                    http::refusal(*e),
-                )),
-                _ => None,
-            };
-            if let Some((status, response)) = answer {
-                // Why not wait for room? A fresh socket's buffer takes a short answer whole;
-                // one that does not is a client not worth waiting for.
-                shard.stats.responded(status);
-                let _ = sys::send_now(fd, response.as_bytes());
-            }
-            refuse(&shard, &slot, peer, failure);
-            close(&stream);
-            return;
-        }
+    let Some(request) = request::read(&shard, &mut conn, peer).await else {
+        close(conn.socket());
+        return;
     };
     let end = match request {
         Request::Raw { start, input_open } => {
@@ -112,59 +73,57 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, ticket: Ticket) {
             let size = shard.fresh_size();
             // The generation the offset is resolved against: the client reads it to its end.
             let reader = shard.current().map(Reader::new);
-            let Some(offset) = resolve(&shard, &slot, peer, start, size, reader.as_ref()).await
+            let Some(offset) = resolve(&shard, &conn, peer, start, size, reader.as_ref()).await
             else {
-                close(&stream);
+                close(conn.socket());
                 return;
             };
-            debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming");
-            slot.started(ClientStart {
+            debug!(shard = shard.index, client = conn.id(), %peer, ?start, offset, "client streaming");
+            conn.started(ClientStart {
                 peer: peer.0,
                 offset,
                 http: false,
             });
-            stream_file(
-                &shard,
-                &slot,
-                &mut stream,
-                offset,
-                input_open,
-                false,
-                reader,
-            )
-            .await
+            stream_file(&shard, &mut conn, offset, input_open, false, reader).await
         }
         Request::Http { route, host, html } => {
             let _serving = shard.stats.serving(Protocol::Http);
-            match answer_http(&shard, &slot, &mut stream, peer, route, host, html).await {
-                Some(end) => end,
-                None => {
-                    close(&stream);
+            let (start, head_only) = match answer(route, host.as_deref(), html, &shard.page) {
+                Answer::Stream { start, head_only } => (start, head_only),
+                Answer::Complete { status, response } => {
+                    answer::send_complete(&shard, &conn, peer, status, &response).await;
+                    close(conn.socket());
                     return;
                 }
-            }
+            };
+            let size = shard.fresh_size();
+            let reader = shard.current().map(Reader::new);
+            let resolved = resolve(&shard, &conn, peer, start, size, reader.as_ref()).await;
+            let file = reader.as_ref().map(|g| g.id());
+            let began = answer::begin_stream(&shard, &conn, peer, resolved, size, file, head_only);
+            let Some(offset) = began.await else {
+                close(conn.socket());
+                return;
+            };
+            debug!(shard = shard.index, client = conn.id(), %peer, ?start, offset, "client streaming (http)");
+            conn.started(ClientStart {
+                peer: peer.0,
+                offset,
+                http: true,
+            });
+            // Why treat a FIN as the end? An HTTP client does not half-close to keep
+            // reading; its FIN means it is gone, so its slot is freed now rather than at
+            // the next send's reset.
+            stream_file(&shard, &mut conn, offset, true, true, reader).await
         }
     };
-    slot.forget_room();
-    debug!(shard = shard.index, client = slot.id(), %peer, end = %end, "client done");
+    conn.forget_room();
+    debug!(shard = shard.index, client = conn.id(), %peer, end = %end, "client done");
     if shard.phase() == Phase::Aborting || matches!(end, End::Truncated) {
-        abort(&stream);
+        abort(conn.socket());
     } else {
-        close(&stream);
+        close(conn.socket());
     }
-}
-
-/// What a client asked for, once its header or request head is read.
-enum Request {
-    /// A raw header: where to start, and whether the client's sending side is still open.
-    Raw { start: Start, input_open: bool },
-    /// An HTTP request: what to serve, the `Host` it named (for the help text), and whether
-    /// it accepts HTML (a browser, which gets the web page at `/`).
-    Http {
-        route: Route,
-        host: Option<String>,
-        html: bool,
-    },
 }
 
 /// Resolves a start to an offset in a file of `size` bytes; `None` (logged) if reading the
@@ -176,7 +135,7 @@ enum Request {
 /// anyway; the shard goes on serving while it reads.
 async fn resolve(
     shard: &Rc<Shard>,
-    slot: &ClientSlot,
+    conn: &Connection,
     peer: Peer,
     start: Start,
     size: u64,
@@ -210,7 +169,7 @@ async fn resolve(
         Ok(found) => {
             if found.cut_short {
                 info!(
-                    shard = shard.index, client = slot.id(), %peer, lines = n, offset = found.offset,
+                    shard = shard.index, client = conn.id(), %peer, lines = n, offset = found.offset,
                     max_scan = lines::MAX_SCAN,
                     "the lines asked for reach further back than the scan looks; starting mid-line"
                 );
@@ -218,280 +177,9 @@ async fn resolve(
             Some(found.offset)
         }
         Err(e) => {
-            warn!(shard = shard.index, client = slot.id(), %peer, error = %e, "cannot count lines; closing connection");
+            warn!(shard = shard.index, client = conn.id(), %peer, error = %e, "cannot count lines; closing connection");
             None
         }
-    }
-}
-
-/// Answers an HTTP request. For `GET /stream` that is the response head and then the file,
-/// as for a raw client, until either side closes; the reason is returned. `None` when the
-/// response is complete (HEAD, help, errors) or could not be sent: the caller closes.
-async fn answer_http(
-    shard: &Rc<Shard>,
-    slot: &ClientSlot,
-    stream: &mut TcpStream,
-    peer: Peer,
-    route: Route,
-    host: Option<String>,
-    html: bool,
-) -> Option<End> {
-    let sock = stream.as_raw_fd();
-    let (status, response) = match route {
-        Route::Stream { start, head_only } => {
-            let size = shard.fresh_size();
-            let reader = shard.current().map(Reader::new);
-            let Some(offset) = resolve(shard, slot, peer, start, size, reader.as_ref()).await
-            else {
-                shard.stats.responded(500);
-                let response = http::reply(
-                    "500 Internal Server Error",
-                    &[],
-                    "cannot read the file\n",
-                    head_only,
-                );
-                let _ = send_all(shard, slot, sock, response.as_bytes()).await;
-                return None;
-            };
-            let head = http::stream_head(offset, size, reader.as_ref().map(|g| g.id()));
-            shard.stats.responded(200);
-            if let Err(e) = send_all(shard, slot, sock, head.as_bytes()).await {
-                debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response head");
-                return None;
-            }
-            if head_only {
-                return None;
-            }
-            debug!(shard = shard.index, client = slot.id(), %peer, ?start, offset, "client streaming (http)");
-            slot.started(ClientStart {
-                peer: peer.0,
-                offset,
-                http: true,
-            });
-            // Why treat a FIN as the end? An HTTP client does not half-close to keep
-            // reading; its FIN means it is gone, so its slot is freed now rather than at
-            // the next send's reset.
-            return Some(stream_file(shard, slot, stream, offset, true, true, reader).await);
-        }
-        Route::Index { head_only } if html => (200, web::response(&shard.page, head_only)),
-        Route::Index { head_only } => (
-            200,
-            http::reply(
-                "200 OK",
-                &[("Vary", "Accept")],
-                &http::help(host.as_deref()),
-                head_only,
-            ),
-        ),
-        Route::NotFound { head_only } => (
-            404,
-            http::reply(
-                "404 Not Found",
-                &[],
-                "no such path: try /stream, or / for help\n",
-                head_only,
-            ),
-        ),
-        Route::BadMethod => (
-            405,
-            http::reply(
-                "405 Method Not Allowed",
-                &[("Allow", http::ALLOW)],
-                "only GET and HEAD\n",
-                false,
-            ),
-        ),
-        Route::BadRequest(why) => (
-            400,
-            http::reply("400 Bad Request", &[], &format!("{why}\n"), false),
-        ),
-    };
-    shard.stats.responded(status);
-    if status >= 400 {
-        shard.stats.reject(Rejection::BadHeader);
-        warn!(shard = shard.index, client = slot.id(), %peer, status, "refused HTTP request; closing connection");
-    }
-    if let Err(e) = send_all(shard, slot, sock, response.as_bytes()).await {
-        debug!(shard = shard.index, client = slot.id(), %peer, error = %e, "sending the response");
-    }
-    None
-}
-
-/// Sends all of `bytes`, waiting for room as a stream does; fails if the client fails or the
-/// server closes first.
-async fn send_all(
-    shard: &Shard,
-    slot: &ClientSlot,
-    sock: RawFd,
-    mut bytes: &[u8],
-) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match sys::send_now(sock, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if shard.phase() >= Phase::Closing {
-                    return Err(io::Error::other("server closing"));
-                }
-                wait_for_room(shard, slot, sock, None).await;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-#[derive(Debug)]
-enum HeaderFailure {
-    Bad(HeaderError),
-    /// An HTTP request head that was refused.
-    Http(HeadError),
-    Timeout,
-    /// The client closed before sending anything.
-    Silent,
-    Io(io::Error),
-    Shutdown,
-}
-
-/// A client's address for logs: IPv4 clients of a dual-stack listener shown as IPv4.
-#[derive(Clone, Copy)]
-struct Peer(Option<SocketAddr>);
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(addr) => SocketAddr::new(addr.ip().to_canonical(), addr.port()).fmt(f),
-            None => f.write_str("unknown"),
-        }
-    }
-}
-
-fn refuse(shard: &Shard, slot: &ClientSlot, peer: Peer, failure: HeaderFailure) {
-    let client = slot.id();
-    match failure {
-        HeaderFailure::Bad(e) => {
-            let why = if e == HeaderError::TooLong {
-                Rejection::TooLong
-            } else {
-                Rejection::BadHeader
-            };
-            shard.stats.reject(why);
-            warn!(shard = shard.index, client, %peer, reason = %e, "bad header; closing connection");
-        }
-        HeaderFailure::Http(e) => {
-            shard.stats.reject(match e {
-                HeadError::TooLarge => Rejection::TooLong,
-                HeadError::Malformed => Rejection::BadHeader,
-            });
-            warn!(shard = shard.index, client, %peer, reason = ?e, "bad HTTP request head; closing connection");
-        }
-        HeaderFailure::Timeout => {
-            shard.stats.reject(Rejection::Timeout);
-            warn!(
-                shard = shard.index, client, %peer, timeout = ?shard.header_timeout,
-                reason = "no complete header in time", "bad header; closing connection"
-            );
-        }
-        HeaderFailure::Silent => {
-            debug!(shard = shard.index, client, %peer, "closed before sending a header")
-        }
-        HeaderFailure::Io(e) => {
-            debug!(shard = shard.index, client, %peer, error = %e, "error reading header")
-        }
-        HeaderFailure::Shutdown => {
-            debug!(shard = shard.index, client, %peer, "shutting down before header")
-        }
-    }
-}
-
-/// Reads a raw header up to the first newline, or to a half-close; or, with `http` and
-/// first bytes that start an HTTP request line, an HTTP request head (setting `is_http`).
-async fn read_request(
-    stream: &mut TcpStream,
-    http: bool,
-    is_http: &Cell<bool>,
-) -> Result<Request, HeaderFailure> {
-    // Why a fixed array? The header is capped, so a slow or hostile client costs these
-    // 64 bytes in its task and nothing that grows. An HTTP head gets a buffer of its own.
-    let mut buf = [0u8; MAX_HEADER_LEN];
-    let mut len = 0;
-    loop {
-        let n = recv_some(stream, &mut buf[len..]).await?;
-        if n == 0 {
-            if len == 0 {
-                return Err(HeaderFailure::Silent);
-            }
-            return header::at_eof(&buf[..len])
-                .map(|start| Request::Raw {
-                    start,
-                    input_open: false,
-                })
-                .map_err(HeaderFailure::Bad);
-        }
-        len += n;
-        if http && http::kind(&buf[..len]) == Kind::Http {
-            is_http.set(true);
-            return read_http_head(stream, &buf[..len]).await;
-        }
-        match header::scan(&buf[..len]) {
-            Progress::Done(result) => {
-                return result
-                    .map(|start| Request::Raw {
-                        start,
-                        input_open: true,
-                    })
-                    .map_err(HeaderFailure::Bad)
-            }
-            Progress::NeedMore => {}
-        }
-    }
-}
-
-/// Reads the rest of an HTTP request head, whose first bytes are `first`, and routes it.
-async fn read_http_head(stream: &mut TcpStream, first: &[u8]) -> Result<Request, HeaderFailure> {
-    let mut head = Vec::with_capacity(1024);
-    head.extend_from_slice(first);
-    loop {
-        match http::parse_head(&head) {
-            Head::Done { method, target } => {
-                return Ok(Request::Http {
-                    route: http::route(&method, &target),
-                    host: http::host(&head),
-                    html: http::accepts_html(&head),
-                })
-            }
-            Head::Bad(e) => return Err(HeaderFailure::Http(e)),
-            Head::NeedMore => {}
-        }
-        // parse_head refuses a partial head of MAX_HEAD bytes, so there is room here.
-        let len = head.len();
-        head.resize(http::MAX_HEAD, 0);
-        let n = recv_some(stream, &mut head[len..]).await?;
-        head.truncate(len + n);
-        if n == 0 {
-            // The client stopped sending before the blank line that ends a head.
-            return Err(HeaderFailure::Http(HeadError::Malformed));
-        }
-    }
-}
-
-/// Receives what the client sent, waiting for it if there is nothing yet; 0 at its end.
-async fn recv_some(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, HeaderFailure> {
-    let sock = stream.as_raw_fd();
-    loop {
-        // Why try a plain recv first? Clients send their header with the connection, so it
-        // is usually waiting when we accept; glommio's read would first wait for the poll it
-        // armed when the stream was made, a reactor round trip per connection.
-        return match sys::recv_now(sock, buf) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, buf))
-                    .await
-                    .map_err(HeaderFailure::Io)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => Err(HeaderFailure::Io(e)),
-        };
     }
 }
 
@@ -536,15 +224,13 @@ enum Woke {
 /// client reads the first file that appears under its name.
 async fn stream_file(
     shard: &Shard,
-    slot: &ClientSlot,
-    stream: &mut TcpStream,
+    conn: &mut Connection,
     mut offset: u64,
     mut input_open: bool,
     fin_ends: bool,
     mut reader: Option<Reader>,
 ) -> End {
-    let sock = stream.as_raw_fd();
-    slot.set_offset(offset);
+    conn.set_offset(offset);
     // Sent data and not yet checked that the client is still there. Only a half-closed client
     // needs the check (an open input shows its reset at once), but data sent just before its
     // input closed counts too: its reset may be the one still on its way.
@@ -593,10 +279,9 @@ async fn stream_file(
                 }
                 // Only a client of the shard's current file can be sent to by the shard.
                 let direct = input_open && current;
-                let woke =
-                    wait_for_news(shard, slot, stream, input_open, direct, verify.as_mut()).await;
+                let woke = wait_for_news(shard, conn, input_open, direct, verify.as_mut()).await;
                 // The shard may have sent to the socket directly while this task slept.
-                offset = slot.offset().unwrap_or(offset);
+                offset = conn.offset().unwrap_or(offset);
                 match woke {
                     Woke::Changed => {}
                     // A client that keeps sending gets its input dropped in turns, like
@@ -613,7 +298,7 @@ async fn stream_file(
                         verify = None;
                         unverified = false;
                         ShardStats::add(&shard.stats.liveness_checks, 1);
-                        if sys::tcp_is_closed(sock).unwrap_or(true) {
+                        if sys::tcp_is_closed(conn.socket()).unwrap_or(true) {
                             return End::Gone(io::ErrorKind::ConnectionReset.into());
                         }
                     }
@@ -625,20 +310,18 @@ async fn stream_file(
         let count = usize::try_from(size - offset)
             .unwrap_or(usize::MAX)
             .min(CHUNK);
-        let full = match sys::sendfile(sock, file, offset, count) {
+        let full = match sys::sendfile(conn.socket(), file, offset, count) {
             Ok(0) => {
                 // The file is shorter than the watcher said: it was truncated, and the watcher
                 // is about to say so. Send nothing; wait for its word.
-                if let Woke::Failed(e) =
-                    wait_for_news(shard, slot, stream, false, false, None).await
-                {
+                if let Woke::Failed(e) = wait_for_news(shard, conn, false, false, None).await {
                     return End::Gone(e);
                 }
                 false
             }
             Ok(n) => {
                 offset += n as u64;
-                slot.set_offset(offset);
+                conn.set_offset(offset);
                 ShardStats::add(&shard.stats.bytes_sent, n as u64);
                 unverified = true;
                 if n == count && offset < shard.size() {
@@ -657,22 +340,9 @@ async fn stream_file(
             Err(e) => return End::Gone(e),
         };
         if full {
-            wait_for_room(shard, slot, sock, reader.as_deref()).await;
+            conn.until_room(reader.as_deref()).await;
         }
     }
-}
-
-/// Waits for a full socket to take more, counting the client as blocked meanwhile.
-async fn wait_for_room(
-    shard: &Shard,
-    slot: &ClientSlot,
-    sock: RawFd,
-    generation: Option<&Generation>,
-) {
-    ShardStats::add(&shard.stats.full_waits, 1);
-    ShardStats::add(&shard.stats.blocked, 1);
-    slot.until_room(sock, generation).await;
-    ShardStats::sub(&shard.stats.blocked, 1);
 }
 
 /// Waits, with nothing to send, for the shard's next change. Meanwhile it discards what the
@@ -680,28 +350,26 @@ async fn wait_for_room(
 /// `direct`, the shard may send the client its appends itself (see `Shard::bump`).
 async fn wait_for_news(
     shard: &Shard,
-    slot: &ClientSlot,
-    stream: &mut TcpStream,
+    conn: &mut Connection,
     input_open: bool,
     direct: bool,
     mut verify: Option<&mut Timer>,
 ) -> Woke {
     let seen = shard.changes();
-    let sock = stream.as_raw_fd();
     let mut junk = [0u8; 64];
     // Why only with input open? A half-closed client's reset shows only in the check that
     // follows a send, which its task must arm; the shard cannot do that for it.
-    let direct = (input_open && direct).then_some(sock);
+    let direct = input_open && direct;
     let woke = poll_fn(|cx| {
         if shard.changes() != seen {
             return Poll::Ready(Woke::Changed);
         }
-        slot.wait_growth(cx.waker(), direct);
+        conn.wait_growth(cx.waker(), direct);
         if input_open {
-            match Pin::new(&mut *stream).poll_read(cx, &mut junk) {
+            match conn.poll_read(cx, &mut junk) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Woke::InputClosed),
                 Poll::Ready(Ok(_)) => {
-                    return Poll::Ready(match drain(sock) {
+                    return Poll::Ready(match drain(conn.socket()) {
                         Ok(true) => Woke::Input,
                         Ok(false) => Woke::InputClosed,
                         Err(e) => Woke::Failed(e),
@@ -720,12 +388,12 @@ async fn wait_for_news(
     })
     .await;
     // From here on the task sends for itself: the shard must not send behind its back.
-    slot.stop_waiting();
+    conn.stop_waiting();
     woke
 }
 
 /// Discards pending input; `Ok(false)` if the client has closed its sending side.
-fn drain(sock: RawFd) -> io::Result<bool> {
+fn drain(sock: BorrowedFd<'_>) -> io::Result<bool> {
     match sys::discard_input(sock) {
         Ok(0) => Ok(false),
         Ok(_) => Ok(true),
@@ -742,16 +410,15 @@ fn drain(sock: RawFd) -> io::Result<bool> {
 /// were never the file's at that offset. A reset drops them, and tells the client that the
 /// stream did not end cleanly. (Bytes the kernel already sent are beyond anyone's reach; on
 /// the same host that includes what sits unread in the client's receive buffer.)
-fn abort(stream: &TcpStream) {
-    let _ = sys::set_linger_zero(stream.as_raw_fd());
+fn abort(sock: BorrowedFd<'_>) {
+    let _ = sys::set_linger_zero(sock);
 }
 
 /// Ends the connection in order: FIN after everything queued, then close.
 ///
 /// Why discard input first? Closing a socket with unread input makes the kernel send a reset
 /// instead of a FIN, and a reset can make the client lose data it has not read yet.
-fn close(stream: &TcpStream) {
-    let sock = stream.as_raw_fd();
+fn close(sock: BorrowedFd<'_>) {
     let _ = sys::shutdown_write(sock);
     for _ in 0..16 {
         if !matches!(sys::discard_input(sock), Ok(n) if n > 0) {

@@ -29,16 +29,17 @@
 //! - `admission`: what every shard asks about a connection it accepts, before reading
 //!   from it: `--allow` (`cidr`), `--max-clients`, `--max-clients-per-ip`; and warnings about
 //!   refused connections and failed accepts that cannot flood the log (`ratelimit`).
-//! - `client`: one task per connection: reads the header (`header`) or, when the first bytes
-//!   are an HTTP request line, the request head (`http`: parsing, routing, response heads),
-//!   then moves file bytes to the socket with sendfile ([`sys`]), waiting on a full socket
-//!   without holding up anyone else. A line-counted start (`nN`, `?lines=N`) is found by
+//! - `client`: one task per connection: reads its request (`request`: the header, parsed by
+//!   `header`, or, when the first bytes are an HTTP request line, the request head, parsed
+//!   and routed by `http`), answers HTTP (`answer`), then moves file bytes to the socket with
+//!   sendfile ([`sys`]), waiting on a full socket without holding up anyone else. A line-counted start (`nN`, `?lines=N`) is found by
 //!   `lines`, reading backwards from the end on the shard's blocking thread. A browser
 //!   asking for `/` gets the web page (`web`: one HTML file in the binary), which follows
 //!   `/stream` with `fetch()`.
 //!
-//! Data flows one way between them: `server` → `accept` → `client` → `shard` → `pace`, with
-//! `state` shared by the watcher and the shards; no module imports one that imports it.
+//! Data flows one way between them: `server` → `accept` → `client` (→ `request`, `answer`) →
+//! `shard` → `pace`, with `state` shared by the watcher and the shards; no module imports one
+//! that imports it.
 //!
 //! - `server`: [`Server::bind`] wires it together and returns once every shard accepts;
 //!   [`Server::serve`] runs it until a shutdown future resolves, and a [`Handle`] reads its
@@ -55,19 +56,24 @@
 //! [`sys`], whose safe system-call wrappers the bench builds its reference server from.
 //! Everything else is `pub(crate)` and may change freely.
 
-// Why deny and not forbid? src/sys.rs, and only it, allows unsafe code: every unsafe block
-// lives there, each with a SAFETY note (clippy's undocumented_unsafe_blocks checks those).
+// Why deny and not forbid? src/sys.rs allows unsafe code: every system call lives there, each
+// with a SAFETY note (clippy's undocumented_unsafe_blocks checks those). One function beside
+// it allows it too, `Slot::direct_socket` in src/shard/slot.rs: the shard borrows a waiting
+// client's socket by its raw descriptor, which only the type that owns both can vouch for.
 #![deny(unsafe_code)]
 
 pub(crate) mod accept;
 pub mod addr;
 pub(crate) mod admission;
+pub(crate) mod answer;
 pub(crate) mod cidr;
 pub mod cli;
 pub(crate) mod client;
 pub(crate) mod control;
 pub mod error;
 pub mod fetch;
+pub(crate) mod file_id;
+pub(crate) mod handle;
 pub(crate) mod header;
 pub(crate) mod http;
 pub(crate) mod lines;
@@ -77,6 +83,7 @@ pub(crate) mod notify;
 pub(crate) mod pace;
 pub mod process;
 pub(crate) mod ratelimit;
+pub(crate) mod request;
 mod server;
 pub(crate) mod shard;
 pub(crate) mod state;
@@ -88,6 +95,7 @@ pub(crate) mod web;
 
 pub use cidr::Cidr;
 pub use error::{Error, Outcome};
-pub use server::{Handle, Server, Streaming};
-pub use state::FileId;
+pub use file_id::FileId;
+pub use handle::{Handle, Streaming};
+pub use server::Server;
 pub use stats::Rotation;

@@ -9,7 +9,7 @@
 use std::io;
 use std::mem::{size_of, zeroed, MaybeUninit};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 /// A system call's return value as a result: negative means `errno` says what went wrong.
 pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -35,7 +35,7 @@ pub fn check_size(ret: libc::ssize_t) -> io::Result<usize> {
 /// short count when only part fits. The file position is not used or changed, so shards may
 /// share one descriptor.
 pub fn sendfile(
-    socket: RawFd,
+    socket: BorrowedFd<'_>,
     file: BorrowedFd<'_>,
     offset: u64,
     count: usize,
@@ -43,7 +43,7 @@ pub fn sendfile(
     let mut off = offset as libc::off_t;
     // SAFETY: both are descriptors the caller owns for the duration of the call, and `off`
     // is a valid, writable off_t.
-    check_size(unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut off, count) })
+    check_size(unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, count) })
 }
 
 /// The size of the file behind `fd`, and its link count.
@@ -56,11 +56,11 @@ pub(crate) fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
 }
 
 /// Reads what the peer has sent, if anything, without waiting.
-pub fn recv_now(socket: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn recv_now(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
     check_size(unsafe {
         libc::recv(
-            socket,
+            socket.as_raw_fd(),
             buf.as_mut_ptr().cast(),
             buf.len(),
             libc::MSG_DONTWAIT,
@@ -69,11 +69,11 @@ pub fn recv_now(socket: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Sends what the socket takes of `buf` now, without waiting; never raises SIGPIPE.
-pub(crate) fn send_now(socket: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn send_now(socket: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
     check_size(unsafe {
         libc::send(
-            socket,
+            socket.as_raw_fd(),
             buf.as_ptr().cast(),
             buf.len(),
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -83,13 +83,13 @@ pub(crate) fn send_now(socket: RawFd, buf: &[u8]) -> io::Result<usize> {
 
 /// Discards whatever the peer has sent and is waiting in the socket, without copying it.
 /// Returns how many bytes were dropped; `Ok(0)` means the peer closed its sending side.
-pub fn discard_input(socket: RawFd) -> io::Result<usize> {
+pub fn discard_input(socket: BorrowedFd<'_>) -> io::Result<usize> {
     // Why MSG_TRUNC? On TCP it drops the bytes inside the kernel, so a client that floods us
     // after its header costs no copy and needs no buffer.
     // SAFETY: a null buffer is allowed with MSG_TRUNC on a TCP socket; nothing is written.
     check_size(unsafe {
         libc::recv(
-            socket,
+            socket.as_raw_fd(),
             std::ptr::null_mut(),
             1 << 20,
             libc::MSG_TRUNC | libc::MSG_DONTWAIT,
@@ -102,11 +102,11 @@ pub fn discard_input(socket: RawFd) -> io::Result<usize> {
 /// Why? glommio's sockets are blocking (it passes MSG_DONTWAIT to each send and recv
 /// instead), but sendfile takes no flags: on a blocking socket a client that stops reading
 /// would park its whole shard inside sendfile.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     // A socket's only file status flag that matters here is O_NONBLOCK, so there is
     // nothing to read back and preserve first.
     // SAFETY: plain fcntl on a descriptor the caller owns.
-    check(unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) }).map(drop)
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) }).map(drop)
 }
 
 /// A value [`setsockopt`] may pass: plain data the kernel reads `size_of::<Self>()` bytes of.
@@ -118,17 +118,19 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 ///
 /// ```
 /// # let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-/// # use std::os::fd::AsRawFd;
-/// tailsrv::sys::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)
+/// # use std::os::fd::AsFd;
+/// tailsrv::sys::setsockopt(socket.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1 as libc::c_int)
 ///     .unwrap();
 /// ```
 ///
 /// A pointer, or anything holding one, does not compile:
 ///
 /// ```compile_fail
+/// # let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// # use std::os::fd::AsFd;
 /// let program: *const u8 = std::ptr::null();
 /// const SO_ATTACH_FILTER: libc::c_int = 26;
-/// tailsrv::sys::setsockopt(3, libc::SOL_SOCKET, SO_ATTACH_FILTER, program);
+/// tailsrv::sys::setsockopt(socket.as_fd(), libc::SOL_SOCKET, SO_ATTACH_FILTER, program);
 /// ```
 pub trait SockOptValue: sealed::Sealed + Copy {}
 
@@ -148,7 +150,7 @@ impl SockOptValue for libc::timeval {}
 
 /// Sets a socket option to a plain value (an integer, a `linger`, a `timeval`).
 pub fn setsockopt<T: SockOptValue>(
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     level: libc::c_int,
     name: libc::c_int,
     value: T,
@@ -157,7 +159,7 @@ pub fn setsockopt<T: SockOptValue>(
     // pointer for the kernel to follow (`SockOptValue` is sealed to pointer-free types).
     check(unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_raw_fd(),
             level,
             name,
             (&value as *const T).cast(),
@@ -175,7 +177,7 @@ pub fn setsockopt<T: SockOptValue>(
 /// retransmission schedule (about 15 minutes). A live client that merely stops reading is
 /// not affected: it keeps answering the zero-window probes.
 pub(crate) fn set_keepalive(
-    socket: RawFd,
+    socket: BorrowedFd<'_>,
     idle_secs: i32,
     interval_secs: i32,
     count: i32,
@@ -199,14 +201,14 @@ pub(crate) fn set_keepalive(
 }
 
 /// Whether the kernel has closed this TCP connection (it received a reset, or timed out).
-pub(crate) fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
+pub(crate) fn tcp_is_closed(socket: BorrowedFd<'_>) -> io::Result<bool> {
     // SAFETY: tcp_info is plain data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { zeroed() };
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `info` is writable for `len` bytes and `len` is a valid socklen_t.
     check(unsafe {
         libc::getsockopt(
-            socket,
+            socket.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
@@ -218,7 +220,7 @@ pub(crate) fn tcp_is_closed(socket: RawFd) -> io::Result<bool> {
 }
 
 /// Makes the coming close send a reset and drop unsent data, instead of a FIN after it.
-pub fn set_linger_zero(socket: RawFd) -> io::Result<()> {
+pub fn set_linger_zero(socket: BorrowedFd<'_>) -> io::Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -235,9 +237,9 @@ pub(crate) fn stop_listening(listener: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// Shuts down the sending side: the peer gets a FIN once everything queued has gone out.
-pub(crate) fn shutdown_write(socket: RawFd) -> io::Result<()> {
+pub(crate) fn shutdown_write(socket: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller owns.
-    check(unsafe { libc::shutdown(socket, libc::SHUT_WR) }).map(drop)
+    check(unsafe { libc::shutdown(socket.as_raw_fd(), libc::SHUT_WR) }).map(drop)
 }
 
 /// A socket address in the form the socket calls take.
@@ -325,14 +327,14 @@ fn tcp_socket(addr: &SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
     // SAFETY: `fd` is a fresh descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     setsockopt(
-        fd.as_raw_fd(),
+        fd.as_fd(),
         libc::SOL_SOCKET,
         libc::SO_REUSEADDR,
         1 as libc::c_int,
     )?;
     if reuse_port {
         setsockopt(
-            fd.as_raw_fd(),
+            fd.as_fd(),
             libc::SOL_SOCKET,
             libc::SO_REUSEPORT,
             1 as libc::c_int,
@@ -343,7 +345,7 @@ fn tcp_socket(addr: &SocketAddr, reuse_port: bool) -> io::Result<OwnedFd> {
         // system's bindv6only default says; a specific one binds just itself either way.
         let v6only = !addr.ip().is_unspecified();
         setsockopt(
-            fd.as_raw_fd(),
+            fd.as_fd(),
             libc::IPPROTO_IPV6,
             libc::IPV6_V6ONLY,
             v6only as libc::c_int,
@@ -391,6 +393,16 @@ pub fn bind_listeners(
 
 /// Hands a bound, listening TCP socket over to glommio, on the executor that will accept on it.
 ///
+/// The descriptor of a glommio TCP stream, borrowed for as long as the stream is.
+///
+/// Why here? glommio 0.9's streams give out only their `RawFd` (no `AsFd`); every safe
+/// function in this module takes a `BorrowedFd`.
+pub(crate) fn stream_fd(stream: &glommio::net::TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: a glommio TcpStream owns its socket (a std TcpStream inside it) and closes it
+    // only when it drops; the borrow returned cannot outlive `stream`.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+}
+
 /// Why take an `OwnedFd`? glommio 0.9 adopts listeners only through `FromRawFd`, which
 /// trusts its caller to give up the descriptor and to give a listening socket. Taking it
 /// owned means nobody else can still close it; the listening part is up to the callers
@@ -666,22 +678,40 @@ pub(crate) fn epoll() -> io::Result<OwnedFd> {
 
 /// Adds `socket` to `epoll`, edge-triggered on room to write (errors and hang-ups are always
 /// reported too); `key` comes back with its events.
-pub(crate) fn epoll_add_room(epoll: BorrowedFd<'_>, socket: RawFd, key: u64) -> io::Result<()> {
+pub(crate) fn epoll_add_room(
+    epoll: BorrowedFd<'_>,
+    socket: BorrowedFd<'_>,
+    key: u64,
+) -> io::Result<()> {
     let mut event = libc::epoll_event {
         events: (libc::EPOLLOUT | libc::EPOLLET) as u32,
         u64: key,
     };
     // SAFETY: `event` is a valid epoll_event; the kernel copies it.
-    check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, socket, &mut event) })
-        .map(drop)
+    check(unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            socket.as_raw_fd(),
+            &mut event,
+        )
+    })
+    .map(drop)
 }
 
 /// Takes `socket` out of `epoll`.
-pub(crate) fn epoll_forget(epoll: BorrowedFd<'_>, socket: RawFd) -> io::Result<()> {
+pub(crate) fn epoll_forget(epoll: BorrowedFd<'_>, socket: BorrowedFd<'_>) -> io::Result<()> {
     let mut unused = libc::epoll_event { events: 0, u64: 0 };
     // SAFETY: `unused` is a valid epoll_event (old kernels want one even for a delete).
-    check(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, socket, &mut unused) })
-        .map(drop)
+    check(unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            socket.as_raw_fd(),
+            &mut unused,
+        )
+    })
+    .map(drop)
 }
 
 /// Collects the keys of the sockets in `epoll` with news, without waiting; returns how many

@@ -198,8 +198,7 @@ fn relay_leaves_receive_every_byte_while_the_upstream_grows() {
     const FIRST: u64 = 1 << 20;
     const MORE: u64 = 3 << 20;
     let upstream = Server::in_process(&pattern_range(0, FIRST as usize));
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (_dir, copy) = copy_dir();
     let fetch = Fetch::to_file(upstream.port(), &copy, &[]);
     let relay = Server::builder().in_process().serve(&copy).start();
 
@@ -234,8 +233,7 @@ fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
     const MORE: u64 = 6 << 20;
     const TOTAL: u64 = FIRST + MORE;
     let upstream = Server::in_process(&pattern_range(0, FIRST as usize));
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (_dir, copy) = copy_dir();
     // Small blocks: the file grows for a second or more, so the kills land mid-stream.
     let writer = grow(upstream.path().to_owned(), FIRST, MORE, 20_000, 20);
 
@@ -270,6 +268,44 @@ fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
     );
 }
 
+/// Stops `upstream` (SIGTERM, exit 0), calls `while_down`, and starts a new server on
+/// `served` at the same `port`.
+#[track_caller]
+fn restart(mut upstream: Server, served: &Path, port: u16, while_down: impl FnOnce()) -> Server {
+    upstream.sigterm();
+    upstream.expect_exit(0, PATIENCE);
+    drop(upstream);
+    while_down();
+    serve_at(served, port)
+}
+
+/// Waits until the fetcher has moved its copy of the old file (the first `old` bytes of the
+/// pattern) aside to `copy.log.1` beside `copy`, and `copy` holds the new file, `new`.
+#[track_caller]
+fn expect_rotated_copy(copy: &Path, old: u64, new: &[u8], fetch: &Fetch) {
+    let rotated = copy.with_file_name("copy.log.1");
+    expect_file(&rotated, &pattern_range(0, old as usize), PATIENCE, fetch);
+    expect_file(copy, new, PATIENCE, fetch);
+}
+
+/// A fresh directory for the fetcher's copy, and the copy's path in it (not there yet).
+fn copy_dir() -> (TempDir, PathBuf) {
+    let dir = TempDir::new();
+    let copy = dir.join("copy.log");
+    (dir, copy)
+}
+
+/// An upstream server on a low port (free to restart there) serving `up.log`, which first
+/// holds `contents`, in a directory of its own: (directory, file, port, server).
+fn upstream_on(contents: &[u8]) -> (TempDir, PathBuf, u16, Server) {
+    let dir = TempDir::new();
+    let served = dir.join("up.log");
+    fs::write(&served, contents).unwrap();
+    let port = low_port();
+    let upstream = serve_at(&served, port);
+    (dir, served, port, upstream)
+}
+
 /// Rotates the upstream file (a tail appended just before the rename, then a new file of
 /// `new_len` bytes), which the upstream follows, and checks the fetcher, the rotated copy
 /// (`rotated_name`, FILE.1 when `None`), FILE and the relay, which follows its copy's
@@ -277,14 +313,8 @@ fn a_fetcher_killed_mid_stream_resumes_to_an_exact_copy() {
 fn rotation_is_detected(new_len: u64, rotated_name: Option<&str>) {
     const OLD: u64 = 300_000;
     const TAIL: u64 = 7_000;
-    let up_dir = TempDir::new();
-    let served = up_dir.join("up.log");
-    fs::write(&served, pattern_range(0, OLD as usize)).unwrap();
-    let port = low_port();
-    let mut upstream = serve_at(&served, port);
-
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (up_dir, served, port, mut upstream) = upstream_on(&pattern_range(0, OLD as usize));
+    let (dir, copy) = copy_dir();
     let rotated = dir.join(rotated_name.unwrap_or("copy.log.1"));
     let mut args = vec!["--check-timeout", "1"];
     let rotated_arg = rotated.to_str().unwrap().to_owned();
@@ -349,19 +379,14 @@ fn a_rotation_to_a_longer_file_is_detected_and_flows_down_the_relay_with_a_chose
 
 #[test]
 fn a_stdout_fetch_across_a_server_restart_writes_each_byte_once() {
-    let dir = TempDir::new();
-    let served = dir.join("up.log");
-    fs::write(&served, pattern_range(0, 100_000)).unwrap();
-    let port = low_port();
-    let mut upstream = serve_at(&served, port);
+    let (_dir, served, port, upstream) = upstream_on(&pattern_range(0, 100_000));
     let fetch = Fetch::to_stdout(port, &["--from", "1000"]);
     assert!(poll_until(LONG, || fetch.stdout_len() == 99_000));
 
     append_pattern(&served, 100_000, 5_000);
-    upstream.sigterm();
-    upstream.expect_exit(0, PATIENCE);
-    append_pattern(&served, 105_000, 70_000);
-    let _upstream = serve_at(&served, port);
+    let _upstream = restart(upstream, &served, port, || {
+        append_pattern(&served, 105_000, 70_000)
+    });
     append_pattern(&served, 175_000, 30_000);
 
     let want = pattern_range(1000, 204_000);
@@ -378,12 +403,8 @@ fn a_stdout_fetch_across_a_server_restart_writes_each_byte_once() {
 
 #[test]
 fn a_stdout_fetch_says_when_the_file_was_rotated_and_goes_on_from_its_start() {
-    let dir = TempDir::new();
-    let served = dir.join("up.log");
-    fs::write(&served, pattern_range(0, 60_000)).unwrap();
-    let port = low_port();
+    let (dir, served, port, mut upstream) = upstream_on(&pattern_range(0, 60_000));
     // It follows the rotation below without a restart.
-    let mut upstream = serve_at(&served, port);
     let fetch = Fetch::to_stdout(port, &["--check-timeout", "1"]);
     assert!(poll_until(LONG, || fetch.stdout_len() == 60_000));
 
@@ -413,11 +434,7 @@ fn a_stdout_fetch_says_when_the_file_was_rotated_and_goes_on_from_its_start() {
 
 #[test]
 fn last_and_new_start_at_the_end_and_resume_exactly() {
-    let dir = TempDir::new();
-    let served = dir.join("up.log");
-    fs::write(&served, pattern_range(0, 50_000)).unwrap();
-    let port = low_port();
-    let mut upstream = serve_at(&served, port);
+    let (_dir, served, port, upstream) = upstream_on(&pattern_range(0, 50_000));
     let last = Fetch::to_stdout(port, &["--last", "100"]);
     let new = Fetch::to_stdout(port, &["--new"]);
     for f in [&last, &new] {
@@ -428,10 +445,9 @@ fn last_and_new_start_at_the_end_and_resume_exactly() {
     assert!(poll_until(LONG, || last.stdout_len() == 100));
 
     append_pattern(&served, 50_000, 2_000);
-    upstream.sigterm();
-    upstream.expect_exit(0, PATIENCE);
-    append_pattern(&served, 52_000, 3_000);
-    let _upstream = serve_at(&served, port);
+    let _upstream = restart(upstream, &served, port, || {
+        append_pattern(&served, 52_000, 3_000)
+    });
     assert!(poll_until(LONG, || last.stdout_len() >= 5_100
         && new.stdout_len() >= 5_000));
     assert_bytes(&last.stdout(), &pattern_range(49_900, 5_100), "--last 100");
@@ -461,18 +477,13 @@ fn named_identity(port: u16) -> Option<String> {
 
 #[test]
 fn lines_starts_at_the_last_lines_and_resumes_exactly() {
-    let dir = TempDir::new();
-    let served = dir.join("up.log");
-    fs::write(&served, numbered(0..1000)).unwrap();
-    let port = low_port();
-    let mut upstream = serve_at(&served, port);
+    let (_dir, served, port, upstream) = upstream_on(&numbered(0..1000));
     let fetch = Fetch::to_stdout(port, &["--lines", "3"]);
     assert!(poll_until(LONG, || fetch.stdout_len() == 30));
     assert_bytes(&fetch.stdout(), &numbered(997..1000), "--lines 3");
-    upstream.sigterm();
-    upstream.expect_exit(0, PATIENCE);
-    append(&served, &numbered(1000..1005));
-    let _upstream = serve_at(&served, port);
+    let _upstream = restart(upstream, &served, port, || {
+        append(&served, &numbered(1000..1005))
+    });
     assert!(poll_until(LONG, || fetch.stdout_len() >= 80));
     assert_bytes(
         &fetch.stdout(),
@@ -502,8 +513,7 @@ fn last_asks_the_server_where_to_start_instead_of_reading_the_file() {
 fn to_end_fetches_the_file_as_it_was_and_exits_0() {
     let upstream = Server::in_process(&pattern_range(0, 200_000));
     let addr = format!("127.0.0.1:{}", upstream.port());
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (_dir, copy) = copy_dir();
     // The file grows while the fetcher runs: --to-end stops at the end it was first told.
     let grower = grow(upstream.path().to_path_buf(), 200_000, 300_000, 10_000, 7);
     let run = run_fetch(&[&addr, copy.to_str().unwrap(), "--to-end", "--quiet"]);
@@ -540,13 +550,8 @@ fn to_end_fetches_the_file_as_it_was_and_exits_0() {
 #[test]
 fn a_replaced_file_with_the_same_bytes_is_noticed_by_its_identity() {
     const OLD: u64 = 100_000;
-    let up_dir = TempDir::new();
-    let served = up_dir.join("up.log");
-    fs::write(&served, pattern_range(0, OLD as usize)).unwrap();
-    let port = low_port();
-    let _upstream = serve_at(&served, port);
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (up_dir, served, port, _upstream) = upstream_on(&pattern_range(0, OLD as usize));
+    let (dir, copy) = copy_dir();
     // A long check timeout: nothing here may wait for it.
     let fetch = Fetch::to_file(port, &copy, &["--check-timeout", "60"]);
     expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
@@ -565,13 +570,7 @@ fn a_replaced_file_with_the_same_bytes_is_noticed_by_its_identity() {
     let started = Instant::now();
     fs::write(&served, &new).unwrap();
     // The upstream follows the rotation: it ends the fetcher's stream and serves the new file.
-    expect_file(
-        &dir.join("copy.log.1"),
-        &pattern_range(0, OLD as usize),
-        PATIENCE,
-        &fetch,
-    );
-    expect_file(&copy, &new, PATIENCE, &fetch);
+    expect_rotated_copy(&copy, OLD, &new, &fetch);
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "waited for the check timeout"
@@ -582,13 +581,8 @@ fn a_replaced_file_with_the_same_bytes_is_noticed_by_its_identity() {
 #[test]
 fn a_restarted_fetcher_knows_the_identity_of_its_copy() {
     const OLD: u64 = 50_000;
-    let up_dir = TempDir::new();
-    let served = up_dir.join("up.log");
-    fs::write(&served, pattern_range(0, OLD as usize)).unwrap();
-    let port = low_port();
-    let _upstream = serve_at(&served, port);
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (up_dir, served, port, _upstream) = upstream_on(&pattern_range(0, OLD as usize));
+    let (dir, copy) = copy_dir();
     let mut fetch = Fetch::to_file(port, &copy, &[]);
     expect_file(&copy, &pattern_range(0, OLD as usize), LONG, &fetch);
     assert!(poll_until(PATIENCE, || dir
@@ -608,13 +602,7 @@ fn a_restarted_fetcher_knows_the_identity_of_its_copy() {
         "the upstream follows the rotation"
     );
     let fetch = Fetch::to_file(port, &copy, &["--check-timeout", "60"]);
-    expect_file(
-        &dir.join("copy.log.1"),
-        &pattern_range(0, OLD as usize),
-        PATIENCE,
-        &fetch,
-    );
-    expect_file(&copy, &new, PATIENCE, &fetch);
+    expect_rotated_copy(&copy, OLD, &new, &fetch);
 }
 
 #[test]
@@ -625,8 +613,7 @@ fn a_server_without_http_is_fetched_by_offset_and_refuses_what_needs_http() {
         .arg("--no-http")
         .start();
     let addr = format!("127.0.0.1:{}", upstream.port());
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (dir, copy) = copy_dir();
     let fetch = Fetch::to_file(upstream.port(), &copy, &[]);
     expect_file(&copy, &pattern_range(0, 30_000), LONG, &fetch);
     upstream.append(&pattern_range(30_000, 1_000));
@@ -642,8 +629,7 @@ fn a_server_without_http_is_fetched_by_offset_and_refuses_what_needs_http() {
 #[test]
 fn once_exits_0_when_the_server_closes_the_stream() {
     let upstream = Server::in_process(&pattern_range(0, 10_000));
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (_dir, copy) = copy_dir();
     let mut fetch = Fetch::to_file(upstream.port(), &copy, &["--once", "--fsync", "0.05"]);
     expect_file(&copy, &pattern_range(0, 10_000), LONG, &fetch);
     upstream.sigterm();
@@ -655,8 +641,7 @@ fn sigint_and_sigterm_end_a_fetch_in_order_with_130_and_0() {
     let upstream = Server::in_process(&pattern_range(0, 20_000));
     for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 0)] {
         // Streaming: the copy is complete and the fetcher waits for more.
-        let dir = TempDir::new();
-        let copy = dir.join("copy.log");
+        let (_dir, copy) = copy_dir();
         let mut fetch = Fetch::to_file(upstream.port(), &copy, &[]);
         expect_file(&copy, &pattern_range(0, 20_000), LONG, &fetch);
         fetch.signal(signal);
@@ -778,8 +763,7 @@ fn a_file_that_cannot_be_written_exits_5_with_one_line() {
 #[test]
 fn a_second_fetcher_on_the_same_file_exits_5() {
     let upstream = Server::in_process(&pattern_range(0, 1000));
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (_dir, copy) = copy_dir();
     let first = Fetch::to_file(upstream.port(), &copy, &[]);
     expect_file(&copy, &pattern_range(0, 1000), LONG, &first);
     let addr = format!("127.0.0.1:{}", upstream.port());
@@ -793,8 +777,7 @@ fn a_second_fetcher_on_the_same_file_exits_5() {
 #[test]
 fn a_copy_longer_than_the_servers_file_exits_6_when_rotation_handling_is_off() {
     let upstream = Server::in_process(&pattern_range(0, 5_000));
-    let dir = TempDir::new();
-    let copy = dir.join("copy.log");
+    let (dir, copy) = copy_dir();
     let held = pattern_range(0, 10_000);
     fs::write(&copy, &held).unwrap();
     let addr = format!("127.0.0.1:{}", upstream.port());

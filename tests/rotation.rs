@@ -8,7 +8,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -18,6 +18,34 @@ use tailsrv::{FileId, Handle, Rotation};
 /// Content that differs from the pattern at every offset near the start: "the new file".
 fn other(len: u64) -> Vec<u8> {
     pattern_range(1_000_003, len as usize)
+}
+
+/// A fresh directory whose `served.log` holds the first `len` bytes of the pattern, and a
+/// two-shard server on it.
+fn served_pattern(len: u64) -> (TempDir, PathBuf, InProcess) {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append_pattern(&path, 0, len);
+    let server = InProcess::with_shards(&path, 2, &[]);
+    (dir, path, server)
+}
+
+/// A client that asked for the file from 0 and has read its first `len` bytes.
+#[track_caller]
+fn client_caught_up(port: u16, len: u64) -> Client {
+    let mut client = Client::connect(port);
+    client.send(b"0\n");
+    client.expect_pattern(0, len, PATIENCE);
+    client
+}
+
+/// Truncates the file at `path` to nothing, in place (copytruncate's second step).
+fn truncate(path: &Path) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(0))
+        .unwrap_or_else(|e| panic!("truncating {}: {e}", path.display()));
 }
 
 /// Waits until the server serves the file now at `path` to new clients.
@@ -46,13 +74,25 @@ fn assert_rotations(handle: &Handle, want: [u64; 4]) {
 /// when its last client ended.
 #[track_caller]
 fn expect_old_files_closed(handle: &Handle) {
+    expect_open_files(handle, 1, "");
+}
+
+/// Waits until the server holds no file open at all (between a rotation and the next file).
+#[track_caller]
+fn expect_old_files_closed_or_none(handle: &Handle) {
+    expect_open_files(handle, 0, " with no file at FILE's name");
+}
+
+/// Waits until the server holds `want` generations of FILE open; `context` ends the message.
+#[track_caller]
+fn expect_open_files(handle: &Handle, want: u64, context: &str) {
     let mut open = 0;
     assert!(
         poll_until(PATIENCE, || {
             open = handle.open_generations();
-            open == 1
+            open == want
         }),
-        "{open} files still open"
+        "{open} files still open{context}"
     );
 }
 
@@ -61,10 +101,7 @@ fn a_rename_and_create_ends_100_clients_mid_stream_with_the_old_bytes_then_serve
     const OLD: u64 = 64 << 10;
     const TAIL: u64 = 5000;
     const CLIENTS: usize = 100;
-    let dir = TempDir::new();
-    let path = dir.join("served.log");
-    append_pattern(&path, 0, OLD);
-    let server = InProcess::with_shards(&path, 2, &[]);
+    let (dir, path, server) = served_pattern(OLD);
     let first = expect_serving(&server.handle, &path);
     // One reading thread per client, started before the rotation: they read in parallel, so
     // that no client's full socket waits on another's turn, and nothing is left to start
@@ -109,13 +146,8 @@ fn a_rename_and_create_ends_100_clients_mid_stream_with_the_old_bytes_then_serve
 #[test]
 fn a_file_created_2_s_after_the_rename_is_served_to_clients_that_came_in_between() {
     const OLD: u64 = 20_000;
-    let dir = TempDir::new();
-    let path = dir.join("served.log");
-    append_pattern(&path, 0, OLD);
-    let server = InProcess::with_shards(&path, 2, &[]);
-    let mut old = Client::connect(server.port());
-    old.send(b"0\n");
-    old.expect_pattern(0, OLD, PATIENCE);
+    let (dir, path, server) = served_pattern(OLD);
+    let mut old = client_caught_up(server.port(), OLD);
 
     fs::rename(&path, dir.join("served.log.1")).unwrap();
     old.expect_eof(PATIENCE);
@@ -145,29 +177,11 @@ fn a_file_created_2_s_after_the_rename_is_served_to_clients_that_came_in_between
     expect_old_files_closed(&server.handle);
 }
 
-/// Waits until the server holds no file open at all (between a rotation and the next file).
-#[track_caller]
-fn expect_old_files_closed_or_none(handle: &Handle) {
-    let mut open = 0;
-    assert!(
-        poll_until(PATIENCE, || {
-            open = handle.open_generations();
-            open == 0
-        }),
-        "{open} files still open with no file at FILE's name"
-    );
-}
-
 #[test]
 fn a_file_replaced_by_another_drains_its_clients_and_serves_the_other() {
     const OLD: u64 = 100_000;
-    let dir = TempDir::new();
-    let path = dir.join("served.log");
-    append_pattern(&path, 0, OLD);
-    let server = InProcess::with_shards(&path, 2, &[]);
-    let mut caught_up = Client::connect(server.port());
-    caught_up.send(b"0\n");
-    caught_up.expect_pattern(0, OLD, PATIENCE);
+    let (dir, path, server) = served_pattern(OLD);
+    let mut caught_up = client_caught_up(server.port(), OLD);
     let mut past_end = Client::connect(server.port());
     past_end.send(format!("{}\n", 2 * OLD).as_bytes());
     // Both read this file before it is replaced.
@@ -240,14 +254,9 @@ fn record(n: u64) -> Vec<u8> {
 #[test]
 fn copytruncate_with_racing_appends_resets_old_clients_and_serves_from_the_new_start() {
     const OLD: u64 = 1 << 20;
-    let dir = TempDir::new();
-    let path = dir.join("served.log");
-    append_pattern(&path, 0, OLD);
-    let server = InProcess::with_shards(&path, 2, &[]);
+    let (dir, path, server) = served_pattern(OLD);
     let first = expect_serving(&server.handle, &path);
-    let mut reader = Client::connect(server.port());
-    reader.send(b"0\n");
-    reader.expect_pattern(0, OLD, PATIENCE);
+    let mut reader = client_caught_up(server.port(), OLD);
     let mut new_only = Client::connect(server.port());
     new_only.send(b"-0\n");
 
@@ -280,12 +289,7 @@ fn copytruncate_with_racing_appends_resets_old_clients_and_serves_from_the_new_s
     // logrotate's copytruncate: copy, then truncate in place, with the writer going on.
     let rotated = dir.join("served.log.1");
     fs::copy(&path, &rotated).unwrap();
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    truncate(&path);
     let truncated_at = *written.lock().unwrap();
     assert!(
         poll_until(PATIENCE, || server.handle.rotations(Rotation::Truncated)
@@ -482,12 +486,7 @@ fn a_rotation_storm_never_mixes_generations_or_leaks_descriptors() {
                 fs::rename(&next, &path).unwrap();
             }
             _ => {
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .unwrap()
-                    .set_len(0)
-                    .unwrap();
+                truncate(&path);
             }
         }
         generations.push(if k % 4 == 3 { Vec::new() } else { header });
@@ -715,16 +714,19 @@ fn the_http_file_identity_changes_at_each_rotation_and_truncation_of_one_server(
     expect_serving(&server.handle, &path);
     let second = identity();
     assert_ne!(second, first);
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
-    assert!(poll_until(PATIENCE, || server
-        .handle
-        .rotations(Rotation::Truncated)
-        == 1));
+    truncate(&path);
+    let handle = &server.handle;
+    assert!(
+        poll_until(PATIENCE, || handle.rotations(Rotation::Truncated) == 1),
+        "the truncation was not seen: rotations {:?}, size {}, following {}, idle looks {}, \
+         inotify wake-ups {}, clients {}",
+        Rotation::ALL.map(|kind| handle.rotations(kind)),
+        handle.file_size(),
+        handle.following_growth(),
+        handle.idle_looks(),
+        handle.watcher_wakeups(),
+        handle.clients(),
+    );
     let third = identity();
     assert_ne!(third, second);
     assert_eq!(third, server.handle.file_id().unwrap().to_string());

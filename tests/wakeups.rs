@@ -14,6 +14,15 @@ const APPENDS: usize = 1000;
 const LOCKSTEP: usize = 200;
 const RECORD: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
 
+/// A fresh directory whose `served.log` holds one line, "start", and a two-shard server on it.
+fn two_shards_on_start() -> (TempDir, std::path::PathBuf, InProcess) {
+    let dir = TempDir::new();
+    let path = dir.join("served.log");
+    append(&path, b"start\n");
+    let server = InProcess::with_shards(&path, 2, &[]);
+    (dir, path, server)
+}
+
 /// Appends `APPENDS` records, one write each, and waits until the watcher has published the
 /// new size: with nobody connected it takes it on its slow timer, not from inotify.
 fn append_records(handle: &Handle, path: &std::path::Path) -> u64 {
@@ -63,10 +72,7 @@ fn shard_wakeups(handle: &Handle) -> Vec<u64> {
 /// client gets everything, including growth the watcher never heard of.
 #[test]
 fn with_nobody_connected_appends_wake_nobody_and_the_first_client_misses_nothing() {
-    let dir = TempDir::new();
-    let path = dir.join("served.log");
-    append(&path, b"start\n");
-    let server = InProcess::with_shards(&path, 2, &[]);
+    let (_dir, path, server) = two_shards_on_start();
     let handle = server.handle.clone();
     assert!(
         poll_until(PATIENCE, || !handle.following_growth()),
@@ -193,10 +199,7 @@ fn a_truncation_with_nobody_connected_is_noticed_on_the_slow_timer() {
 
 #[test]
 fn growth_wakes_only_the_shards_with_clients_waiting() {
-    let dir = TempDir::new();
-    let path = dir.join("served.log");
-    append(&path, b"start\n");
-    let server = InProcess::with_shards(&path, 2, &[]);
+    let (_dir, path, server) = two_shards_on_start();
     let handle = server.handle.clone();
     // Every shard hears the watcher once at start.
     assert!(

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -462,7 +462,7 @@ impl Worker {
                 self.out.per_client_records.push(conn.records);
             }
             if let Some(fd) = conn.fd.take() {
-                let _ = tailsrv::sys::set_linger_zero(fd.as_raw_fd());
+                let _ = tailsrv::sys::set_linger_zero(fd.as_fd());
             }
         }
         self.publish();
@@ -552,10 +552,11 @@ impl Worker {
         self.inflight -= 1;
         let role = self.role(i);
         let conn = &mut self.conns[i];
-        let Some(fd) = conn.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+        let Some(fd) = conn.fd.as_ref().map(AsFd::as_fd) else {
             return;
         };
         let _ = sys::set_nodelay(fd);
+        let fd = fd.as_raw_fd();
         // Stalled clients ask for nothing; the kernel still reports a hang-up or an error.
         let interest = if role == Role::Stalled { 0 } else { EPOLLIN };
         let token = conn.token(i);
@@ -629,7 +630,7 @@ impl Worker {
 
     fn readable(&mut self, i: usize) {
         let role = self.role(i);
-        let Some(fd) = self.conns[i].fd.as_ref().map(AsRawFd::as_raw_fd) else {
+        let Some(fd) = self.conns[i].fd.as_ref().map(AsFd::as_fd) else {
             return;
         };
         let in_head = self.conns[i].head != Head::Done;
@@ -637,7 +638,7 @@ impl Worker {
         let got = if copy {
             tailsrv::sys::recv_now(fd, &mut self.buf)
         } else {
-            sys::recv_discard(fd, DISCARD_MAX)
+            sys::recv_discard(fd.as_raw_fd(), DISCARD_MAX)
         };
         let n = match got {
             Ok(0) => {
@@ -756,7 +757,7 @@ impl Worker {
         let conn = &mut self.conns[i];
         if let Some(fd) = conn.fd.take() {
             if abortive {
-                let _ = tailsrv::sys::set_linger_zero(fd.as_raw_fd());
+                let _ = tailsrv::sys::set_linger_zero(fd.as_fd());
             }
         }
         conn.gen = conn.gen.wrapping_add(1);

@@ -43,7 +43,7 @@ pub fn serve(path: &Path, addr: SocketAddr) -> io::Result<()> {
     let listener = listeners
         .pop()
         .expect("bind_listeners returns `count` sockets");
-    tailsrv::sys::set_nonblocking(listener.as_raw_fd())?;
+    tailsrv::sys::set_nonblocking(listener.as_fd())?;
     let epoll = Epoll::new()?;
     epoll.add(listener.as_raw_fd(), EPOLLIN, LISTENER)?;
     epoll.add(inotify.as_raw_fd(), EPOLLIN, INOTIFY)?;
@@ -64,7 +64,7 @@ pub fn serve(path: &Path, addr: SocketAddr) -> io::Result<()> {
             match token {
                 LISTENER => {
                     while let Some(sock) = sys::accept(listener.as_raw_fd())? {
-                        let _ = sys::set_nodelay(sock.as_raw_fd());
+                        let _ = sys::set_nodelay(sock.as_fd());
                         let slot = free.pop().unwrap_or_else(|| {
                             clients.push(None);
                             clients.len() - 1
@@ -140,7 +140,7 @@ fn pump(client: &mut Client, file: BorrowedFd<'_>, size: u64) -> bool {
     };
     while offset < size {
         let count = usize::try_from(size - offset).unwrap_or(usize::MAX);
-        match tailsrv::sys::sendfile(client.sock.as_raw_fd(), file, offset, count) {
+        match tailsrv::sys::sendfile(client.sock.as_fd(), file, offset, count) {
             Ok(0) => break,
             Ok(n) => offset += n as u64,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -158,10 +158,8 @@ fn pump(client: &mut Client, file: BorrowedFd<'_>, size: u64) -> bool {
 /// Reads header bytes until the newline (or the client's half-close). False: drop it.
 fn read_header(client: &mut Client, file: &File, size: &mut u64) -> bool {
     loop {
-        let got = tailsrv::sys::recv_now(
-            client.sock.as_raw_fd(),
-            &mut client.header[client.header_len..],
-        );
+        let got =
+            tailsrv::sys::recv_now(client.sock.as_fd(), &mut client.header[client.header_len..]);
         let at_eof = match got {
             Ok(0) => true,
             Ok(n) => {
@@ -197,7 +195,7 @@ fn read_header(client: &mut Client, file: &File, size: &mut u64) -> bool {
 /// Drops whatever the client sent after its header. False: it is gone.
 fn discard_input(client: &mut Client) -> bool {
     loop {
-        match tailsrv::sys::discard_input(client.sock.as_raw_fd()) {
+        match tailsrv::sys::discard_input(client.sock.as_fd()) {
             Ok(0) => {
                 // A half-close: the client may still be reading, so keep sending.
                 client.input_closed = true;

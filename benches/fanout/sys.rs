@@ -9,7 +9,7 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use tailsrv::sys::{check, check_size, setsockopt};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock the writer stamps records with and clients read
@@ -151,7 +151,7 @@ pub fn socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
-pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
     setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1 as libc::c_int)
 }
 

@@ -43,7 +43,7 @@ use output::{Moved, Output, Wrote};
 use progress::Progress;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 use stop::{Stop, Waited};
 use tracing::{debug, info, warn};
@@ -286,8 +286,7 @@ impl Fetcher {
                 }
                 Ok(Some(s)) => {
                     let (idle, interval, count) = KEEPALIVE;
-                    if let Err(e) = crate::sys::set_keepalive(s.as_raw_fd(), idle, interval, count)
-                    {
+                    if let Err(e) = crate::sys::set_keepalive(s.as_fd(), idle, interval, count) {
                         debug!(error = %e, "cannot turn on TCP keepalive");
                     }
                     return Ok(s);

@@ -22,8 +22,8 @@ use tracing::error;
 
 mod slot;
 
-pub use slot::ClientSlot;
 use slot::{send_direct, wake_drained, Slot};
+pub use slot::{ClientSlot, Connection};
 
 /// How long clients may keep reading after the file is gone (or rotated away) before they
 /// are closed.
@@ -372,7 +372,7 @@ impl Shard {
                 // Why the tag? A slot is reused by the next client; an edge for the one
                 // before must not wake it (harmless, but a wasted send).
                 if let Some(slot) = slots.get_mut(index) {
-                    if slot.in_room.is_some_and(|(_, t)| t == tag) {
+                    if slot.in_room == Some(tag) {
                         wakers.extend(slot.room.take());
                     }
                 }

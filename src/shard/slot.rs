@@ -1,6 +1,6 @@
-//! A client's place in its shard ([`ClientSlot`]): what the shard knows about it, how it
-//! waits for growth, the phase or room on its socket, and the shard's set of full sockets
-//! that wakes it when its socket drains.
+//! A client's place in its shard ([`ClientSlot`]) and its [`Connection`]: what the shard
+//! knows about it, how it waits for growth, the phase or room on its socket, and the
+//! shard's set of full sockets that wakes it when its socket drains.
 
 use super::Shard;
 use crate::pace::CHUNK;
@@ -8,11 +8,14 @@ use crate::state::{Generation, Phase};
 use crate::stats::{ClientStart, ShardStats};
 use crate::sys;
 use futures_lite::future;
+use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::ops::Deref;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tracing::{debug, error};
 
@@ -29,14 +32,37 @@ pub(super) struct Slot {
     pub(super) phase: Option<Waker>,
     /// Where the client is in the file, once its header is read.
     pub(super) offset: Option<u64>,
-    /// The socket of a client waiting for growth that the doorbell may send to directly.
+    /// The socket of a client waiting for growth that the doorbell may send to directly,
+    /// lent by its [`Connection`] (see [`Slot::direct_socket`]).
     pub(super) direct: Option<RawFd>,
     /// Woken when the client's full socket has room again.
     pub(super) room: Option<Waker>,
-    /// The client's socket and its tag, once in the shard's room set.
-    pub(super) in_room: Option<(RawFd, u32)>,
+    /// The tag of the client's socket in the shard's room set, once it is there.
+    pub(super) in_room: Option<u32>,
     /// Whether the client's start is recorded in the shard's stats.
     pub(super) started: bool,
+}
+
+impl Slot {
+    /// The socket a client waiting for growth lent for direct sends, borrowed while the
+    /// slot is.
+    ///
+    /// Why a raw descriptor and not a duplicate? Ten thousand waiting clients would hold
+    /// twenty thousand descriptors. The client's [`Connection`] owns the socket; the slot
+    /// only names it, for as long as the connection lends it.
+    #[allow(unsafe_code)]
+    fn direct_socket(&self) -> Option<BorrowedFd<'_>> {
+        // SAFETY: `direct` is set only by `Connection::wait_growth`, to the descriptor of the
+        // connection's own stream, and it is cleared by `stop_waiting`, by `Shard::bump` when
+        // it wakes the task, and by `ClientSlot::drop`, which takes the whole slot first
+        // thing. A `Connection` drops its `ClientSlot` before its stream (field order), and
+        // hands out no `&mut` to the stream that could replace it, so the stream closes
+        // the socket only after `direct` is cleared: while `direct` holds a descriptor, it is
+        // the client's open socket. The borrow lives no longer than the borrow of the slot,
+        // within one synchronous pass on the shard's thread, during which no connection
+        // drops.
+        self.direct.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
+    }
 }
 
 /// The key a client's socket has in the room set: its slot, and a tag from its id.
@@ -90,7 +116,7 @@ pub(super) fn send_direct(
     size: u64,
     sent: &mut u64,
 ) -> bool {
-    let (Some(sock), Some(file), Some(offset)) = (slot.direct, file, slot.offset) else {
+    let (Some(sock), Some(file), Some(offset)) = (slot.direct_socket(), file, slot.offset) else {
         return false;
     };
     if offset >= size {
@@ -101,9 +127,10 @@ pub(super) fn send_direct(
     let count = usize::try_from(due).map_or(CHUNK, |d| d.min(CHUNK));
     match crate::sys::sendfile(sock, file, offset, count) {
         Ok(n) => {
-            slot.offset = Some(offset + n as u64);
-            *sent += n as u64;
-            n as u64 == due
+            let n = n as u64;
+            slot.offset = Some(offset + n);
+            *sent += n;
+            n == due
         }
         Err(_) => false,
     }
@@ -129,11 +156,9 @@ impl ClientSlot {
         self.id.unwrap_or(u64::MAX)
     }
 
-    /// Wake this task when the file grows or the phase changes. With `direct`, the client's
-    /// socket, the shard may instead send the new bytes itself and leave the task asleep
-    /// (see `Shard::bump`); the task then finds its offset moved on. Only a client reading
-    /// the shard's current generation may ask for that: the shard sends from that file.
-    pub fn wait_growth(&self, waker: &Waker, direct: Option<RawFd>) {
+    /// Wake this task when the file grows or the phase changes; `direct` as
+    /// [`Connection::wait_growth`] lends it, the only caller.
+    fn wait_growth(&self, waker: &Waker, direct: Option<RawFd>) {
         {
             let mut slots = self.shard.slots.borrow_mut();
             let slot = &mut slots[self.index];
@@ -166,29 +191,88 @@ impl ClientSlot {
         self.shard.slots.borrow_mut()[self.index].phase = Some(waker.clone());
     }
 
-    /// Resolves when `socket`, which was just found full, has room again (or the server is
+    /// Records where the client is, for the lag report.
+    pub fn set_offset(&self, offset: u64) {
+        self.shard.slots.borrow_mut()[self.index].offset = Some(offset);
+    }
+}
+
+/// A client's connection: its place in the shard, and its socket, which the shard may send
+/// to directly while the client's task sleeps (see `Shard::bump`).
+///
+/// Why one value for both? The shard names the socket by its raw descriptor while the
+/// client waits for growth ([`Slot::direct_socket`]); that is sound only if the slot forgets
+/// it before the socket closes. Fields drop in the order they are declared: the slot
+/// first, then the stream, which closes the socket. And nothing outside gets a `&mut` to
+/// the stream, which could swap it for another.
+pub struct Connection {
+    slot: ClientSlot,
+    stream: TcpStream,
+}
+
+impl Connection {
+    /// The client in `slot`, connected by `stream`.
+    pub fn new(slot: ClientSlot, stream: TcpStream) -> Self {
+        Connection { slot, stream }
+    }
+
+    /// The client's stream.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The client's socket.
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        sys::stream_fd(&self.stream)
+    }
+
+    /// Reads what the client sent, through glommio (which waits for it).
+    pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        use futures_lite::AsyncRead;
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+
+    /// Wake this task when the file grows or the phase changes. With `direct`, the shard may
+    /// instead send the new bytes to the socket itself and leave the task asleep (see
+    /// `Shard::bump`); the task then finds its offset moved on. Only a client reading the
+    /// shard's current generation may ask for that: the shard sends from that file.
+    pub fn wait_growth(&self, waker: &Waker, direct: bool) {
+        let socket = direct.then(|| self.stream.as_raw_fd());
+        self.slot.wait_growth(waker, socket);
+    }
+
+    /// Resolves when the socket, which was just found full, has room again (or the server is
     /// closing, or the generation it reads has ended, or the socket failed: the next send
-    /// says which).
+    /// says which). The client counts as blocked meanwhile.
     ///
     /// Why through the shard's epoll set? See [`wake_drained`]. The socket joins the set the
     /// first time it is full and stays until the client goes; an edge that arrived before this
     /// call is stale (the socket filled since) and is not counted, as nothing is registered
     /// to hear it. The caller must call this right after the send that found the socket full,
     /// without yielding in between, or it could sleep through the edge it waits for.
-    pub async fn until_room(&self, socket: RawFd, generation: Option<&Generation>) {
-        if let Err(e) = self.join_room(socket) {
+    pub async fn until_room(&self, generation: Option<&Generation>) {
+        let stats = &self.slot.shard.stats;
+        ShardStats::add(&stats.full_waits, 1);
+        ShardStats::add(&stats.blocked, 1);
+        self.wait_for_room(generation).await;
+        ShardStats::sub(&stats.blocked, 1);
+    }
+
+    /// [`Connection::until_room`], without the counting.
+    async fn wait_for_room(&self, generation: Option<&Generation>) {
+        if let Err(e) = self.join_room() {
             // Without the set (it takes kernel memory per socket), look again soon: slow for
             // this client, harmless to the others.
-            debug!(shard = self.shard.index, client = self.id(), error = %e, "cannot put the socket in the room set; polling it");
+            debug!(shard = self.slot.shard.index, client = self.id(), error = %e, "cannot put the socket in the room set; polling it");
             Timer::new(ROOM_RETRY).await;
             return;
         }
         let mut registered = false;
         future::poll_fn(|cx| {
-            let mut slots = self.shard.slots.borrow_mut();
-            let slot = &mut slots[self.index];
+            let mut slots = self.slot.shard.slots.borrow_mut();
+            let slot = &mut slots[self.slot.index];
             let ended = generation.is_some_and(|g| g.ending() >= crate::state::Ending::Closed);
-            if self.shard.phase() >= Phase::Closing || ended {
+            if self.slot.shard.phase() >= Phase::Closing || ended {
                 slot.room = None;
                 return Poll::Ready(());
             }
@@ -205,31 +289,37 @@ impl ClientSlot {
     }
 
     /// Puts the client's socket in the shard's room set, if it is not there yet.
-    fn join_room(&self, socket: RawFd) -> io::Result<()> {
-        let mut slots = self.shard.slots.borrow_mut();
-        let slot = &mut slots[self.index];
-        if slot.in_room.is_some_and(|(fd, _)| fd == socket) {
+    fn join_room(&self) -> io::Result<()> {
+        let mut slots = self.slot.shard.slots.borrow_mut();
+        let slot = &mut slots[self.slot.index];
+        if slot.in_room.is_some() {
             return Ok(());
         }
         let tag = self.id() as u32;
-        sys::epoll_add_room(self.shard.room.as_fd(), socket, room_key(self.index, tag))?;
-        slot.in_room = Some((socket, tag));
+        let key = room_key(self.slot.index, tag);
+        sys::epoll_add_room(self.slot.shard.room.as_fd(), self.socket(), key)?;
+        slot.in_room = Some(tag);
         Ok(())
     }
 
     /// Takes the client's socket out of the shard's room set; call before closing it.
     pub fn forget_room(&self) {
-        let in_room = self.shard.slots.borrow_mut()[self.index].in_room.take();
-        if let Some((socket, _)) = in_room {
+        let in_room = self.slot.shard.slots.borrow_mut()[self.slot.index]
+            .in_room
+            .take();
+        if in_room.is_some() {
             // Closing the socket would take it out too, unless another reference to it lives
             // on (a pending io_uring operation); the explicit delete leaves no doubt.
-            let _ = sys::epoll_forget(self.shard.room.as_fd(), socket);
+            let _ = sys::epoll_forget(self.slot.shard.room.as_fd(), self.socket());
         }
     }
+}
 
-    /// Records where the client is, for the lag report.
-    pub fn set_offset(&self, offset: u64) {
-        self.shard.slots.borrow_mut()[self.index].offset = Some(offset);
+impl Deref for Connection {
+    type Target = ClientSlot;
+
+    fn deref(&self) -> &ClientSlot {
+        &self.slot
     }
 }
 

@@ -64,8 +64,8 @@ impl Client {
     /// Closes the connection with a reset (SO_LINGER 0), as a crashing client's kernel would.
     #[track_caller]
     pub fn reset(self) {
-        use std::os::fd::AsRawFd;
-        tailsrv::sys::set_linger_zero(self.stream.as_raw_fd()).expect("SO_LINGER");
+        use std::os::fd::AsFd;
+        tailsrv::sys::set_linger_zero(self.stream.as_fd()).expect("SO_LINGER");
         drop(self.stream);
     }
 

@@ -15,7 +15,7 @@ use crate::server::Target;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -435,7 +435,7 @@ fn one_client(shared: &Shared, rng: &mut Rng) {
     }
     check.finish(shared);
     if leave == Leave::Reset {
-        let _ = tailsrv::sys::set_linger_zero(stream.as_raw_fd());
+        let _ = tailsrv::sys::set_linger_zero(stream.as_fd());
     }
     drop(stream);
     t.served.fetch_add(1, Ordering::Relaxed);
