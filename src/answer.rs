@@ -32,6 +32,7 @@ pub fn answer(route: Route, host: Option<&str>, html: bool, page: &str) -> Answe
             200,
             http::reply(
                 "200 OK",
+                http::PLAIN_TEXT,
                 &[("Vary", "Accept")],
                 &http::help(host),
                 head_only,
@@ -41,6 +42,7 @@ pub fn answer(route: Route, host: Option<&str>, html: bool, page: &str) -> Answe
             404,
             http::reply(
                 "404 Not Found",
+                http::PLAIN_TEXT,
                 &[],
                 "no such path: try /stream, or / for help\n",
                 head_only,
@@ -50,6 +52,7 @@ pub fn answer(route: Route, host: Option<&str>, html: bool, page: &str) -> Answe
             405,
             http::reply(
                 "405 Method Not Allowed",
+                http::PLAIN_TEXT,
                 &[("Allow", http::ALLOW)],
                 "only GET and HEAD\n",
                 false,
@@ -57,7 +60,13 @@ pub fn answer(route: Route, host: Option<&str>, html: bool, page: &str) -> Answe
         ),
         Route::BadRequest(why) => (
             400,
-            http::reply("400 Bad Request", &[], &format!("{why}\n"), false),
+            http::reply(
+                "400 Bad Request",
+                http::PLAIN_TEXT,
+                &[],
+                &format!("{why}\n"),
+                false,
+            ),
         ),
     };
     Answer::Complete { status, response }
@@ -97,6 +106,7 @@ pub async fn begin_stream(
         shard.stats.responded(500);
         let response = http::reply(
             "500 Internal Server Error",
+            http::PLAIN_TEXT,
             &[],
             "cannot read the file\n",
             head_only,

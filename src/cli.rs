@@ -43,13 +43,15 @@ pub struct Options {
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
     pub header_timeout: Duration,
 
-    /// Coalesce deliveries under load: growth that comes less than DURATION after the last
-    /// delivery to the readers waits until DURATION after it, and goes out with whatever
-    /// else was appended meanwhile (e.g. 500us, 2ms; 0 sends every append at once; at most 1s)
+    /// Coalesce deliveries under load: growth that comes within the window after the last
+    /// delivery to the readers waits for the window's end, and goes out with whatever else
+    /// was appended meanwhile. The window starts at a quarter of DURATION and doubles while
+    /// the file stays busy, up to DURATION (e.g. 2ms, 10ms; 0 sends every append at once;
+    /// at most 1s)
     ///
-    /// The cost is latency under load only: while appends come more often than this, a
-    /// reader gets each up to DURATION later than it would have. An append to a file that
-    /// was calm for DURATION is sent at once. What it saves, and how the default was chosen:
+    /// The cost is latency under load only: while appends keep coming, a reader gets each
+    /// up to DURATION later than it would have. Appends further apart than a quarter of
+    /// DURATION are sent at once. What it saves, and how the default was chosen:
     /// docs/operations.md.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_LINGER,
           value_parser = crate::linger::parse_window)]
@@ -124,7 +126,7 @@ pub struct Options {
 }
 
 /// The `--linger` default (see docs/operations.md, "Coalescing", for the measurements).
-pub const DEFAULT_LINGER: &str = "500us";
+pub const DEFAULT_LINGER: &str = "2ms";
 
 /// What tailsrv does when FILE is rotated or truncated (`--on-rotation`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

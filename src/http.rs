@@ -183,13 +183,11 @@ fn truncate(text: &str) -> String {
 /// The response head of `/stream`: the body that follows is the file from `start` on.
 pub fn stream_head(start: u64, size: u64, file: Option<FileId>) -> String {
     let mut out = String::with_capacity(256);
-    out.push_str(
-        "HTTP/1.1 200 OK\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         X-Content-Type-Options: nosniff\r\n\
-         Cache-Control: no-store\r\n\
-         Connection: close\r\n",
-    );
+    out.push_str("HTTP/1.1 200 OK\r\n");
+    for (name, value) in PLAIN_TEXT {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    out.push_str("Connection: close\r\n");
     let _ = write!(out, "Tailsrv-Start: {start}\r\nTailsrv-Size: {size}\r\n");
     if let Some(id) = file {
         let _ = write!(out, "Tailsrv-File: {id}\r\n");
@@ -198,16 +196,28 @@ pub fn stream_head(start: u64, size: u64, file: Option<FileId>) -> String {
     out
 }
 
-/// A complete response that closes the connection: status, headers, a short text body.
-/// With `head_only`, the headers the full response would have and no body.
-pub fn reply(status: &str, extra: &[(&str, &str)], body: &str, head_only: bool) -> String {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         X-Content-Type-Options: nosniff\r\n\
-         Cache-Control: no-store\r\n"
-    );
-    for (name, value) in extra {
+/// The header fields of tailsrv's plain-text answers: UTF-8 text, not to be sniffed as
+/// anything else, nor stored.
+pub const PLAIN_TEXT: &[(&str, &str)] = &[
+    ("Content-Type", "text/plain; charset=utf-8"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+];
+
+/// A complete HTTP/1.1 response that closes the connection: the status, the header fields of
+/// `common` (such as [`PLAIN_TEXT`]) and then of `extra`, the body's length, and the body.
+/// With `head_only`, the headers the full response would have and no body. Every response
+/// tailsrv writes whole (the web page, the help, errors, the metrics) is made here.
+pub fn reply(
+    status: &str,
+    common: &[(&str, &str)],
+    extra: &[(&str, &str)],
+    body: &str,
+    head_only: bool,
+) -> String {
+    let mut out = String::with_capacity(body.len() + 256);
+    let _ = write!(out, "HTTP/1.1 {status}\r\n");
+    for (name, value) in common.iter().chain(extra) {
         let _ = write!(out, "{name}: {value}\r\n");
     }
     let _ = write!(
@@ -229,12 +239,14 @@ pub fn refusal(error: HeadError) -> String {
     match error {
         HeadError::Malformed => reply(
             "400 Bad Request",
+            PLAIN_TEXT,
             &[],
             "not a well-formed HTTP/1.1 request\n",
             false,
         ),
         HeadError::TooLarge => reply(
             "431 Request Header Fields Too Large",
+            PLAIN_TEXT,
             &[],
             "the request head is larger than 8 KiB or has more than 64 fields\n",
             false,
@@ -246,6 +258,7 @@ pub fn refusal(error: HeadError) -> String {
 pub fn timed_out() -> String {
     reply(
         "408 Request Timeout",
+        PLAIN_TEXT,
         &[],
         "no complete request head in time\n",
         false,
@@ -522,6 +535,7 @@ mod tests {
     fn replies_are_complete_and_head_replies_keep_the_length() {
         let full = reply(
             "405 Method Not Allowed",
+            PLAIN_TEXT,
             &[("Allow", ALLOW)],
             "only GET and HEAD\n",
             false,
@@ -538,11 +552,25 @@ mod tests {
         assert!(full.ends_with("\r\n\r\nonly GET and HEAD\n"));
         let head = reply(
             "405 Method Not Allowed",
+            PLAIN_TEXT,
             &[("Allow", ALLOW)],
             "only GET and HEAD\n",
             true,
         );
         assert_eq!(head, full.trim_end_matches("only GET and HEAD\n"));
+        assert_eq!(
+            fields[..3],
+            PLAIN_TEXT
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect::<Vec<_>>()[..],
+            "the common fields come first"
+        );
+        let bare = reply("204 No Content", &[], &[("A", "b")], "", false);
+        assert_eq!(
+            bare,
+            "HTTP/1.1 204 No Content\r\nA: b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         for r in [
             refusal(HeadError::Malformed),
             refusal(HeadError::TooLarge),

@@ -10,16 +10,26 @@
 //! wake carries every append of the window. Kafka's producers (`linger.ms`), Nagle's
 //! algorithm and NIC interrupt coalescing make the same trade.
 //!
-//! What it costs: an append that arrives less than W after the last delivery waits for the
-//! rest of the window, so under load a reader sees appends up to W later than it would have.
-//! An append to a file that was calm for W is delivered at once, as without the window.
+//! Why does the window grow? A fixed window is a bad trade at both ends: one short enough to
+//! leave a file appended to 1,000 times a second alone (under 1 ms) saves little at 10,000 a
+//! second, and one long enough to save there delays every append of the calmer file. So what
+//! decides whether an append waits is the *first window*, a quarter of `--linger`: growth
+//! heard less than that after the last delivery waits, growth heard later goes at once. And
+//! how long it waits grows with the load: the window doubles with every delivery that had to
+//! wait, up to `--linger`, and starts again from the first window with the first delivery
+//! that did not. Appends that come less often than the first window are never held; a file
+//! that stays busier than that is delivered once per `--linger`.
 //!
-//! Why also sleep before looking at inotify, and only while busy? Waking for the inotify
-//! event, then again when the window ends, would be two wake-ups per delivery where one
-//! does: while appends keep coming (the last delivery had to wait), the watcher sleeps out
-//! the window first and then reads everything inotify merged meanwhile. When that look finds
-//! nothing, the file has calmed down, and the watcher goes back to waiting for inotify, so
-//! a calm file costs one wake-up per append, as it did before.
+//! Why judge by when inotify spoke, and not sleep out the window before reading inotify?
+//! Sleeping blind saves the watcher one wake-up per delivery, but then it cannot tell one
+//! append per window from a hundred: a file appended to every millisecond would look busy
+//! to a window of 2 ms forever, and each of its appends would wait. Hearing the event first
+//! tells how soon after the last delivery the file grew, which is the whole question.
+//!
+//! What it costs: an append heard within the first window after a delivery waits for the
+//! rest of the current window, so under load a reader sees appends up to `--linger` later
+//! than it would have. An append to a file that was calm for the first window is delivered
+//! at once, as without the window.
 
 use std::time::{Duration, Instant};
 
@@ -29,42 +39,39 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(1);
 /// The watcher's memory of its last delivery, and what it implies for the next.
 #[derive(Debug)]
 pub(crate) struct Linger {
+    /// `--linger`: the longest window.
+    most: Duration,
+    /// The window now: from a quarter of `most`, doubling while the file stays busy.
     window: Duration,
     /// When growth was last published.
     last: Option<Instant>,
-    /// Whether the last delivery had to wait for its window: the file is busy.
-    busy: bool,
     /// Whether the look now under way waited for the window.
     held: bool,
 }
 
 impl Linger {
-    pub fn new(window: Duration) -> Linger {
+    pub fn new(most: Duration) -> Linger {
         Linger {
-            window,
+            most,
+            window: first_window(most),
             last: None,
-            busy: false,
             held: false,
         }
     }
 
-    /// When the next delivery may happen, if that is later than `now`.
+    /// Growth was heard at `now`: until when it must wait, if at all. It waits if it came
+    /// within the first window after the last delivery, and then until the current window
+    /// after that delivery ends.
     pub fn hold(&self, now: Instant) -> Option<Instant> {
         if self.window.is_zero() {
             return None;
         }
-        let until = self.last? + self.window;
-        (until > now).then_some(until)
-    }
-
-    /// Whether to sleep until the window ends before even waiting for inotify, and until
-    /// when: only while the file is busy.
-    pub fn sleep_first(&self, now: Instant) -> Option<Instant> {
-        if self.busy {
-            self.hold(now)
-        } else {
-            None
+        let last = self.last?;
+        if now >= last + first_window(self.most) {
+            return None;
         }
+        let until = last + self.window;
+        (until > now).then_some(until)
     }
 
     /// The look now under way waited for the window.
@@ -73,18 +80,35 @@ impl Linger {
     }
 
     /// Growth was published at `now`; returns whether that delivery waited for its window.
+    /// One that did makes the next window twice as long (up to `--linger`); one that did
+    /// not starts again from the first window.
     pub fn delivered(&mut self, now: Instant) -> bool {
         let held = std::mem::take(&mut self.held);
         self.last = Some(now);
-        self.busy = held;
+        self.window = if held {
+            (self.window * 2).min(self.most)
+        } else {
+            first_window(self.most)
+        };
         held
     }
 
-    /// A look found no growth: the file is calm, wait for inotify again.
+    /// A look found no growth (the event was about something else): nothing was delivered,
+    /// and the window stays as it was.
     pub fn found_nothing(&mut self) {
-        self.busy = false;
         self.held = false;
     }
+
+    /// The window now.
+    #[cfg(test)]
+    fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+/// The window a calm file starts with: a quarter of `--linger`.
+pub fn first_window(most: Duration) -> Duration {
+    most / 4
 }
 
 /// Parses a `--linger` window: a number and a unit (`us`, `ms` or `s`), or `0` for none.
@@ -128,35 +152,61 @@ mod tests {
         let mut l = Linger::new(W);
         assert_eq!(l.hold(t0), None, "nothing delivered yet");
         assert!(!l.delivered(t0));
-        // The next append comes after the window: no hold, and no sleep before waiting.
-        let later = t0 + W + Duration::from_micros(1);
-        assert_eq!(l.hold(later), None);
-        assert_eq!(l.sleep_first(later), None);
+        // The next append comes after the first window: no hold.
+        assert_eq!(l.hold(t0 + W / 4), None);
+        assert_eq!(l.hold(t0 + W), None);
     }
 
     #[test]
-    fn growth_within_the_window_waits_for_its_end_then_the_watcher_sleeps_first() {
+    fn appends_further_apart_than_the_first_window_are_never_held_even_after_a_burst() {
         let t0 = Instant::now();
         let mut l = Linger::new(W);
         l.delivered(t0);
-        // Calm until now: the watcher waits for inotify, not for the window.
-        assert_eq!(l.sleep_first(t0), None);
-        // An event comes half a window later: it waits for the window's end.
-        let t1 = t0 + W / 2;
-        assert_eq!(l.hold(t1), Some(t0 + W));
-        l.held();
-        assert!(l.delivered(t0 + W), "that delivery waited");
-        // Busy now: sleep out the next window before looking at inotify.
-        assert_eq!(l.sleep_first(t0 + W), Some(t0 + 2 * W));
-        l.held();
-        assert!(l.delivered(t0 + 2 * W));
-        // The look after the next window finds nothing: calm again.
+        // A burst first: the window grows to --linger.
+        let mut at = t0;
+        for _ in 0..4 {
+            let until = l.hold(at + Duration::from_micros(10)).unwrap();
+            l.held();
+            l.delivered(until);
+            at = until;
+        }
+        assert_eq!(l.window(), W);
+        // Then appends a little more than a first window apart: none waits, the window
+        // starts again from the first one.
+        let gap = W / 4 + Duration::from_micros(10);
+        for i in 1..100 {
+            let t = at + gap * i;
+            assert_eq!(l.hold(t), None, "append {i} was held");
+            assert!(!l.delivered(t));
+            assert_eq!(l.window(), W / 4);
+        }
+    }
+
+    #[test]
+    fn a_busy_file_doubles_the_window_up_to_linger() {
+        let t0 = Instant::now();
+        let mut l = Linger::new(W);
+        l.delivered(t0);
+        // Growth heard soon after a delivery waits for the window after it, which doubles
+        // with every held delivery: W/4, W/2, W, W, ...
+        let mut at = t0;
+        for window in [W / 4, W / 2, W, W, W] {
+            let heard = at + Duration::from_micros(100);
+            assert_eq!(l.hold(heard), Some(at + window));
+            l.held();
+            at += window;
+            assert!(l.delivered(at), "that delivery waited");
+        }
+        // An event that turns out to be no growth changes nothing.
+        assert!(l.hold(at + Duration::from_micros(100)).is_some());
         l.held();
         l.found_nothing();
-        assert_eq!(l.sleep_first(t0 + 3 * W), None);
-        // An event after that, more than a window since the last delivery, goes at once.
-        assert_eq!(l.hold(t0 + 3 * W + Duration::from_micros(1)), None);
-        assert!(!l.delivered(t0 + 3 * W + Duration::from_micros(1)));
+        assert_eq!(l.window(), W);
+        // Growth heard after the first window goes at once, and the window starts again.
+        let calm = at + W / 4;
+        assert_eq!(l.hold(calm), None);
+        assert!(!l.delivered(calm));
+        assert_eq!(l.hold(calm + W / 8), Some(calm + W / 4));
     }
 
     #[test]
@@ -167,7 +217,7 @@ mod tests {
         assert_eq!(l.hold(t0), None);
         l.held();
         l.delivered(t0);
-        assert_eq!(l.sleep_first(t0), None);
+        assert_eq!(l.hold(t0), None, "however busy");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `HEAD /metrics`, and the text it renders from the shards' counters.
 
 use crate::control::View;
+use crate::http;
 use crate::ratelimit::{RateLimit, LOG_EVERY};
 use crate::state::Bells;
 use crate::stats::{Protocol, Rejection, Rotation, ShardStats, HTTP_STATUSES, LAG_BOUNDS};
@@ -368,22 +369,25 @@ async fn answer(mut stream: TcpStream, view: &View, bells: &Bells) -> std::io::R
     let response = match route(&head) {
         Route::Metrics { head_only } => {
             view.refresh(bells, Duration::from_millis(200)).await;
-            reply(
+            http::reply(
                 "200 OK",
+                &[],
                 &[("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
                 &render(view),
                 head_only,
             )
         }
-        Route::NotFound { head_only } => reply(
+        Route::NotFound { head_only } => http::reply(
             "404 Not Found",
+            &[],
             &[("Content-Type", "text/plain")],
             "try /metrics\n",
             head_only,
         ),
-        Route::BadMethod => reply(
+        Route::BadMethod => http::reply(
             "405 Method Not Allowed",
-            &[("Content-Type", "text/plain"), ("Allow", ALLOW)],
+            &[],
+            &[("Content-Type", "text/plain"), ("Allow", http::ALLOW)],
             "only GET and HEAD\n",
             false,
         ),
@@ -391,9 +395,6 @@ async fn answer(mut stream: TcpStream, view: &View, bells: &Bells) -> std::io::R
     stream.write_all(response.as_bytes()).await?;
     stream.close().await
 }
-
-/// The methods the endpoint answers, for the `Allow` header of a 405.
-const ALLOW: &str = "GET, HEAD";
 
 /// What a request asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -426,24 +427,6 @@ fn route(head: &[u8]) -> Route {
     } else {
         Route::NotFound { head_only }
     }
-}
-
-/// An HTTP/1.1 response that closes the connection. With `head_only`, the headers are those
-/// the full response would have (Content-Length included) and the body is left out.
-fn reply(status: &str, headers: &[(&str, &str)], body: &str, head_only: bool) -> String {
-    let mut out = format!("HTTP/1.1 {status}\r\n");
-    for (name, value) in headers {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    let _ = write!(
-        out,
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if !head_only {
-        out.push_str(body);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -487,17 +470,6 @@ mod tests {
         for (request, want) in cases {
             assert_eq!(route(request), want, "{}", String::from_utf8_lossy(request));
         }
-    }
-
-    #[test]
-    fn head_reply_keeps_the_length_and_drops_the_body() {
-        let full = reply("200 OK", &[("Content-Type", "text/plain")], "abc\n", false);
-        let head = reply("200 OK", &[("Content-Type", "text/plain")], "abc\n", true);
-        assert!(full.ends_with("\r\n\r\nabc\n"), "{full:?}");
-        assert_eq!(head, full.trim_end_matches("abc\n"));
-        assert!(head.contains("Content-Length: 4\r\n"), "{head:?}");
-        let refused = reply("405 Method Not Allowed", &[("Allow", ALLOW)], "", false);
-        assert!(refused.contains("\r\nAllow: GET, HEAD\r\n"), "{refused:?}");
     }
 
     fn limits(max_per_peer: Option<usize>) -> Limits {

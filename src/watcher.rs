@@ -358,14 +358,6 @@ impl Watch {
         S: Future<Output = Result<(), Error>>,
         A: Future<Output = io::Result<()>>,
     {
-        // A busy file: sleep out the window, then read whatever inotify merged meanwhile.
-        if let Some(until) = self.linger.sleep_first(Instant::now()) {
-            if let Some(wake) = until_or(until, stop.as_mut(), arrival.as_mut()).await? {
-                return Ok(wake);
-            }
-            self.linger.held();
-            return Ok(Wake::Events);
-        }
         let idle = !self.following && self.current.is_some();
         let wake = {
             let events = async {
@@ -385,7 +377,7 @@ impl Watch {
             future::or(events, future::or(others, look)).await?
         };
         if let Wake::Events = wake {
-            // The first growth within the window waits for its end.
+            // Growth heard soon after the last delivery waits for the window's end.
             if let Some(until) = self.linger.hold(Instant::now()) {
                 if let Some(wake) = until_or(until, stop.as_mut(), arrival.as_mut()).await? {
                     return Ok(wake);

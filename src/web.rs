@@ -5,7 +5,6 @@
 //! in that one file, which loads nothing from anywhere else. It is built once per server,
 //! when the server binds, and every shard sends the same bytes.
 
-use std::fmt::Write;
 use std::path::Path;
 
 /// The page as written, with `{{FILE}}` where the file's name goes.
@@ -59,24 +58,20 @@ pub const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 
 /// The complete response for `GET /` (or `HEAD /`, `head_only`) from a browser.
 pub fn response(page: &str, head_only: bool) -> String {
-    let mut out = String::with_capacity(page.len() + 512);
-    let _ = write!(
-        out,
-        "HTTP/1.1 200 OK\r\n\
-         Content-Type: text/html; charset=utf-8\r\n\
-         X-Content-Type-Options: nosniff\r\n\
-         Cache-Control: no-cache\r\n\
-         Content-Security-Policy: {POLICY}\r\n\
-         Referrer-Policy: no-referrer\r\n\
-         Vary: Accept\r\n\
-         Content-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        page.len()
-    );
-    if !head_only {
-        out.push_str(page);
-    }
-    out
+    crate::http::reply(
+        "200 OK",
+        &[],
+        &[
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Cache-Control", "no-cache"),
+            ("Content-Security-Policy", POLICY),
+            ("Referrer-Policy", "no-referrer"),
+            ("Vary", "Accept"),
+        ],
+        page,
+        head_only,
+    )
 }
 
 #[cfg(test)]

@@ -286,3 +286,36 @@ fn too_little_locked_memory_is_a_one_line_error() {
     assert_one_line_error(&run, 1, "tailsrv: error: the locked-memory limit");
     assert!(run.elapsed < PATIENCE, "took {:?}", run.elapsed);
 }
+
+/// Under a descriptor limit too small to start every executor, glommio either failed to
+/// start a shard or waited for it for good (14 and 22 to 24 with two shards hung).
+#[test]
+fn too_few_descriptors_to_start_is_a_one_line_error() {
+    let dir = TempDir::new();
+    let file = dir.join("served.log");
+    std::fs::write(&file, b"").unwrap();
+    for limit in [14, 24] {
+        let nofile = format!("--nofile={limit}:{limit}");
+        let run = run_program_to_exit(
+            "prlimit",
+            &[
+                &nofile,
+                BIN,
+                "-p",
+                "0",
+                "--shards",
+                "2",
+                file.to_str().unwrap(),
+            ],
+            PATIENCE,
+        );
+        assert_one_line_error(
+            &run,
+            1,
+            &format!(
+                "tailsrv: error: the descriptor limit (RLIMIT_NOFILE, `ulimit -n`) is {limit};"
+            ),
+        );
+        assert!(run.elapsed < PATIENCE, "took {:?}", run.elapsed);
+    }
+}

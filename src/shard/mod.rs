@@ -30,6 +30,18 @@ pub use slot::{ClientSlot, Connection};
 pub const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How long a shard waits for its clients to close on shutdown before it stops anyway.
 const CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// How long to wait before looking at the growth bell again after it failed.
+const BELL_RETRY: Duration = Duration::from_millis(10);
+
+/// What woke a shard's doorbell task.
+enum Ring {
+    /// The channel: a new phase or file, or a question (see `Bells::ring_all`).
+    Channel,
+    /// The growth bell, with how many rings it held.
+    Growth(u64),
+    /// Growth the shard found itself (see [`Shard::found_news`]).
+    Found,
+}
 /// What one shard starts with, made on the main thread.
 pub struct ShardSetup {
     pub index: usize,
@@ -239,6 +251,26 @@ impl Shard {
             *self.bell_task.borrow_mut() = Some(cx.waker().clone());
             Poll::Pending
         })
+    }
+
+    /// Resolves when the watcher has rung the growth bell, with the rings it holds.
+    async fn growth_rung(&self) -> Option<Ring> {
+        loop {
+            match self.interest.answer_growth() {
+                Ok(0) => {}
+                Ok(rings) => return Some(Ring::Growth(rings)),
+                Err(e) => {
+                    // Cannot happen to an eventfd of ours short of a kernel bug; the channel
+                    // and the shard's own look still bring news, so say it and carry on.
+                    error!(shard = self.index, error = %e, "reading the growth bell");
+                    Timer::new(BELL_RETRY).await;
+                }
+            }
+            if let Err(e) = sys::readable_or_soon(self.interest.growth_bell()).await {
+                error!(shard = self.index, error = %e, "waiting for the growth bell");
+                Timer::new(BELL_RETRY).await;
+            }
+        }
     }
 
     /// Takes in what the watcher published and wakes the clients it concerns.
@@ -466,10 +498,13 @@ pub async fn start(
     let bell_shard = shard.clone();
     glommio::spawn_local(async move {
         loop {
-            let next = future::or(async { doorbell.recv().await.map(|()| true) }, async {
-                bell_shard.until_found_news().await;
-                Some(false)
-            });
+            let next = future::or(
+                async { doorbell.recv().await.map(|()| Ring::Channel) },
+                future::or(bell_shard.growth_rung(), async {
+                    bell_shard.until_found_news().await;
+                    Some(Ring::Found)
+                }),
+            );
             futures_lite::pin!(next);
             // Why look before waiting? A ring that is already there came while the shard
             // was sending the last one around: the file grows faster than the shard can
@@ -478,17 +513,21 @@ pub async fn start(
             // (docs/benchmarks.md, "A busy shard that never looked at its reactor"). So such
             // a ring, like growth the shard found itself, waits for a turn through the
             // reactor first.
-            let (rang, waited) = match future::poll_once(&mut next).await {
-                Some(rang) => (rang, false),
+            let (ring, waited) = match future::poll_once(&mut next).await {
+                Some(ring) => (ring, false),
                 None => (next.await, true),
             };
-            let turn_first = match rang {
+            let turn_first = match ring {
                 None => break,
-                Some(true) => {
+                Some(Ring::Channel) => {
                     ShardStats::add(&bell_shard.stats.doorbells, 1);
                     !waited
                 }
-                Some(false) => true,
+                Some(Ring::Growth(rings)) => {
+                    ShardStats::add(&bell_shard.stats.doorbells, rings);
+                    !waited
+                }
+                Some(Ring::Found) => true,
             };
             if turn_first {
                 take_turns().await;
