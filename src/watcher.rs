@@ -213,11 +213,40 @@ impl Watch {
         doorbells: Vec<(SharedSender<()>, Arc<Interest>)>,
         jobs: SideJobs,
     ) -> Result<Outcome, Error> {
-        let mut bells = Vec::with_capacity(doorbells.len());
-        for (sender, interest) in doorbells {
-            let sender = crate::state::connect_patiently(sender.connect()).await;
-            bells.push(Bell { sender, interest });
-        }
+        // Why wait through glommio's ring rather than in poll(2) on a helper thread? Each
+        // wake through the helper costs a futex, a thread switch and an eventfd write on
+        // every append; an io_uring poll completes straight into this executor's ring.
+        // The stop flag is never read, so once set it stays readable.
+        let stop = async {
+            loop {
+                sys::readable_or_soon(stop.as_fd())
+                    .await
+                    .map_err(|e| Error::io("waiting for the stop flag", e))?;
+                if sys::is_readable(stop.as_fd())
+                    .map_err(|e| Error::io("looking at the stop flag", e))?
+                {
+                    return Ok::<(), Error>(());
+                }
+            }
+        };
+        futures_lite::pin!(stop);
+        // Why race the stop flag? A shard whose executor failed to start never connects, and
+        // the server then stops the watcher it did start: without the race it waited here
+        // until the server gave up on it (15 s).
+        let connect = async {
+            let mut bells = Vec::with_capacity(doorbells.len());
+            for (sender, interest) in doorbells {
+                let sender = crate::state::connect_patiently(sender.connect()).await;
+                bells.push(Bell { sender, interest });
+            }
+            Ok(Some(bells))
+        };
+        let stopped = async { stop.as_mut().await.map(|()| None) };
+        let Some(bells) = future::or(connect, stopped).await? else {
+            info!("asked to stop before every shard had started");
+            self.published.set_phase(Phase::Closing);
+            return Ok(Outcome::Signalled);
+        };
         let bells = Rc::new(Bells(bells));
         let view = Rc::new(View {
             stats: jobs.stats,
@@ -250,23 +279,6 @@ impl Watch {
             glommio::spawn_local(watchdog).detach();
         }
 
-        // Why wait through glommio's ring rather than in poll(2) on a helper thread? Each
-        // wake through the helper costs a futex, a thread switch and an eventfd write on
-        // every append; an io_uring poll completes straight into this executor's ring.
-        // The stop flag is never read, so once set it stays readable.
-        let stop = async {
-            loop {
-                sys::readable_or_soon(stop.as_fd())
-                    .await
-                    .map_err(|e| Error::io("waiting for the stop flag", e))?;
-                if sys::is_readable(stop.as_fd())
-                    .map_err(|e| Error::io("looking at the stop flag", e))?
-                {
-                    return Ok::<(), Error>(());
-                }
-            }
-        };
-        futures_lite::pin!(stop);
         let audience = self.audience.clone();
         // Why kept across wake-ups? Each wait costs a duplicate descriptor and an io_uring
         // poll; the bell rings only when the first client comes or the last one leaves.
