@@ -465,10 +465,29 @@ impl Server {
                 "tailsrv exit status {status}, want {code}; log:\n{}",
                 self.logs.dump()
             ),
-            None => panic!(
-                "tailsrv still running {timeout:?} later, want exit {code}; log:\n{}",
-                self.logs.dump()
-            ),
+            None => {
+                // A binary that stops once a debugger interrupts its sleep slept through the
+                // wake-up that should have stopped it; one that does not is stuck or slow.
+                let diagnosis = match &self.run {
+                    Run::Process { child, .. } => {
+                        let stacks = thread_stacks(child.id());
+                        let after = match self.wait_exit(Duration::from_secs(5)) {
+                            Some(status) => format!(
+                                "it exited ({status}) within 5 s of the debugger attaching \
+                                 (a lost wake-up)"
+                            ),
+                            None => "it still ran 5 s after the debugger attached".into(),
+                        };
+                        format!("{after}\n--- its threads ---\n{stacks}")
+                    }
+                    Run::InProcess { .. } => String::new(),
+                };
+                panic!(
+                    "tailsrv still running {timeout:?} later, want exit {code}; {diagnosis}\n\
+                     log:\n{}",
+                    self.logs.dump()
+                )
+            }
         }
     }
 
@@ -617,7 +636,7 @@ fn join_stopped<T>(serving: JoinHandle<T>, handle: &Handle, what: &str) -> Resul
     // Where every thread is, for whoever reads the failure. Attaching a debugger also
     // interrupts a thread asleep in io_uring_enter: a server that stops right after it
     // slept through the wake-up that should have stopped it (see `connect_patiently`).
-    let stacks = thread_stacks();
+    let stacks = thread_stacks(std::process::id());
     let after = if poll_until(Duration::from_secs(5), || serving.is_finished()) {
         "it stopped within 5 s of the debugger attaching (a lost wake-up)"
     } else {
@@ -632,9 +651,9 @@ fn join_stopped<T>(serving: JoinHandle<T>, handle: &Handle, what: &str) -> Resul
     ))
 }
 
-/// Every thread's stack in this process, by gdb (`thread apply all bt`), or why not.
-fn thread_stacks() -> String {
-    let pid = std::process::id().to_string();
+/// Every thread's stack in process `pid`, by gdb (`thread apply all bt`), or why not.
+fn thread_stacks(pid: u32) -> String {
+    let pid = pid.to_string();
     let child = Command::new("gdb")
         .args(["-p", &pid, "-batch", "-nx", "-ex", "thread apply all bt"])
         .stdin(Stdio::null())
