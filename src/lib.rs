@@ -1,7 +1,7 @@
 //! tailsrv streams one growing file to many TCP clients: `tail -f` as a server.
 //!
 //! ```text
-//!                 inotify                 doorbell (one bounded channel per shard)
+//!                 inotify            doorbell (per shard: growth eventfd + bounded channel)
 //!   FILE ───────────────────▶ watcher ──────────────┬──────────────┬─────────────▶ …
 //!     │                  (own executor,             ▼              ▼
 //!     │                   sleeps in poll)       shard 0        shard 1          (one executor

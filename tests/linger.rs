@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 const LINGER: Duration = Duration::from_secs(1);
 /// The first window, a quarter of `--linger`: what a calm file's next append may wait.
 const WINDOW: Duration = Duration::from_millis(250);
-/// How much later than its window a held delivery may reach the client on a busy machine.
-const SLACK: Duration = Duration::from_millis(250);
+/// How much later than its window a held delivery may reach the client on a busy machine:
+/// beside two CPU hogs and the rest of the suite, a window's timer fired up to 0.55 s late.
+const SLACK: Duration = Duration::from_secs(1);
 /// Appends made in one burst.
 const BURST: usize = 20;
 const RECORD: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
