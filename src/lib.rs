@@ -14,7 +14,8 @@
 //!   flag. It publishes the file's generation (the open file, its identity and size) and
 //!   the server's phase in `Published`, and rings the doorbells of the shards that have
 //!   clients waiting for growth, never waiting on a shard. When FILE is rotated or
-//!   truncated it opens what FILE is now and publishes it as a new generation.
+//!   truncated it opens what FILE is now and publishes it as a new generation
+//!   (`watcher::rotation`).
 //! - `state`: what the watcher and the shards share: `Published`, its `Generation`s, and the
 //!   doorbells. Each client holds the generation it reads, so a rotated file stays open
 //!   until its last client ends.

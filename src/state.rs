@@ -26,9 +26,7 @@
 //! channel stays for what every shard must hear and is rare: a new phase, a new file, a
 //! question from the metrics or the watchdog.
 
-// Why re-exported? The watcher names it from here; it moves to `crate::file_id` with the
-// watcher's next change.
-pub(crate) use crate::file_id::FileId;
+use crate::file_id::FileId;
 use glommio::channels::shared_channel::ConnectedSender;
 use std::fs::File;
 use std::future::Future;

@@ -10,11 +10,11 @@ use crate::admission::Limits;
 use crate::cli::OnRotation;
 use crate::control::View;
 use crate::error::{Error, Outcome};
+use crate::file_id::FileId;
 use crate::linger::Linger;
 use crate::notify::Notifier;
-use crate::shard::DRAIN_GRACE;
-use crate::state::{Audience, Bell, Bells, Ending, FileId, Generation, Interest, Phase, Published};
-use crate::stats::{Rotation, ShardStats, WatcherStats};
+use crate::state::{Audience, Bell, Bells, Generation, Interest, Phase, Published};
+use crate::stats::{ShardStats, WatcherStats};
 use crate::sys;
 use crate::{metrics, systemd};
 use futures_lite::future;
@@ -25,14 +25,17 @@ use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
+
+mod rotation;
+
+use rotation::end_drain;
 
 const DIR_EVENTS: WatchMask = WatchMask::CREATE
     .union(WatchMask::MOVED_TO)
@@ -213,11 +216,40 @@ impl Watch {
         doorbells: Vec<(SharedSender<()>, Arc<Interest>)>,
         jobs: SideJobs,
     ) -> Result<Outcome, Error> {
-        let mut bells = Vec::with_capacity(doorbells.len());
-        for (sender, interest) in doorbells {
-            let sender = crate::state::connect_patiently(sender.connect()).await;
-            bells.push(Bell { sender, interest });
-        }
+        // Why wait through glommio's ring rather than in poll(2) on a helper thread? Each
+        // wake through the helper costs a futex, a thread switch and an eventfd write on
+        // every append; an io_uring poll completes straight into this executor's ring.
+        // The stop flag is never read, so once set it stays readable.
+        let stop = async {
+            loop {
+                sys::readable_or_soon(stop.as_fd())
+                    .await
+                    .map_err(|e| Error::io("waiting for the stop flag", e))?;
+                if sys::is_readable(stop.as_fd())
+                    .map_err(|e| Error::io("looking at the stop flag", e))?
+                {
+                    return Ok::<(), Error>(());
+                }
+            }
+        };
+        futures_lite::pin!(stop);
+        // Why race the stop flag? A shard whose executor failed to start never connects, and
+        // the server then stops the watcher it did start: without the race it waited here
+        // until the server gave up on it (15 s).
+        let connect = async {
+            let mut bells = Vec::with_capacity(doorbells.len());
+            for (sender, interest) in doorbells {
+                let sender = crate::state::connect_patiently(sender.connect()).await;
+                bells.push(Bell { sender, interest });
+            }
+            Ok(Some(bells))
+        };
+        let stopped = async { stop.as_mut().await.map(|()| None) };
+        let Some(bells) = future::or(connect, stopped).await? else {
+            info!("asked to stop before every shard had started");
+            self.published.set_phase(Phase::Closing);
+            return Ok(Outcome::Signalled);
+        };
         let bells = Rc::new(Bells(bells));
         let view = Rc::new(View {
             stats: jobs.stats,
@@ -250,23 +282,6 @@ impl Watch {
             glommio::spawn_local(watchdog).detach();
         }
 
-        // Why wait through glommio's ring rather than in poll(2) on a helper thread? Each
-        // wake through the helper costs a futex, a thread switch and an eventfd write on
-        // every append; an io_uring poll completes straight into this executor's ring.
-        // The stop flag is never read, so once set it stays readable.
-        let stop = async {
-            loop {
-                sys::readable_or_soon(stop.as_fd())
-                    .await
-                    .map_err(|e| Error::io("waiting for the stop flag", e))?;
-                if sys::is_readable(stop.as_fd())
-                    .map_err(|e| Error::io("looking at the stop flag", e))?
-                {
-                    return Ok::<(), Error>(());
-                }
-            }
-        };
-        futures_lite::pin!(stop);
         let audience = self.audience.clone();
         // Why kept across wake-ups? Each wait costs a duplicate descriptor and an io_uring
         // poll; the bell rings only when the first client comes or the last one leaves.
@@ -489,152 +504,6 @@ impl Watch {
             return Ok(News::Nothing);
         }
         Ok(self.evaluate(look_at_path, dir_gone))
-    }
-
-    /// Looks at the file after events: what changed, or why to stop.
-    fn evaluate(&mut self, look_at_path: bool, dir_gone: bool) -> News {
-        let Some(current) = self.current.clone() else {
-            if dir_gone {
-                error!(file = %self.path.display(), "the file's directory was removed; exiting");
-                self.published.set_phase(Phase::Closing);
-                return News::Ended(Outcome::FileGone);
-            }
-            match self.open() {
-                Ok(id) => {
-                    let size = self.published.size();
-                    info!(file = %self.path.display(), %id, size, "file appeared; serving it");
-                    return News::Switched(None);
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    warn!(file = %self.path.display(), error = %e, "file appeared but cannot be opened")
-                }
-            }
-            return News::Nothing;
-        };
-        let st = match sys::fstat(current.file()) {
-            Ok(st) => st,
-            Err(e) => {
-                error!(error = %e, "cannot stat the open file; exiting");
-                self.published.set_phase(Phase::Closing);
-                return News::Ended(Outcome::FileGone);
-            }
-        };
-        let size = st.st_size as u64;
-        let known = current.size();
-        if size < known {
-            self.stats.rotated(Rotation::Truncated);
-            if self.on_rotation == OnRotation::Exit {
-                error!(
-                    file = %self.path.display(), was = known, now = size,
-                    "file shrank (truncated or copytruncate-rotated); resetting all clients and exiting"
-                );
-                self.published.set_phase(Phase::Aborting);
-                return News::Ended(Outcome::Truncated);
-            }
-            return self.truncated(&current, size);
-        }
-        let grew = size > known;
-        if grew {
-            current.set_size(size);
-        }
-        if look_at_path || dir_gone || st.st_nlink == 0 {
-            // Why look at the path even when the link count is 0? `mv other FILE` unlinks
-            // the file we hold just as `rm` does; what is at the path now tells them apart.
-            let kind = match std::fs::metadata(&self.path) {
-                Ok(m) if m.dev() == st.st_dev && m.ino() == st.st_ino && st.st_nlink > 0 => None,
-                Ok(_) if st.st_nlink > 0 => Some(Rotation::Renamed),
-                Ok(_) => Some(Rotation::Replaced),
-                Err(_) if st.st_nlink == 0 => Some(Rotation::Deleted),
-                Err(_) => Some(Rotation::Renamed),
-            };
-            if let Some(kind) = kind {
-                self.stats.rotated(kind);
-                // Why exit when the directory went, even when following? The name can only
-                // come back in a directory that has it, and that is not the one watched.
-                if self.on_rotation == OnRotation::Exit || dir_gone {
-                    error!(
-                        file = %self.path.display(), why = kind.why(), size,
-                        "file is gone; clients get what it held, then tailsrv exits"
-                    );
-                    self.published.set_phase(Phase::Draining);
-                    return News::Ended(Outcome::FileGone);
-                }
-                return self.rotated(current, kind);
-            }
-        }
-        if !grew {
-            return News::Nothing;
-        }
-        debug!(size, "file grew");
-        News::Grew
-    }
-
-    /// FILE's name no longer leads to the file served: its clients drain, and whatever FILE
-    /// is now (if anything) becomes the next generation.
-    fn rotated(&mut self, old: Arc<Generation>, kind: Rotation) -> News {
-        // Its size is final: what the writer appends to it from now on is not FILE's.
-        old.end(Ending::Draining);
-        self.forget_file();
-        let (size, clients) = (old.size(), old.readers());
-        let opened = self.open();
-        let file = self.path.display();
-        match opened {
-            Ok(new) => info!(
-                %file, why = kind.why(), old = %old.id(), %new, size, clients_draining = clients,
-                "file rotated; its clients get what it held, then an orderly end; serving the new file"
-            ),
-            Err(e) => {
-                self.published.publish(None);
-                if e.kind() == io::ErrorKind::NotFound {
-                    info!(
-                        %file, why = kind.why(), old = %old.id(), size, clients_draining = clients,
-                        "file rotated; its clients get what it held, then an orderly end; waiting for a new file"
-                    );
-                } else {
-                    warn!(
-                        %file, why = kind.why(), old = %old.id(), size, clients_draining = clients, error = %e,
-                        "file rotated; the new file cannot be opened yet"
-                    );
-                }
-            }
-        }
-        News::Switched(Some(Arc::downgrade(&old)))
-    }
-
-    /// The file shrank: its clients' offsets mean nothing now. They are reset, and the same
-    /// file, from its new length, is the next generation.
-    fn truncated(&mut self, old: &Arc<Generation>, size: u64) -> News {
-        old.end(Ending::Reset);
-        let new = self
-            .published
-            .generation(old.shared_file(), old.id().truncated(), size);
-        self.current = Some(new.clone());
-        self.published.publish(Some(new.clone()));
-        info!(
-            file = %self.path.display(), why = Rotation::Truncated.why(), old = %old.id(),
-            new = %new.id(), was = old.size(), size, clients_reset = old.readers(),
-            "file truncated; its clients are reset; serving it from its new length"
-        );
-        News::Switched(None)
-    }
-}
-
-/// Ends the drain of a rotated generation: after [`DRAIN_GRACE`], its clients still
-/// reading are closed.
-///
-/// Why a weak reference? The generation's file should close as soon as its last client
-/// ends, not stay open for the grace because this timer holds it.
-async fn end_drain(rotated: Weak<Generation>, published: Arc<Published>, bells: Rc<Bells>) {
-    glommio::timer::Timer::new(DRAIN_GRACE).await;
-    if let Some(generation) = rotated.upgrade() {
-        if generation.readers() > 0 {
-            debug!(id = %generation.id(), clients = generation.readers(), "drain over; closing the rotated file's clients");
-        }
-        generation.end(Ending::Closed);
-        drop(generation);
-        published.announce();
-        bells.ring_all();
     }
 }
 
