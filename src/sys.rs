@@ -466,9 +466,13 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
 
 /// Adds one to an eventfd's counter, making it readable (and keeping it so: nobody reads it).
 pub(crate) fn eventfd_bump(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let one: u64 = 1;
-    // SAFETY: `one` is 8 readable bytes, the size an eventfd write takes.
-    check_size(unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) }).map(drop)
+    eventfd_add(fd, 1)
+}
+
+/// Adds `value` to an eventfd's counter, making it readable.
+pub(crate) fn eventfd_add(fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
+    // SAFETY: `value` is 8 readable bytes, the size an eventfd write takes.
+    check_size(unsafe { libc::write(fd.as_raw_fd(), (&value as *const u64).cast(), 8) }).map(drop)
 }
 
 /// Takes an eventfd's counter back to zero, so that it is no longer readable; returns what it

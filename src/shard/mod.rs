@@ -37,7 +37,7 @@ const BELL_RETRY: Duration = Duration::from_millis(10);
 enum Ring {
     /// The channel: a new phase or file, or a question (see `Bells::ring_all`).
     Channel,
-    /// The growth bell, with how many rings it held.
+    /// The growth bell, with how many growth rings it held (0: only nudged).
     Growth(u64),
     /// Growth the shard found itself (see [`Shard::found_news`]).
     Found,
@@ -257,8 +257,8 @@ impl Shard {
     async fn growth_rung(&self) -> Option<Ring> {
         loop {
             match self.interest.answer_growth() {
-                Ok(0) => {}
-                Ok(rings) => return Some(Ring::Growth(rings)),
+                Ok(None) => {}
+                Ok(Some(rings)) => return Some(Ring::Growth(rings)),
                 Err(e) => {
                     // Cannot happen to an eventfd of ours short of a kernel bug; the channel
                     // and the shard's own look still bring news, so say it and carry on.
