@@ -35,10 +35,9 @@ const BELL_RETRY: Duration = Duration::from_millis(10);
 
 /// What woke a shard's doorbell task.
 enum Ring {
-    /// The channel: a new phase or file, or a question (see `Bells::ring_all`).
-    Channel,
-    /// The growth bell, with how many growth rings it held (0: only nudged).
-    Growth(u64),
+    /// The watcher rang, through the channel (a new phase or file, or a question: one ring)
+    /// or the growth bell (the growth rings it held, 0 if it was only nudged).
+    Rang(u64),
     /// Growth the shard found itself (see [`Shard::found_news`]).
     Found,
 }
@@ -258,7 +257,7 @@ impl Shard {
         loop {
             match self.interest.answer_growth() {
                 Ok(None) => {}
-                Ok(Some(rings)) => return Some(Ring::Growth(rings)),
+                Ok(Some(rings)) => return Some(Ring::Rang(rings)),
                 Err(e) => {
                     // Cannot happen to an eventfd of ours short of a kernel bug; the channel
                     // and the shard's own look still bring news, so say it and carry on.
@@ -499,7 +498,7 @@ pub async fn start(
     glommio::spawn_local(async move {
         loop {
             let next = future::or(
-                async { doorbell.recv().await.map(|()| Ring::Channel) },
+                async { doorbell.recv().await.map(|()| Ring::Rang(1)) },
                 future::or(bell_shard.growth_rung(), async {
                     bell_shard.until_found_news().await;
                     Some(Ring::Found)
@@ -519,11 +518,7 @@ pub async fn start(
             };
             let turn_first = match ring {
                 None => break,
-                Some(Ring::Channel) => {
-                    ShardStats::add(&bell_shard.stats.doorbells, 1);
-                    !waited
-                }
-                Some(Ring::Growth(rings)) => {
+                Some(Ring::Rang(rings)) => {
                     ShardStats::add(&bell_shard.stats.doorbells, rings);
                     !waited
                 }
