@@ -65,7 +65,8 @@ pub const IDLE_LOOK: Duration = Duration::from_secs(1);
 /// `regressions::an_inotify_queue_overflow_loses_no_growth`, until something else woke it.
 /// Where it is lost (glommio's sleep, or io_uring's poll of the descriptor) is not found.
 /// The look bounds the harm to this long; a busy file never sees it (every wake-up starts
-/// the wait again), and a calm one pays one wake-up a second.
+/// the wait again), and a calm one pays one wake-up a second. It also nudges any shard that
+/// has not answered a growth ring in that second, for the same harm on the shard's side.
 pub const QUIET_LOOK: Duration = Duration::from_secs(1);
 
 /// What the watcher executor runs beside the watch itself.
@@ -308,6 +309,15 @@ impl Watch {
                 Wake::Audience => self.follow_audience()?,
                 Wake::Look if self.following => {
                     ShardStats::add(&self.stats.quiet_looks, 1);
+                    let nudged = bells.nudge_unanswered();
+                    if nudged > 0 {
+                        // A shard busy for a second may be slow rather than deaf; the nudge
+                        // is harmless either way, so this is not a warning.
+                        debug!(
+                            nudged,
+                            "shards had not answered a ring for a second; nudged them"
+                        );
+                    }
                     let news = self.evaluate(false, false);
                     if let News::Grew = news {
                         ShardStats::add(&self.stats.unannounced_growth, 1);
