@@ -204,6 +204,16 @@ impl Handle {
         ShardStats::get(&self.watcher.idle_looks)
     }
 
+    /// Times the watcher looked at the file's size after a quiet second, with someone connected.
+    pub fn quiet_looks(&self) -> u64 {
+        ShardStats::get(&self.watcher.quiet_looks)
+    }
+
+    /// Quiet looks that found growth no file event had announced.
+    pub fn unannounced_growth(&self) -> u64 {
+        ShardStats::get(&self.watcher.unannounced_growth)
+    }
+
     /// The number of shard executors.
     pub fn shards(&self) -> usize {
         self.stats.len()

@@ -128,7 +128,7 @@ pub fn render(view: &View) -> String {
         ShardStats::get(&view.watcher.wakeups)
     );
 
-    let watcher: [(&str, &str, &str, u64); 5] = [
+    let watcher: [(&str, &str, &str, u64); 7] = [
         (
             "tailsrv_deliveries_total",
             "counter",
@@ -158,6 +158,18 @@ pub fn render(view: &View) -> String {
             "counter",
             "Times the watcher looked at the file's size on its slow timer, with nobody connected.",
             ShardStats::get(&view.watcher.idle_looks),
+        ),
+        (
+            "tailsrv_watcher_quiet_looks_total",
+            "counter",
+            "Times the watcher looked at the file's size after a second without news, with someone connected.",
+            ShardStats::get(&view.watcher.quiet_looks),
+        ),
+        (
+            "tailsrv_watcher_unannounced_growth_total",
+            "counter",
+            "Quiet looks that found growth no file event had announced: a lost wake-up, sent late.",
+            ShardStats::get(&view.watcher.unannounced_growth),
         ),
     ];
     for (name, kind, help, value) in watcher {

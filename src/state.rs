@@ -360,6 +360,22 @@ impl Bells {
         }
     }
 
+    /// Nudges every shard that has not answered its growth bell since it was last rung; says
+    /// how many. For the watcher's quiet look, a second after its last wake-up: a ring that
+    /// old should have been answered, unless the shard's wake-up was lost. The nudge writes
+    /// the eventfd again, and a write wakes whatever polls it, as a new ring would, without
+    /// counting as one.
+    pub fn nudge_unanswered(&self) -> usize {
+        let mut nudged = 0;
+        for bell in &self.0 {
+            if crate::sys::is_readable(bell.interest.growth.as_fd()).unwrap_or(false) {
+                bell.nudge();
+                nudged += 1;
+            }
+        }
+        nudged
+    }
+
     /// Rings the shards that have clients waiting for growth, after a new size was published.
     ///
     /// Why can no growth be missed? The watcher stores the size and then takes the interest

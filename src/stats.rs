@@ -218,6 +218,11 @@ pub struct WatcherStats {
     /// Times the watcher looked at the file's size on its slow timer, while nobody was
     /// connected and it did not hear appends.
     pub idle_looks: AtomicU64,
+    /// Times the watcher looked at the file's size after a quiet second while someone was
+    /// connected (see `watcher::QUIET_LOOK`).
+    pub quiet_looks: AtomicU64,
+    /// Quiet looks that found growth no file event had announced: a wake-up was lost.
+    pub unannounced_growth: AtomicU64,
     /// Whether the watcher hears appends now (someone is connected).
     pub following: AtomicBool,
     rotations: [AtomicU64; Rotation::ALL.len()],

@@ -284,9 +284,13 @@ fn copytruncate_with_racing_appends_resets_old_clients_and_serves_from_the_new_s
             let mut log = OpenOptions::new().append(true).open(&path).unwrap();
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
+                // Why write under the lock? The count must say exactly which records went
+                // in before the truncation, which takes the lock too.
+                let mut count = written.lock().unwrap();
                 log.write_all(&record(n)).unwrap();
                 n += 1;
-                *written.lock().unwrap() = n;
+                *count = n;
+                drop(count);
                 thread::sleep(Duration::from_millis(1));
             }
         })
@@ -303,8 +307,13 @@ fn copytruncate_with_racing_appends_resets_old_clients_and_serves_from_the_new_s
     // logrotate's copytruncate: copy, then truncate in place, with the writer going on.
     let rotated = dir.join("served.log.1");
     fs::copy(&path, &rotated).unwrap();
-    truncate(&path);
-    let truncated_at = *written.lock().unwrap();
+    // A record written between the copy and the truncation is lost, as in real logrotate;
+    // one counted after it but written before it would make the new file look short.
+    let truncated_at = {
+        let count = written.lock().unwrap();
+        truncate(&path);
+        *count
+    };
     assert!(
         poll_until(PATIENCE, || server.handle.rotations(Rotation::Truncated)
             == 1),

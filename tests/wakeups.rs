@@ -6,6 +6,8 @@
 use crate::common::*;
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::thread;
+use std::time::{Duration, Instant};
 use tailsrv::{Handle, Rotation};
 
 /// Appends made with no client connected, one write(2) each.
@@ -254,6 +256,64 @@ fn growth_wakes_only_the_shards_with_clients_waiting() {
         std::fs::metadata(&path).unwrap().len(),
         size + 6 + (RECORD.len() * LOCKSTEP) as u64
     );
+}
+
+/// The quiet look: with someone connected, a second without news makes the watcher look at
+/// the file itself (a lost wake-up then costs a second, not the stream); a calm file finds
+/// nothing there, and a busy one never waits long enough to look.
+#[test]
+fn with_someone_connected_the_watcher_looks_after_a_quiet_second_and_never_while_busy() {
+    let (_dir, path, server) = two_shards_on_start();
+    let handle = server.handle.clone();
+    let mut client = Client::connect(handle.local_addr().port());
+    client.send(b"-0\n");
+    assert!(
+        poll_until(PATIENCE, || handle.following_growth()),
+        "the watcher does not hear appends with a client connected"
+    );
+    let looks = handle.quiet_looks();
+    assert!(
+        poll_until(PATIENCE, || handle.quiet_looks() >= looks + 2),
+        "no quiet looks in {PATIENCE:?}: {}",
+        handle.quiet_looks()
+    );
+    assert_eq!(
+        handle.unannounced_growth(),
+        0,
+        "a calm file grew unannounced"
+    );
+    assert_eq!(
+        handle.deliveries(),
+        0,
+        "a look at a calm file delivered something"
+    );
+
+    // Busy: an append every 20 ms, each heard. A look needs a second without any; the only
+    // such second would be this thread's own stall, which a loaded machine can cause: then
+    // the round says nothing, and is tried again.
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    let mut sent = 0;
+    let quiet = (0..3).find_map(|_| {
+        let looks = handle.quiet_looks();
+        let mut longest = Duration::ZERO;
+        let mut last = Instant::now();
+        let end = last + Duration::from_millis(2500);
+        while Instant::now() < end {
+            file.write_all(RECORD).unwrap();
+            sent += 1;
+            thread::sleep(Duration::from_millis(20));
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+        }
+        (longest < Duration::from_millis(500)).then(|| handle.quiet_looks() - looks)
+    });
+    assert_eq!(
+        quiet,
+        Some(0),
+        "quiet looks while busy (None: this thread stalled in every round)"
+    );
+    client.expect_bytes(&RECORD.repeat(sent), PATIENCE);
+    assert_eq!(handle.unannounced_growth(), 0);
 }
 
 /// Voluntary context switches of the process's threads named `name`: how often they slept.
