@@ -99,7 +99,7 @@ impl Handle {
 
     /// HTTP responses begun with `status` since start (200, 400, 404, 405, 408, 431, 500).
     pub fn http_responses(&self, status: u16) -> u64 {
-        self.total_with(|s| s.responses(status))
+        self.total(|s| s.responses(status))
     }
 
     /// Connections accepted since start.
@@ -228,11 +228,7 @@ impl Handle {
         }
     }
 
-    fn total(&self, get: fn(&ShardStats) -> u64) -> u64 {
-        self.stats.iter().map(|s| get(s)).sum()
-    }
-
-    fn total_with(&self, get: impl Fn(&ShardStats) -> u64) -> u64 {
+    fn total(&self, get: impl Fn(&ShardStats) -> u64) -> u64 {
         self.stats.iter().map(|s| get(s)).sum()
     }
 }
