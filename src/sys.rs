@@ -475,36 +475,8 @@ pub(crate) fn eventfd_add(fd: BorrowedFd<'_>, value: u64) -> io::Result<()> {
     check_size(unsafe { libc::write(fd.as_raw_fd(), (&value as *const u64).cast(), 8) }).map(drop)
 }
 
-/// A non-blocking timerfd that becomes readable every `period` (and stays so until read with
-/// [`eventfd_take`], which empties it as it does an eventfd).
-///
-/// Why not a glommio timer? A pending glommio timer costs every sleep of its executor an
-/// io_uring timeout, armed and cancelled again; a poll on a timerfd stays armed across sleeps.
-pub(crate) fn timer_every(period: std::time::Duration) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is checked before it is owned.
-    let fd = check(unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
-        )
-    })?;
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let timer = unsafe { OwnedFd::from_raw_fd(fd) };
-    let every = libc::timespec {
-        tv_sec: period.as_secs() as libc::time_t,
-        tv_nsec: period.subsec_nanos() as libc::c_long,
-    };
-    let spec = libc::itimerspec {
-        it_interval: every,
-        it_value: every,
-    };
-    // SAFETY: `spec` is a valid itimerspec the kernel reads; no old value is asked for.
-    check(unsafe { libc::timerfd_settime(timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) })?;
-    Ok(timer)
-}
-
 /// Takes an eventfd's counter back to zero, so that it is no longer readable; returns what it
-/// held (0 if it was not set). A timerfd reads the same way: its count of expirations.
+/// held (0 if it was not set).
 pub(crate) fn eventfd_take(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut count: u64 = 0;
     // SAFETY: `count` is 8 writable bytes, the size an eventfd read fills.

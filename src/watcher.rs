@@ -56,23 +56,17 @@ const FILE_EVENTS: WatchMask = WatchMask::MODIFY
 /// hear appends: a file truncated meanwhile is noticed within this (see [`Audience`]).
 pub const IDLE_LOOK: Duration = Duration::from_secs(1);
 
-/// How often the watcher, while someone is connected, asks whether anything woke it since it
-/// last asked; if nothing did, it looks at the file's size itself (the *quiet look*).
+/// How long the watcher waits for news, while someone is connected, before it looks at the
+/// file's size itself.
 ///
 /// Why look when inotify tells of every append? Because the wake-up that carries the news
-/// can be lost: under heavy load, a watcher stopped and continued (SIGSTOP, SIGCONT) with its
-/// inotify queue overflowed slept on with the descriptor readable, in 2 of about 420 runs
-/// of `regressions::an_inotify_queue_overflow_loses_no_growth`, until something else woke
-/// it. Where it is lost (glommio's sleep, or io_uring's poll of the descriptor) is not found.
-/// The look bounds the harm to two of these periods; a busy file is never looked at (it wakes
-/// the watcher every period), and a calm one pays one wake-up a period. It also nudges any
-/// shard that has not answered a growth ring meanwhile, for the same harm on its side.
-///
-/// Why a period, and not a second after the last wake-up? The period is a timerfd whose poll
-/// stays armed across wake-ups; a glommio timer started again at every wake-up cost the
-/// watcher two more `io_uring_enter` per append, on the path every append takes (one reader at
-/// 1,000 appends/s, `perf stat`: 16.0–16.5 per append against 14.1 with the timerfd, and
-/// 14.2–14.5 before there was a look).
+/// can be lost: under heavy load, a watcher stopped and continued (SIGSTOP, SIGCONT) slept on
+/// with its inotify descriptor readable, in 1 of about 150 runs of
+/// `regressions::an_inotify_queue_overflow_loses_no_growth`, until something else woke it.
+/// Where it is lost (glommio's sleep, or io_uring's poll of the descriptor) is not found.
+/// The look bounds the harm to this long; a busy file never sees it (every wake-up starts
+/// the wait again), and a calm one pays one wake-up a second. It also nudges any shard that
+/// has not answered a growth ring in that second, for the same harm on the shard's side.
 pub const QUIET_LOOK: Duration = Duration::from_secs(1);
 
 /// What the watcher executor runs beside the watch itself.
@@ -114,10 +108,8 @@ enum Wake {
     Events,
     /// The first client came or the last one left.
     Audience,
-    /// The slow timer, while nobody is connected.
+    /// The slow timer while nobody is connected, or the quiet look while someone is.
     Look,
-    /// The quiet look's period ended, while someone is connected.
-    Tick,
     /// Asked to stop.
     Stop,
 }
@@ -307,12 +299,6 @@ impl Watch {
         // Why kept across wake-ups? Each wait costs a duplicate descriptor and an io_uring
         // poll; the bell rings only when the first client comes or the last one leaves.
         let mut arrival = Box::pin(sys::readable_or_soon(audience.bell()));
-        // Kept across wake-ups for the same reason (see [`QUIET_LOOK`]).
-        let ticks = sys::timer_every(QUIET_LOOK)
-            .map_err(|e| Error::io("making the quiet look's timer", e))?;
-        let mut tick = Box::pin(sys::readable_or_soon(ticks.as_fd()));
-        // Whether anything woke the watcher since the quiet look's period last ended.
-        let mut woke = true;
         bells.ring_all();
         // First look at the audience: with nobody connected yet, stop hearing appends now.
         let mut wake = Wake::Audience;
@@ -321,9 +307,28 @@ impl Watch {
             let news = match wake {
                 Wake::Events => self.take_events()?,
                 Wake::Audience => self.follow_audience()?,
-                // Only someone connected hears ticks; a period without any wake-up is quiet.
-                Wake::Tick if !std::mem::replace(&mut woke, false) => self.quiet_look(&bells),
-                Wake::Tick => News::Nothing,
+                Wake::Look if self.following => {
+                    ShardStats::add(&self.stats.quiet_looks, 1);
+                    let nudged = bells.nudge_unanswered();
+                    if nudged > 0 {
+                        // A shard busy for a second may be slow rather than deaf; the nudge
+                        // is harmless either way, so this is not a warning.
+                        debug!(
+                            nudged,
+                            "shards had not answered a ring for a second; nudged them"
+                        );
+                    }
+                    let news = self.evaluate(false, false);
+                    if let News::Grew = news {
+                        ShardStats::add(&self.stats.unannounced_growth, 1);
+                        warn!(
+                            size = self.size(),
+                            "growth found by the quiet look, not by a file event: a wake-up \
+                             was lost (or an append came at that very moment); sending it now"
+                        );
+                    }
+                    news
+                }
                 Wake::Look => {
                     ShardStats::add(&self.stats.idle_looks, 1);
                     self.evaluate(false, false)
@@ -360,19 +365,11 @@ impl Watch {
                 }
                 News::Ended(outcome) => break outcome,
             }
-            wake = self
-                .next_wake(stop.as_mut(), arrival.as_mut(), tick.as_mut())
-                .await?;
-            woke |= !matches!(wake, Wake::Tick);
+            wake = self.next_wake(stop.as_mut(), arrival.as_mut()).await?;
             match wake {
                 Wake::Events => ShardStats::add(&self.stats.wakeups, 1),
                 // The bell was heard: wait for its next ring from here on.
                 Wake::Audience => arrival.set(sys::readable_or_soon(audience.bell())),
-                Wake::Tick => {
-                    sys::eventfd_take(ticks.as_fd())
-                        .map_err(|e| Error::io("reading the quiet look's timer", e))?;
-                    tick.set(sys::readable_or_soon(ticks.as_fd()));
-                }
                 Wake::Look | Wake::Stop => {}
             }
         };
@@ -401,24 +398,22 @@ impl Watch {
     }
 
     /// Waits for the next reason to look at something: file events (no sooner than the linger
-    /// window allows), the audience bell, the slow timer while nobody is connected, the quiet
-    /// look's period (`tick`) while someone is, or stop.
-    async fn next_wake<S, A, T>(
+    /// window allows), the audience bell, the slow timer while nobody is connected, or stop.
+    async fn next_wake<S, A>(
         &mut self,
         mut stop: Pin<&mut S>,
         mut arrival: Pin<&mut A>,
-        tick: Pin<&mut T>,
     ) -> Result<Wake, Error>
     where
         S: Future<Output = Result<(), Error>>,
         A: Future<Output = io::Result<()>>,
-        T: Future<Output = io::Result<()>>,
     {
         // Nobody connected: the slow timer is how growth and truncation are seen. Someone
         // connected: the quiet look, in case a wake-up was lost.
-        let (idle, quiet) = match (self.current.is_some(), self.following) {
-            (false, _) => (false, false),
-            (true, following) => (!following, following),
+        let look_after = match (self.current.is_some(), self.following) {
+            (false, _) => None,
+            (true, false) => Some(IDLE_LOOK),
+            (true, true) => Some(QUIET_LOOK),
         };
         let wake = {
             let events = async {
@@ -428,16 +423,11 @@ impl Watch {
                 Ok(Wake::Events)
             };
             let look = async {
-                if idle {
-                    glommio::timer::Timer::new(IDLE_LOOK).await;
-                    Ok(Wake::Look)
-                } else if quiet {
-                    tick.await
-                        .map_err(|e| Error::io("waiting for the quiet look's timer", e))?;
-                    Ok(Wake::Tick)
-                } else {
-                    future::pending().await
-                }
+                let Some(after) = look_after else {
+                    return future::pending().await;
+                };
+                glommio::timer::Timer::new(after).await;
+                Ok(Wake::Look)
             };
             let others = interrupted(stop.as_mut(), arrival.as_mut());
             future::or(events, future::or(others, look)).await?
@@ -452,31 +442,6 @@ impl Watch {
             }
         }
         Ok(wake)
-    }
-
-    /// The quiet look: a period went by without any wake-up while someone is connected. Looks
-    /// at the file's size, and nudges the shards that have not answered a growth ring.
-    fn quiet_look(&mut self, bells: &Bells) -> News {
-        ShardStats::add(&self.stats.quiet_looks, 1);
-        let nudged = bells.nudge_unanswered();
-        if nudged > 0 {
-            // A shard busy for a second may be slow rather than deaf; the nudge is harmless
-            // either way, so this is not a warning.
-            debug!(
-                nudged,
-                "shards had not answered a ring for a second; nudged them"
-            );
-        }
-        let news = self.evaluate(false, false);
-        if let News::Grew = news {
-            ShardStats::add(&self.stats.unannounced_growth, 1);
-            warn!(
-                size = self.size(),
-                "growth found by the quiet look, not by a file event: a wake-up was lost (or \
-                 an append came at that very moment); sending it now"
-            );
-        }
-        news
     }
 
     /// Answers the audience bell: hears appends again if someone came, stops if everyone left.
